@@ -1,1 +1,21 @@
+//! Shared guest library of nnspin's components: the generation loop over `wasi:nn`, sampling, the
+//! error type every API maps to HTTP, and the HTTP plumbing of a `wasi:http` handler.
+//!
+//! The API components (`openai`, `locallab`) keep only their own surface: routes, field names and
+//! response shapes.
 
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "nnspin:llm/llm",
+        generate_all,
+    });
+}
+
+pub mod chat;
+pub mod error;
+pub mod generate;
+pub mod http;
+pub mod sampling;
+
+pub use error::ApiError;

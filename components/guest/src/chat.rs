@@ -1,0 +1,106 @@
+//! Chat messages as clients send them, normalised into what a model's chat template expects.
+
+use serde::Deserialize;
+
+use crate::ApiError;
+use crate::bindings::nnspin::llm::text::Message;
+
+/// A message of a chat request. `content` may be a string, an array of `{"type": "text"}` parts, or
+/// absent (an assistant turn that only called tools).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
+
+/// Checks roles and content and turns the messages into template input.
+pub fn template_messages(messages: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::unprocessable("`messages` must contain at least one message").with_param("messages"));
+    }
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            if !ROLES.contains(&m.role.as_str()) {
+                return Err(ApiError::bad_request(format!(
+                    "messages[{i}].role {:?} is not one of {}",
+                    m.role,
+                    ROLES.join(", ")
+                ))
+                .with_param(format!("messages[{i}].role")));
+            }
+            let content = match &m.content {
+                None => String::new(),
+                Some(Content::Text(text)) => text.clone(),
+                Some(Content::Parts(parts)) => {
+                    let mut text = String::new();
+                    for (j, part) in parts.iter().enumerate() {
+                        match (part.kind.as_str(), &part.text) {
+                            ("text", Some(t)) => text.push_str(t),
+                            _ => {
+                                return Err(ApiError::bad_request(format!(
+                                    "messages[{i}].content[{j}] has type {:?}; only text parts are supported",
+                                    part.kind
+                                ))
+                                .with_param(format!("messages[{i}].content")));
+                            }
+                        }
+                    }
+                    text
+                }
+            };
+            // Templates know `system`; `developer` is OpenAI's newer name for it.
+            let role = if m.role == "developer" { "system".to_string() } else { m.role.clone() };
+            Ok(Message { role, content })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Vec<ChatMessage> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn text_parts_are_joined() {
+        let m = template_messages(&parse(
+            r#"[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]"#,
+        ))
+        .unwrap();
+        assert_eq!(m[0].content, "ab");
+    }
+
+    #[test]
+    fn bad_role_names_the_parameter() {
+        let e = template_messages(&parse(r#"[{"role":"wizard","content":"x"}]"#)).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert_eq!(e.param.as_deref(), Some("messages[0].role"));
+    }
+
+    #[test]
+    fn empty_messages_are_refused() {
+        assert_eq!(template_messages(&[]).unwrap_err().status, 422);
+    }
+}

@@ -1,0 +1,172 @@
+//! The generation loop over `wasi:nn`: prefill the prompt, then one `compute` per new token.
+//!
+//! The execution context keeps the KV cache in the host, so each step sends only the new tokens with
+//! their positions and receives the last position's logits.
+
+use crate::ApiError;
+use crate::bindings::nnspin::llm::text::{self, Message, ModelInfo, TextError, Tokenizer};
+use crate::bindings::wasi::nn::errors::{Error as NnError, ErrorCode};
+use crate::bindings::wasi::nn::graph::{self, Graph};
+use crate::bindings::wasi::nn::inference::GraphExecutionContext;
+use crate::bindings::wasi::nn::tensor::{Tensor, TensorType};
+use crate::sampling::{Sampler, SamplingParams};
+
+/// A model a component may use: its graph and its tokenizer.
+pub struct Model {
+    pub info: ModelInfo,
+    tokenizer: Tokenizer,
+    graph: Graph,
+}
+
+/// The models this component may use, the first being the default.
+pub fn models() -> Vec<ModelInfo> {
+    text::models()
+}
+
+impl Model {
+    pub fn open(name: &str) -> Result<Self, ApiError> {
+        let tokenizer = Tokenizer::open(name).map_err(|e| match e {
+            TextError::NotFound(_) => ApiError::model_not_found(name),
+            TextError::InvalidInput(message) => ApiError::internal(message),
+        })?;
+        let graph = graph::load_by_name(name).map_err(|e| nn_error(&e))?;
+        Ok(Self { info: tokenizer.info(), tokenizer, graph })
+    }
+
+    /// Renders the chat template and tokenizes the prompt.
+    pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<u32>, ApiError> {
+        let prompt = self.tokenizer.apply_chat_template(messages, true).map_err(text_error)?;
+        self.encode(&prompt)
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, ApiError> {
+        self.tokenizer.encode(text).map_err(text_error)
+    }
+}
+
+fn text_error(e: TextError) -> ApiError {
+    match e {
+        TextError::NotFound(message) => ApiError::not_found(message),
+        TextError::InvalidInput(message) => ApiError::bad_request(message).with_param("messages"),
+    }
+}
+
+fn nn_error(e: &NnError) -> ApiError {
+    match e.code() {
+        ErrorCode::NotFound => ApiError::not_found(e.data()),
+        ErrorCode::InvalidArgument => ApiError::bad_request(e.data()),
+        _ => ApiError::internal(format!("inference failed: {}", e.data())),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model ended its turn.
+    Stop,
+    /// `max_tokens` or the context length was reached.
+    Length,
+    /// The client went away.
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop | Self::Cancelled => "stop",
+            Self::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerationParams {
+    pub max_tokens: u32,
+    pub sampling: SamplingParams,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub finish_reason: FinishReason,
+}
+
+/// Generates a completion of `prompt`, handing each piece of text to `on_text` as soon as it is
+/// complete; `on_text` returns false to stop (the client disconnected).
+pub fn generate(
+    model: &Model,
+    prompt: &[u32],
+    params: &GenerationParams,
+    mut on_text: impl FnMut(&str) -> bool,
+) -> Result<Outcome, ApiError> {
+    let context = model.info.context_length as usize;
+    if prompt.is_empty() {
+        return Err(ApiError::bad_request("the prompt is empty"));
+    }
+    if prompt.len() >= context {
+        return Err(ApiError::bad_request(format!(
+            "the prompt has {} tokens but the model's context length is {context} tokens",
+            prompt.len()
+        ))
+        .with_param("messages"));
+    }
+    let budget = (params.max_tokens as usize).min(context - prompt.len());
+    let execution = model.graph.init_execution_context().map_err(|e| nn_error(&e))?;
+    let detokenizer = model.tokenizer.detokenizer(true);
+    let mut sampler = Sampler::new(params.sampling.clone());
+    let eos = &model.info.eos_token_ids;
+
+    let mut outcome = Outcome {
+        prompt_tokens: prompt.len() as u32,
+        completion_tokens: 0,
+        finish_reason: FinishReason::Length,
+    };
+    let mut logits = step(&execution, prompt, 0)?;
+    let mut position = prompt.len();
+    while (outcome.completion_tokens as usize) < budget {
+        let token = sampler.sample(last_row(&logits, model.info.vocab_size as usize));
+        if eos.contains(&token) {
+            outcome.finish_reason = FinishReason::Stop;
+            break;
+        }
+        outcome.completion_tokens += 1;
+        let piece = detokenizer.push(token);
+        if !piece.is_empty() && !on_text(&piece) {
+            outcome.finish_reason = FinishReason::Cancelled;
+            break;
+        }
+        if (outcome.completion_tokens as usize) == budget {
+            break;
+        }
+        logits = step(&execution, &[token], position)?;
+        position += 1;
+    }
+    Ok(outcome)
+}
+
+/// Runs the model on `tokens` placed after `past` cached positions; returns the logits bytes decoded.
+fn step(execution: &GraphExecutionContext, tokens: &[u32], past: usize) -> Result<Vec<f32>, ApiError> {
+    let n = tokens.len();
+    let ids: Vec<u8> = tokens.iter().flat_map(|&t| i64::from(t).to_le_bytes()).collect();
+    let mask: Vec<u8> = std::iter::repeat_n(1i64.to_le_bytes(), past + n).flatten().collect();
+    let positions: Vec<u8> = (past..past + n).flat_map(|p| (p as i64).to_le_bytes()).collect();
+    let inputs = vec![
+        ("input_ids".to_string(), Tensor::new(&[1, n as u32], TensorType::I64, &ids)),
+        ("attention_mask".to_string(), Tensor::new(&[1, (past + n) as u32], TensorType::I64, &mask)),
+        ("position_ids".to_string(), Tensor::new(&[1, n as u32], TensorType::I64, &positions)),
+    ];
+    let outputs = execution.compute(inputs).map_err(|e| nn_error(&e))?;
+    let (_, logits) = outputs
+        .into_iter()
+        .find(|(name, _)| name == "logits")
+        .ok_or_else(|| ApiError::internal("the model produced no `logits` output"))?;
+    if logits.ty() != TensorType::Fp32 {
+        return Err(ApiError::internal("the model's logits are not fp32"));
+    }
+    Ok(logits.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+}
+
+/// The last position's row: models that return logits for every position end with the one we need.
+fn last_row(logits: &[f32], vocab: usize) -> &[f32] {
+    &logits[logits.len().saturating_sub(vocab)..]
+}

@@ -1,0 +1,146 @@
+//! The `wasi:http` side of a handler: reading the request, writing JSON and server-sent events.
+
+use serde::Serialize;
+use wasip2::http::types::{
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+use wasip2::io::streams::{OutputStream, StreamError};
+
+use crate::ApiError;
+
+/// Largest request body a handler reads; larger ones get 413.
+pub const MAX_BODY_BYTES: usize = 4 << 20;
+
+/// `wasi:io` writes at most 4096 bytes per blocking call.
+const WRITE_CHUNK: usize = 4096;
+
+/// The parts of a request a router needs.
+pub struct RequestHead {
+    pub method: String,
+    /// The path without the query string.
+    pub path: String,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl RequestHead {
+    pub fn of(request: &IncomingRequest) -> Self {
+        let method = match request.method() {
+            Method::Get => "GET".to_string(),
+            Method::Head => "HEAD".to_string(),
+            Method::Post => "POST".to_string(),
+            Method::Put => "PUT".to_string(),
+            Method::Delete => "DELETE".to_string(),
+            Method::Connect => "CONNECT".to_string(),
+            Method::Options => "OPTIONS".to_string(),
+            Method::Trace => "TRACE".to_string(),
+            Method::Patch => "PATCH".to_string(),
+            Method::Other(other) => other,
+        };
+        let full = request.path_with_query().unwrap_or_else(|| "/".to_string());
+        let path = full.split('?').next().unwrap_or("/").to_string();
+        Self { method, path, headers: request.headers().entries() }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Reads the whole body, refusing more than [`MAX_BODY_BYTES`].
+pub fn read_body(request: IncomingRequest) -> Result<Vec<u8>, ApiError> {
+    let body = request.consume().map_err(|()| ApiError::internal("request body already consumed"))?;
+    let mut bytes = Vec::new();
+    {
+        let stream = body.stream().map_err(|()| ApiError::internal("request body stream unavailable"))?;
+        loop {
+            match stream.blocking_read(64 * 1024) {
+                Ok(chunk) => {
+                    if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+                        return Err(ApiError::payload_too_large(MAX_BODY_BYTES));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Err(StreamError::Closed) => break,
+                Err(StreamError::LastOperationFailed(e)) => {
+                    return Err(ApiError::bad_request(format!("reading the request body: {}", e.to_debug_string())));
+                }
+            }
+        }
+    }
+    IncomingBody::finish(body);
+    Ok(bytes)
+}
+
+fn start(out: ResponseOutparam, status: u16, headers: &[(&str, &str)]) -> (OutgoingBody, OutputStream) {
+    let fields: Vec<(String, Vec<u8>)> =
+        headers.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
+    let fields = Fields::from_list(&fields).expect("handler headers are valid");
+    let response = OutgoingResponse::new(fields);
+    response.set_status_code(status).expect("handler status codes are valid");
+    let body = response.body().expect("a new response has a body");
+    ResponseOutparam::set(out, Ok(response));
+    let stream = body.write().expect("a new body has a stream");
+    (body, stream)
+}
+
+/// Writes all of `bytes`; false once the client has gone away.
+fn write_all(stream: &OutputStream, bytes: &[u8]) -> bool {
+    bytes.chunks(WRITE_CHUNK).all(|chunk| stream.blocking_write_and_flush(chunk).is_ok())
+}
+
+fn finish(body: OutgoingBody, stream: OutputStream) {
+    drop(stream);
+    // The client may already be gone; there is no one left to tell.
+    let _ = OutgoingBody::finish(body, None);
+}
+
+/// Sends a complete JSON response.
+pub fn send_json(out: ResponseOutparam, status: u16, value: &impl Serialize) {
+    let bytes = serde_json::to_vec(value).expect("response values serialize");
+    let (body, stream) = start(out, status, &[("content-type", "application/json")]);
+    write_all(&stream, &bytes);
+    finish(body, stream);
+}
+
+/// Sends an error as JSON with its status.
+pub fn send_error(out: ResponseOutparam, error: &ApiError) {
+    send_json(out, error.status, &error.body());
+}
+
+/// A `text/event-stream` response in progress.
+pub struct EventStream {
+    body: OutgoingBody,
+    stream: OutputStream,
+    open: bool,
+}
+
+impl EventStream {
+    pub fn start(out: ResponseOutparam) -> Self {
+        let (body, stream) = start(
+            out,
+            200,
+            &[("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("x-accel-buffering", "no")],
+        );
+        Self { body, stream, open: true }
+    }
+
+    /// Sends one `data:` event; false once the client has disconnected.
+    pub fn send(&mut self, data: &str) -> bool {
+        if self.open {
+            let mut event = String::with_capacity(data.len() + 8);
+            event.push_str("data: ");
+            event.push_str(data);
+            event.push_str("\n\n");
+            self.open = write_all(&self.stream, event.as_bytes());
+        }
+        self.open
+    }
+
+    pub fn send_json(&mut self, value: &impl Serialize) -> bool {
+        self.send(&serde_json::to_string(value).expect("event values serialize"))
+    }
+
+    pub fn finish(self) {
+        finish(self.body, self.stream);
+    }
+}

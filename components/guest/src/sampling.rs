@@ -1,0 +1,193 @@
+//! Choosing the next token from a step's logits: greedy at temperature 0, otherwise temperature,
+//! top-k and nucleus (top-p) sampling from a seeded generator, so a seed reproduces its output.
+
+/// How to pick tokens; validated by the API layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// Smallest set of tokens whose probability mass reaches `top_p`; 1 keeps all.
+    pub top_p: f32,
+    /// Keep only the `top_k` most likely tokens; 0 keeps all.
+    pub top_k: usize,
+    pub seed: u64,
+}
+
+/// SplitMix64: tiny, fast, and good enough to draw one uniform number per token.
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+pub struct Sampler {
+    params: SamplingParams,
+    rng: Rng,
+    /// Reused across steps: (logit, token) candidates.
+    candidates: Vec<(f32, u32)>,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Self {
+        let rng = Rng(params.seed);
+        Self { params, rng, candidates: Vec::new() }
+    }
+
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        if self.params.temperature <= 0.0 || self.params.top_k == 1 {
+            return argmax(logits);
+        }
+        let inv_t = 1.0 / self.params.temperature;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let weight = |logit: f32| ((logit - max) * inv_t).exp();
+        let total: f64 = logits.iter().map(|&l| weight(l) as f64).sum();
+        let (top_k, top_p) = (self.params.top_k, self.params.top_p);
+
+        if top_k == 0 && top_p >= 1.0 {
+            // The whole distribution: no sorting needed.
+            let mut target = self.rng.next_f64() * total;
+            for (token, &logit) in logits.iter().enumerate() {
+                target -= weight(logit) as f64;
+                if target <= 0.0 {
+                    return token as u32;
+                }
+            }
+            return argmax(logits);
+        }
+
+        // Sort only as many of the best candidates as the cut needs: most of the mass sits in a few dozen.
+        let mut keep = if top_k > 0 { top_k.min(logits.len()) } else { 64.min(logits.len()) };
+        loop {
+            self.candidates.clear();
+            self.candidates.extend(logits.iter().enumerate().map(|(i, &l)| (l, i as u32)));
+            let by_logit = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+            if keep < self.candidates.len() {
+                self.candidates.select_nth_unstable_by(keep, by_logit);
+                self.candidates.truncate(keep);
+            }
+            self.candidates.sort_unstable_by(by_logit);
+            let mass: f64 = self.candidates.iter().map(|&(l, _)| weight(l) as f64).sum::<f64>() / total;
+            if top_k > 0 || mass >= top_p as f64 || keep == logits.len() {
+                break;
+            }
+            keep = (keep * 4).min(logits.len());
+        }
+
+        // Nucleus cut over the kept candidates, renormalised among themselves.
+        let kept_total: f64 = self.candidates.iter().map(|&(l, _)| weight(l) as f64).sum();
+        let mut cumulative = 0.0;
+        let mut cut = self.candidates.len();
+        for (i, &(l, _)) in self.candidates.iter().enumerate() {
+            cumulative += weight(l) as f64 / kept_total;
+            if cumulative >= top_p as f64 {
+                cut = i + 1;
+                break;
+            }
+        }
+        let nucleus = &self.candidates[..cut];
+        let nucleus_total: f64 = nucleus.iter().map(|&(l, _)| weight(l) as f64).sum();
+        let mut target = self.rng.next_f64() * nucleus_total;
+        for &(l, token) in nucleus {
+            target -= weight(l) as f64;
+            if target <= 0.0 {
+                return token;
+            }
+        }
+        nucleus[0].1
+    }
+}
+
+/// Index of the largest logit; the lowest index wins a tie, so greedy decoding is deterministic.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(temperature: f32, top_p: f32, top_k: usize, seed: u64) -> SamplingParams {
+        SamplingParams { temperature, top_p, top_k, seed }
+    }
+
+    fn logits() -> Vec<f32> {
+        (0..1000).map(|i| ((i * 7919) % 1000) as f32 / 100.0).collect()
+    }
+
+    #[test]
+    fn greedy_picks_the_largest_logit() {
+        let mut l = logits();
+        l[123] = 100.0;
+        assert_eq!(Sampler::new(params(0.0, 1.0, 0, 1)).sample(&l), 123);
+        assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1);
+    }
+
+    #[test]
+    fn same_seed_same_tokens_other_seed_other_tokens() {
+        let l = logits();
+        let run = |seed| {
+            let mut s = Sampler::new(params(1.0, 0.95, 0, seed));
+            (0..50).map(|_| s.sample(&l)).collect::<Vec<_>>()
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn top_k_restricts_to_the_best_tokens() {
+        let l = logits();
+        let mut order: Vec<u32> = (0..l.len() as u32).collect();
+        order.sort_by(|&a, &b| l[b as usize].total_cmp(&l[a as usize]));
+        let best: Vec<u32> = order[..3].to_vec();
+        let mut s = Sampler::new(params(5.0, 1.0, 3, 42));
+        for _ in 0..200 {
+            assert!(best.contains(&s.sample(&l)));
+        }
+    }
+
+    #[test]
+    fn small_top_p_keeps_only_the_dominant_token() {
+        let mut l = vec![0.0; 500];
+        l[9] = 10.0;
+        let mut s = Sampler::new(params(1.0, 0.5, 0, 3));
+        for _ in 0..100 {
+            assert_eq!(s.sample(&l), 9);
+        }
+    }
+
+    #[test]
+    fn full_distribution_follows_probabilities() {
+        // Two tokens with probabilities 0.2 and 0.8.
+        let l = vec![0.0, (4.0f32).ln()];
+        let mut s = Sampler::new(params(1.0, 1.0, 0, 11));
+        let ones = (0..10_000).filter(|_| s.sample(&l) == 1).count();
+        assert!((7_600..8_400).contains(&ones), "{ones}");
+    }
+
+    #[test]
+    fn wide_nucleus_grows_past_the_first_window() {
+        // A flat distribution needs nearly every token to reach top_p = 0.99.
+        let l = vec![1.0; 2000];
+        let mut s = Sampler::new(params(1.0, 0.99, 0, 5));
+        let picks: std::collections::HashSet<u32> = (0..2000).map(|_| s.sample(&l)).collect();
+        assert!(picks.iter().any(|&t| t >= 64 * 4 * 4), "only early tokens drawn");
+    }
+}

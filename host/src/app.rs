@@ -1,0 +1,113 @@
+//! The app, built once per process: the engine, each component compiled and pre-instantiated, the
+//! routes, and the resident models.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use wasmtime::error::Context;
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::instance::{InstanceState, linker};
+use crate::manifest::{Manifest, Router};
+use crate::models::{ModelAccess, ModelRegistry};
+use crate::nn::backend::{Backend, LoadOptions};
+
+/// Settings of the process, from the command line.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub manifest: PathBuf,
+    pub models_dir: PathBuf,
+    pub threads: usize,
+    /// Most concurrent instances the pooling allocator reserves room for.
+    pub max_instances: u32,
+    /// Linear memory one instance may grow to.
+    pub max_instance_memory: usize,
+}
+
+/// One component, ready to be instantiated per request.
+pub struct ComponentRuntime {
+    pub id: String,
+    pub pre: ProxyPre<InstanceState>,
+    pub models: ModelAccess,
+    pub environment: Vec<(String, String)>,
+}
+
+pub struct App {
+    pub engine: Engine,
+    pub router: Router,
+    pub components: Vec<ComponentRuntime>,
+    pub max_instance_memory: usize,
+}
+
+impl App {
+    pub fn load(config: &AppConfig, backend: &dyn Backend) -> wasmtime::Result<Self> {
+        let manifest = Manifest::load(&config.manifest)?;
+        let base = config.manifest.parent().unwrap_or(Path::new("."));
+        let engine = engine(config)?;
+
+        // Models and components are independent: load the models while Cranelift compiles.
+        let options = LoadOptions { threads: config.threads };
+        let (registry, compiled) = std::thread::scope(|scope| {
+            let models = scope.spawn(|| ModelRegistry::load(&config.models_dir, &manifest.models(), backend, &options));
+            let compiled: wasmtime::Result<Vec<(String, Component)>> = manifest
+                .component
+                .iter()
+                .map(|(id, spec)| {
+                    let path = base.join(&spec.source);
+                    let started = std::time::Instant::now();
+                    let component = Component::from_file(&engine, &path)
+                        .with_context(|| format!("component {id:?}: loading {}", path.display()))?;
+                    tracing::info!(component = %id, ms = started.elapsed().as_millis() as u64, "component compiled");
+                    Ok((id.clone(), component))
+                })
+                .collect();
+            (models.join().expect("model loading panicked"), compiled)
+        });
+        let registry = Arc::new(registry?);
+
+        let linker = linker(&engine)?;
+        let mut components = Vec::new();
+        for (id, component) in compiled? {
+            let spec = &manifest.component[&id];
+            for model in &spec.ai_models {
+                wasmtime::ensure!(registry.get(model).is_some(), "component {id:?}: model {model:?} did not load");
+            }
+            let pre = ProxyPre::new(linker.instantiate_pre(&component).with_context(|| {
+                format!("component {id:?} imports something nnspin does not provide")
+            })?)
+            .with_context(|| format!("component {id:?} does not export wasi:http/incoming-handler"))?;
+            components.push(ComponentRuntime {
+                id: id.clone(),
+                pre,
+                models: ModelAccess::new(registry.clone(), spec.ai_models.clone().into()),
+                environment: spec.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            });
+        }
+        tracing::info!(app = %manifest.application.name, components = components.len(), "app loaded");
+        Ok(Self {
+            engine,
+            router: Router::new(&manifest.trigger.http),
+            components,
+            max_instance_memory: config.max_instance_memory,
+        })
+    }
+
+    pub fn component(&self, id: &str) -> Option<&ComponentRuntime> {
+        self.components.iter().find(|c| c.id == id)
+    }
+}
+
+fn engine(config: &AppConfig) -> wasmtime::Result<Engine> {
+    let mut pooling = PoolingAllocationConfig::default();
+    pooling
+        .total_component_instances(config.max_instances)
+        .total_memories(config.max_instances)
+        .total_tables(config.max_instances * 2)
+        .total_core_instances(config.max_instances * 2)
+        .max_memory_size(config.max_instance_memory);
+    let mut wasm = Config::new();
+    wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    Engine::new(&wasm)
+}

@@ -1,0 +1,159 @@
+//! The app manifest: Spin's `spin.toml` format (manifest version 2), the parts nnspin acts on.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use wasmtime::error::Context;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+pub struct Manifest {
+    pub spin_manifest_version: u32,
+    pub application: Application,
+    #[serde(default)]
+    pub trigger: Triggers,
+    #[serde(default)]
+    pub component: BTreeMap<String, ComponentSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Application {
+    pub name: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Triggers {
+    #[serde(default)]
+    pub http: Vec<HttpTrigger>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HttpTrigger {
+    /// An exact path, or a prefix ending in `/...` that matches everything below it.
+    pub route: String,
+    pub component: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ComponentSpec {
+    /// Path of the component's `.wasm`, relative to the manifest.
+    pub source: PathBuf,
+    /// Models the component may load through `wasi:nn/graph.load-by-name` and `nnspin:llm/text`.
+    #[serde(default)]
+    pub ai_models: Vec<String>,
+    /// Environment variables the component sees.
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+}
+
+impl Manifest {
+    pub fn load(path: &Path) -> wasmtime::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let manifest: Self = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        manifest.validate().with_context(|| format!("in {}", path.display()))?;
+        Ok(manifest)
+    }
+
+    fn validate(&self) -> wasmtime::Result<()> {
+        if self.spin_manifest_version != 2 {
+            wasmtime::bail!("spin_manifest_version {} is not supported (use 2)", self.spin_manifest_version);
+        }
+        for trigger in &self.trigger.http {
+            if !self.component.contains_key(&trigger.component) {
+                wasmtime::bail!("route {:?} names component {:?}, which is not declared", trigger.route, trigger.component);
+            }
+            if !trigger.route.starts_with('/') {
+                wasmtime::bail!("route {:?} must start with '/'", trigger.route);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every model some component may use, once each.
+    pub fn models(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.component.values().flat_map(|c| c.ai_models.iter().cloned()).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+/// Maps request paths to components with Spin's rules: an exact route wins, then the longest wildcard.
+#[derive(Debug)]
+pub struct Router {
+    exact: BTreeMap<String, String>,
+    /// Wildcard prefixes (without `/...`), longest first.
+    prefixes: Vec<(String, String)>,
+}
+
+impl Router {
+    pub fn new(triggers: &[HttpTrigger]) -> Self {
+        let mut exact = BTreeMap::new();
+        let mut prefixes = Vec::new();
+        for t in triggers {
+            match t.route.strip_suffix("/...") {
+                Some(prefix) => prefixes.push((prefix.to_string(), t.component.clone())),
+                None => {
+                    exact.insert(t.route.trim_end_matches('/').to_string(), t.component.clone());
+                }
+            }
+        }
+        prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        Self { exact, prefixes }
+    }
+
+    pub fn route(&self, path: &str) -> Option<&str> {
+        let path = path.trim_end_matches('/');
+        if let Some(component) = self.exact.get(path) {
+            return Some(component);
+        }
+        self.prefixes
+            .iter()
+            .find(|(prefix, _)| {
+                path == prefix || (path.starts_with(prefix.as_str()) && path[prefix.len()..].starts_with('/'))
+            })
+            .map(|(_, component)| component.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router() -> Router {
+        let t = |route: &str, component: &str| HttpTrigger { route: route.into(), component: component.into() };
+        Router::new(&[t("/v1/...", "openai"), t("/health", "openai"), t("/v1/models/special", "other"), t("/...", "root")])
+    }
+
+    #[test]
+    fn exact_routes_win_over_wildcards() {
+        let r = router();
+        assert_eq!(r.route("/v1/models/special"), Some("other"));
+        assert_eq!(r.route("/v1/models/other"), Some("openai"));
+        assert_eq!(r.route("/health"), Some("openai"));
+        assert_eq!(r.route("/health/"), Some("openai"));
+    }
+
+    #[test]
+    fn wildcards_match_whole_segments() {
+        let r = router();
+        assert_eq!(r.route("/v1"), Some("openai"));
+        assert_eq!(r.route("/v10/x"), Some("root"));
+        assert_eq!(r.route("/anything"), Some("root"));
+    }
+
+    #[test]
+    fn manifest_rejects_unknown_components() {
+        let text = r#"
+            spin_manifest_version = 2
+            [application]
+            name = "x"
+            [[trigger.http]]
+            route = "/..."
+            component = "missing"
+        "#;
+        let manifest: Manifest = toml::from_str(text).unwrap();
+        let err = manifest.validate().unwrap_err().to_string();
+        assert!(err.contains("missing"), "{err}");
+    }
+}

@@ -1,0 +1,84 @@
+//! The boundary between wasi-nn and the inference engines, in the spirit of wasmtime's `crates/wasi-nn`:
+//! a backend loads graphs, a graph makes execution contexts, a context computes on named tensors.
+//!
+//! Contexts are stateful: a decoder's KV cache stays inside its context between `compute` calls, so no
+//! cache bytes ever cross the component boundary.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::bindings::errors::ErrorCode;
+use crate::bindings::tensor::TensorType;
+
+/// A tensor as it crosses the wasi-nn boundary: dimensions, element type and little-endian bytes.
+#[derive(Debug, Clone)]
+pub struct Tensor {
+    pub dims: Vec<u32>,
+    pub ty: TensorType,
+    pub data: Vec<u8>,
+}
+
+impl Tensor {
+    /// Number of elements the dimensions describe.
+    pub fn len(&self) -> usize {
+        self.dims.iter().map(|&d| d as usize).product()
+    }
+}
+
+/// Size of one element of a wasi-nn tensor type.
+pub fn element_size(ty: TensorType) -> usize {
+    match ty {
+        TensorType::Fp16 | TensorType::Bf16 => 2,
+        TensorType::Fp32 | TensorType::I32 => 4,
+        TensorType::Fp64 | TensorType::I64 => 8,
+        TensorType::U8 => 1,
+    }
+}
+
+/// Why a backend operation failed; each kind maps onto one wasi-nn error code.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("failed to load model: {0}")]
+    Load(String),
+    #[error("inference failed: {0}")]
+    Runtime(String),
+}
+
+impl BackendError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            Self::Unsupported(_) => ErrorCode::UnsupportedOperation,
+            Self::Load(_) | Self::Runtime(_) => ErrorCode::RuntimeError,
+        }
+    }
+}
+
+/// How a graph should be placed and run.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Intra-op threads for one inference; 0 lets the backend choose.
+    pub threads: usize,
+}
+
+/// An inference engine that can load models from a directory.
+pub trait Backend: Send + Sync {
+    /// Short name for logs and model metadata, such as `onnxruntime`.
+    fn name(&self) -> &'static str;
+    fn load(&self, model_dir: &Path, options: &LoadOptions) -> Result<Arc<dyn BackendGraph>, BackendError>;
+}
+
+/// A loaded model, shared by every instance and request.
+pub trait BackendGraph: Send + Sync {
+    fn init_execution_context(&self) -> Result<Box<dyn BackendExecutionContext>, BackendError>;
+}
+
+/// One sequence's inference state.
+pub trait BackendExecutionContext: Send {
+    /// Runs the model on the named inputs and returns the named outputs the guest may read.
+    fn compute(&mut self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, BackendError>;
+}

@@ -1,0 +1,194 @@
+//! `wasi:nn@0.2.0-rc-2024-10-28` over the host's resident models.
+//!
+//! Graphs come only from `load-by-name`, which serves the models `spin.toml` lets the component use;
+//! loading raw model bytes from a guest is refused, since models are loaded once per process, not per
+//! request. `compute` runs on tokio's blocking pool so inference never stalls the HTTP workers.
+
+pub mod backend;
+#[cfg(feature = "onnxruntime")]
+pub mod onnxruntime;
+
+use std::sync::Arc;
+
+use wasmtime::component::{HasData, Resource, ResourceTable};
+
+use crate::bindings::errors::ErrorCode;
+use crate::bindings::graph::{ExecutionTarget, GraphBuilder, GraphEncoding};
+use crate::bindings::tensor::TensorType;
+use crate::bindings::{errors, graph, inference, tensor};
+use crate::models::ModelAccess;
+pub use backend::Tensor;
+use backend::{BackendError, BackendExecutionContext, BackendGraph};
+
+/// A loaded graph, as a guest holds it.
+pub struct Graph(Arc<dyn BackendGraph>);
+
+/// One execution context; the backend state is taken out while a `compute` runs off-thread.
+pub struct ExecutionContext(Option<Box<dyn BackendExecutionContext>>);
+
+/// A wasi-nn error resource.
+#[derive(Debug)]
+pub struct NnError {
+    code: ErrorCode,
+    message: String,
+}
+
+impl From<BackendError> for NnError {
+    fn from(e: BackendError) -> Self {
+        Self { code: e.code(), message: e.to_string() }
+    }
+}
+
+/// What the wasi-nn host functions see of an instance's state.
+pub struct NnView<'a> {
+    pub table: &'a mut ResourceTable,
+    pub models: &'a ModelAccess,
+}
+
+/// Marker tying [`NnView`] to the generated `add_to_linker` functions.
+pub struct WasiNn;
+
+impl HasData for WasiNn {
+    type Data<'a> = NnView<'a>;
+}
+
+type NnResult<T> = wasmtime::Result<Result<T, Resource<NnError>>>;
+
+impl NnView<'_> {
+    fn fail<T>(&mut self, code: ErrorCode, message: impl Into<String>) -> NnResult<T> {
+        let message = message.into();
+        tracing::debug!(?code, %message, "wasi-nn error");
+        Ok(Err(self.table.push(NnError { code, message })?))
+    }
+}
+
+impl graph::Host for NnView<'_> {
+    async fn load(
+        &mut self,
+        _builder: Vec<GraphBuilder>,
+        _encoding: GraphEncoding,
+        _target: ExecutionTarget,
+    ) -> NnResult<Resource<Graph>> {
+        self.fail(
+            ErrorCode::Security,
+            "models are loaded by the host; use load-by-name with a model listed in spin.toml",
+        )
+    }
+
+    async fn load_by_name(&mut self, name: String) -> NnResult<Resource<Graph>> {
+        match self.models.get(&name) {
+            Some(model) => Ok(Ok(self.table.push(Graph(model.graph.clone()))?)),
+            None => self.fail(ErrorCode::NotFound, format!("model {name:?} is not available to this component")),
+        }
+    }
+}
+
+impl graph::HostGraph for NnView<'_> {
+    async fn init_execution_context(
+        &mut self,
+        graph: Resource<Graph>,
+    ) -> NnResult<Resource<inference::GraphExecutionContext>> {
+        let graph = self.table.get(&graph)?.0.clone();
+        match graph.init_execution_context() {
+            Ok(context) => Ok(Ok(self.table.push(ExecutionContext(Some(context)))?)),
+            Err(e) => self.fail(e.code(), e.to_string()),
+        }
+    }
+
+    async fn drop(&mut self, graph: Resource<Graph>) -> wasmtime::Result<()> {
+        self.table.delete(graph)?;
+        Ok(())
+    }
+}
+
+impl inference::Host for NnView<'_> {}
+
+impl inference::HostGraphExecutionContext for NnView<'_> {
+    async fn compute(
+        &mut self,
+        context: Resource<ExecutionContext>,
+        inputs: Vec<inference::NamedTensor>,
+    ) -> NnResult<Vec<inference::NamedTensor>> {
+        let mut named = Vec::with_capacity(inputs.len());
+        for (name, tensor) in inputs {
+            // The guest's tensor resources stay valid; the backend receives owned copies of the bytes.
+            named.push((name, self.table.get(&tensor)?.clone()));
+        }
+        let Some(mut backend) = self.table.get_mut(&context)?.0.take() else {
+            return self.fail(ErrorCode::RuntimeError, "the execution context failed earlier and cannot be reused");
+        };
+        let (backend, result) = tokio::task::spawn_blocking(move || {
+            let result = backend.compute(named);
+            (backend, result)
+        })
+        .await?;
+        match result {
+            Ok(outputs) => {
+                self.table.get_mut(&context)?.0 = Some(backend);
+                let mut named = Vec::with_capacity(outputs.len());
+                for (name, tensor) in outputs {
+                    named.push((name, self.table.push(tensor)?));
+                }
+                Ok(Ok(named))
+            }
+            Err(e @ BackendError::InvalidArgument(_)) => {
+                // Nothing ran, so the context's state is intact.
+                self.table.get_mut(&context)?.0 = Some(backend);
+                self.fail(e.code(), e.to_string())
+            }
+            Err(e) => self.fail(e.code(), e.to_string()),
+        }
+    }
+
+    async fn drop(&mut self, context: Resource<ExecutionContext>) -> wasmtime::Result<()> {
+        self.table.delete(context)?;
+        Ok(())
+    }
+}
+
+impl tensor::Host for NnView<'_> {}
+
+impl tensor::HostTensor for NnView<'_> {
+    async fn new(
+        &mut self,
+        dimensions: Vec<u32>,
+        ty: TensorType,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Resource<Tensor>> {
+        Ok(self.table.push(Tensor { dims: dimensions, ty, data })?)
+    }
+
+    async fn dimensions(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<Vec<u32>> {
+        Ok(self.table.get(&tensor)?.dims.clone())
+    }
+
+    async fn ty(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<TensorType> {
+        Ok(self.table.get(&tensor)?.ty)
+    }
+
+    async fn data(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<Vec<u8>> {
+        Ok(self.table.get(&tensor)?.data.clone())
+    }
+
+    async fn drop(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<()> {
+        self.table.delete(tensor)?;
+        Ok(())
+    }
+}
+
+impl errors::Host for NnView<'_> {}
+
+impl errors::HostError for NnView<'_> {
+    async fn code(&mut self, error: Resource<NnError>) -> wasmtime::Result<ErrorCode> {
+        Ok(self.table.get(&error)?.code)
+    }
+
+    async fn data(&mut self, error: Resource<NnError>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&error)?.message.clone())
+    }
+
+    async fn drop(&mut self, error: Resource<NnError>) -> wasmtime::Result<()> {
+        self.table.delete(error)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,269 @@
+//! ONNX Runtime backend, through the `ort` crate with the runtime library loaded at start.
+//!
+//! A model directory in the Hugging Face Optimum layout holds a decoder whose inputs are `input_ids`,
+//! `attention_mask`, `position_ids` and `past_key_values.{i}.key/value`, and whose outputs are `logits`
+//! and `present.{i}.key/value`. The execution context feeds each `present.*` back as the matching
+//! `past_key_values.*` on the next `compute`, so the guest only ever sends the new tokens.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ort::session::{Session, SessionInputValue, builder::GraphOptimizationLevel};
+use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
+
+use super::backend::{Backend, BackendError, BackendExecutionContext, BackendGraph, LoadOptions, Tensor};
+use crate::bindings::tensor::TensorType;
+
+/// Prefix of the cache inputs the context fills itself, and of the outputs it keeps.
+const PAST_PREFIX: &str = "past_key_values.";
+const PRESENT_PREFIX: &str = "present.";
+
+pub struct OnnxRuntime {
+    environment: ort::environment::Environment,
+}
+
+impl OnnxRuntime {
+    /// Loads the ONNX Runtime shared library (once per process) and creates its environment.
+    pub fn new() -> wasmtime::Result<Self> {
+        static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+        let environment = ENVIRONMENT
+            .get_or_init(|| {
+                let lib = locate_library().map_err(|e| e.to_string())?;
+                tracing::info!(library = %lib.display(), "loading ONNX Runtime");
+                ort::init_from(&lib)
+                    .map_err(|e| format!("cannot load {}: {e}", lib.display()))?
+                    .with_name("nnspin")
+                    .build()
+                    .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", lib.display()))
+            })
+            .clone()
+            .map_err(wasmtime::Error::msg)?;
+        Ok(Self { environment })
+    }
+}
+
+/// `ORT_DYLIB_PATH`, else the `onnxruntime` wheel in the project's `.venv` or the active virtualenv.
+fn locate_library() -> wasmtime::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
+        return Ok(PathBuf::from(path));
+    }
+    let mut roots = vec![PathBuf::from(".venv")];
+    if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
+        roots.insert(0, PathBuf::from(venv));
+    }
+    for root in roots {
+        let Ok(entries) = std::fs::read_dir(root.join("lib")) else { continue };
+        for python in entries.flatten() {
+            let capi = python.path().join("site-packages/onnxruntime/capi");
+            let Ok(files) = std::fs::read_dir(&capi) else { continue };
+            for file in files.flatten() {
+                let name = file.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with("libonnxruntime.so") {
+                    return Ok(file.path());
+                }
+            }
+        }
+    }
+    wasmtime::bail!(
+        "ONNX Runtime library not found: set ORT_DYLIB_PATH to libonnxruntime.so \
+         (pip install onnxruntime ships it in onnxruntime/capi/)"
+    )
+}
+
+impl Backend for OnnxRuntime {
+    fn name(&self) -> &'static str {
+        "onnxruntime"
+    }
+
+    fn load(&self, model_dir: &Path, options: &LoadOptions) -> Result<Arc<dyn BackendGraph>, BackendError> {
+        let path = model_dir.join("model.onnx");
+        if !path.is_file() {
+            return Err(BackendError::Load(format!("{} does not exist", path.display())));
+        }
+        let load = |e: ort::Error| BackendError::Load(format!("{}: {e}", path.display()));
+        let mut builder = Session::builder(&self.environment)
+            .map_err(load)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| load(e.into()))?
+            // Spinning intra-op threads halve throughput when anything else shares the cores.
+            .with_intra_op_spinning(false)
+            .map_err(|e| load(e.into()))?;
+        if options.threads > 0 {
+            builder = builder.with_intra_threads(options.threads).map_err(|e| load(e.into()))?;
+        }
+        let session = builder.commit_from_file(&path).map_err(load)?;
+        Ok(Arc::new(OnnxGraph::new(session)?))
+    }
+}
+
+/// Shape of one cache input, with the batch and past-length axes left free.
+#[derive(Clone)]
+struct CacheInput {
+    name: String,
+    ty: TensorElementType,
+    /// Dimensions with -1 where the model leaves them symbolic.
+    dims: Vec<i64>,
+}
+
+struct OnnxGraph {
+    /// ONNX Runtime's `Run` is not thread safe on one session; the per-model scheduler that batches
+    /// concurrent contexts will own this lock.
+    session: Arc<Mutex<Session>>,
+    caches: Arc<[CacheInput]>,
+}
+
+impl OnnxGraph {
+    fn new(session: Session) -> Result<Self, BackendError> {
+        let mut caches = Vec::new();
+        for input in session.inputs() {
+            if !input.name().starts_with(PAST_PREFIX) {
+                continue;
+            }
+            let ValueType::Tensor { ty, shape, .. } = input.dtype() else {
+                return Err(BackendError::Load(format!("cache input {} is not a tensor", input.name())));
+            };
+            caches.push(CacheInput { name: input.name().to_string(), ty: *ty, dims: shape.to_vec() });
+        }
+        Ok(Self { session: Arc::new(Mutex::new(session)), caches: caches.into() })
+    }
+}
+
+impl BackendGraph for OnnxGraph {
+    fn init_execution_context(&self) -> Result<Box<dyn BackendExecutionContext>, BackendError> {
+        Ok(Box::new(OnnxContext { session: self.session.clone(), caches: self.caches.clone(), past: None }))
+    }
+}
+
+struct OnnxContext {
+    session: Arc<Mutex<Session>>,
+    caches: Arc<[CacheInput]>,
+    /// The previous step's `present.*` values, in the order of `caches`; `None` before the first step.
+    past: Option<Vec<DynValue>>,
+}
+
+impl OnnxContext {
+    /// Zero-length caches for the first step of a sequence of `batch` rows.
+    fn empty_caches(&self, batch: i64) -> Result<Vec<DynValue>, BackendError> {
+        self.caches
+            .iter()
+            .map(|cache| {
+                let dims: Vec<i64> = cache
+                    .dims
+                    .iter()
+                    .enumerate()
+                    .map(|(axis, &d)| match axis {
+                        0 => batch,
+                        2 => 0,
+                        _ => d.max(1),
+                    })
+                    .collect();
+                match cache.ty {
+                    TensorElementType::Float32 => OrtTensor::<f32>::from_array((dims, Vec::<f32>::new()))
+                        .map(|t| t.into_dyn()),
+                    TensorElementType::Float16 => {
+                        return Err(BackendError::Unsupported(format!("fp16 cache input {}", cache.name)));
+                    }
+                    other => return Err(BackendError::Unsupported(format!("cache input type {other:?}"))),
+                }
+                .map_err(|e| BackendError::Runtime(e.to_string()))
+            })
+            .collect()
+    }
+}
+
+impl BackendExecutionContext for OnnxContext {
+    fn compute(&mut self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, BackendError> {
+        let mut batch = 1;
+        let mut feed: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len() + self.caches.len());
+        for (name, tensor) in inputs {
+            if name.starts_with(PAST_PREFIX) {
+                return Err(BackendError::InvalidArgument(format!(
+                    "{name} is kept by the execution context; send only the new tokens"
+                )));
+            }
+            if name == "input_ids" {
+                batch = tensor.dims.first().copied().unwrap_or(1) as i64;
+            }
+            feed.push((name, to_ort(tensor)?.into()));
+        }
+        if self.past.is_none() {
+            self.past = Some(self.empty_caches(batch)?);
+        }
+        let past = self.past.as_ref().expect("caches initialised above");
+        for (cache, value) in self.caches.iter().zip(past) {
+            feed.push((cache.name.clone(), value.into()));
+        }
+
+        let mut session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let outputs = session.run(feed).map_err(|e| BackendError::Runtime(e.to_string()))?;
+
+        let mut results = Vec::new();
+        let mut present = Vec::with_capacity(self.caches.len());
+        let mut by_name: Vec<(String, DynValue)> = outputs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        for cache in self.caches.iter() {
+            let wanted = format!("{PRESENT_PREFIX}{}", &cache.name[PAST_PREFIX.len()..]);
+            let index = by_name.iter().position(|(name, _)| *name == wanted).ok_or_else(|| {
+                BackendError::Runtime(format!("the model has no output {wanted} for its input {}", cache.name))
+            })?;
+            present.push(by_name.swap_remove(index).1);
+        }
+        drop(session);
+        for (name, value) in by_name {
+            results.push((name, from_ort(&value)?));
+        }
+        self.past = Some(present);
+        Ok(results)
+    }
+}
+
+fn to_ort(tensor: Tensor) -> Result<DynValue, BackendError> {
+    if tensor.data.len() != tensor.len() * super::backend::element_size(tensor.ty) {
+        return Err(BackendError::InvalidArgument(format!(
+            "tensor of dimensions {:?} holds {} bytes",
+            tensor.dims, tensor.data.len()
+        )));
+    }
+    let dims: Vec<i64> = tensor.dims.iter().map(|&d| d as i64).collect();
+    let bad = |e: ort::Error| BackendError::InvalidArgument(e.to_string());
+    Ok(match tensor.ty {
+        TensorType::I64 => OrtTensor::from_array((dims, le_values(&tensor.data, i64::from_le_bytes)))
+            .map_err(bad)?
+            .into_dyn(),
+        TensorType::I32 => OrtTensor::from_array((dims, le_values(&tensor.data, i32::from_le_bytes)))
+            .map_err(bad)?
+            .into_dyn(),
+        TensorType::Fp32 => OrtTensor::from_array((dims, le_values(&tensor.data, f32::from_le_bytes)))
+            .map_err(bad)?
+            .into_dyn(),
+        TensorType::U8 => OrtTensor::from_array((dims, tensor.data)).map_err(bad)?.into_dyn(),
+        other => return Err(BackendError::Unsupported(format!("input tensor type {other:?}"))),
+    })
+}
+
+fn le_values<const N: usize, T>(bytes: &[u8], convert: fn([u8; N]) -> T) -> Vec<T> {
+    bytes.chunks_exact(N).map(|c| convert(c.try_into().expect("chunk of N bytes"))).collect()
+}
+
+fn from_ort(value: &DynValue) -> Result<Tensor, BackendError> {
+    let runtime = |e: ort::Error| BackendError::Runtime(e.to_string());
+    let ty = value.dtype().tensor_type().ok_or_else(|| BackendError::Unsupported("non-tensor output".into()))?;
+    macro_rules! convert {
+        ($t:ty, $wasi:expr) => {{
+            let (shape, data) = value.try_extract_tensor::<$t>().map_err(runtime)?;
+            let mut bytes = Vec::with_capacity(data.len() * size_of::<$t>());
+            for v in data {
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
+            (shape.iter().map(|&d| d as u32).collect(), $wasi, bytes)
+        }};
+    }
+    let (dims, ty, data) = match ty {
+        TensorElementType::Float32 => convert!(f32, TensorType::Fp32),
+        TensorElementType::Int64 => convert!(i64, TensorType::I64),
+        TensorElementType::Int32 => convert!(i32, TensorType::I32),
+        TensorElementType::Uint8 => convert!(u8, TensorType::U8),
+        other => return Err(BackendError::Unsupported(format!("output tensor type {other:?}"))),
+    };
+    Ok(Tensor { dims, ty, data })
+}
