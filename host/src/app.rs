@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use wasmtime::error::Context;
 use wasmtime::component::Component;
+use wasmtime::error::Context;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
@@ -48,9 +48,13 @@ impl App {
         let engine = engine(config)?;
 
         // Models and components are independent: load the models while Cranelift compiles.
-        let options = LoadOptions { threads: config.threads };
+        let options = LoadOptions {
+            threads: config.threads,
+        };
         let (registry, compiled) = std::thread::scope(|scope| {
-            let models = scope.spawn(|| ModelRegistry::load(&config.models_dir, &manifest.models(), backend, &options));
+            let models = scope.spawn(|| {
+                ModelRegistry::load(&config.models_dir, &manifest.models(), backend, &options)
+            });
             let compiled: wasmtime::Result<Vec<(String, Component)>> = manifest
                 .component
                 .iter()
@@ -72,17 +76,26 @@ impl App {
         for (id, component) in compiled? {
             let spec = &manifest.component[&id];
             for model in &spec.ai_models {
-                wasmtime::ensure!(registry.get(model).is_some(), "component {id:?}: model {model:?} did not load");
+                wasmtime::ensure!(
+                    registry.get(model).is_some(),
+                    "component {id:?}: model {model:?} did not load"
+                );
             }
             let pre = ProxyPre::new(linker.instantiate_pre(&component).with_context(|| {
                 format!("component {id:?} imports something nnspin does not provide")
             })?)
-            .with_context(|| format!("component {id:?} does not export wasi:http/incoming-handler"))?;
+            .with_context(|| {
+                format!("component {id:?} does not export wasi:http/incoming-handler")
+            })?;
             components.push(ComponentRuntime {
                 id: id.clone(),
                 pre,
                 models: ModelAccess::new(registry.clone(), spec.ai_models.clone().into()),
-                environment: spec.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                environment: spec
+                    .environment
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             });
         }
         tracing::info!(app = %manifest.application.name, components = components.len(), "app loaded");

@@ -17,5 +17,5 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use nnspin::llm::text;
-pub use wasi::nn::{errors, graph, inference, tensor};
+pub use self::nnspin::llm::text;
+pub use self::wasi::nn::{errors, graph, inference, tensor};

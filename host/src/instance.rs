@@ -21,36 +21,59 @@ pub struct InstanceState {
 
 impl InstanceState {
     /// A sandbox with no preopened directories and no network, only the granted environment.
-    pub fn new(models: ModelAccess, environment: &[(String, String)], max_memory_bytes: usize) -> Self {
-        let wasi = WasiCtx::builder().envs(environment).inherit_stderr().build();
+    pub fn new(
+        models: ModelAccess,
+        environment: &[(String, String)],
+        max_memory_bytes: usize,
+    ) -> Self {
+        let wasi = WasiCtx::builder()
+            .envs(environment)
+            .inherit_stderr()
+            .build();
         Self {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             models,
-            limits: StoreLimitsBuilder::new().memory_size(max_memory_bytes).instances(4).build(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(max_memory_bytes)
+                .instances(4)
+                .build(),
         }
     }
 }
 
 impl WasiView for InstanceState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for InstanceState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: Default::default() }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
     }
 }
 
 fn nn(state: &mut InstanceState) -> NnView<'_> {
-    NnView { table: &mut state.table, models: &state.models }
+    NnView {
+        table: &mut state.table,
+        models: &state.models,
+    }
 }
 
 fn text(state: &mut InstanceState) -> TextView<'_> {
-    TextView { table: &mut state.table, models: &state.models }
+    TextView {
+        table: &mut state.table,
+        models: &state.models,
+    }
 }
 
 /// Everything a component may import: WASI, `wasi:http`, `wasi:nn` and `nnspin:llm/text`.

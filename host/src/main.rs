@@ -1,13 +1,6 @@
-//! nnspin: serve a Spin-style app of WebAssembly components that run chat models through wasi-nn.
+//! The `nnspin` command line: `nnspin up` serves the app a spin.toml describes.
 
-mod app;
-mod bindings;
-mod instance;
-mod manifest;
-mod models;
-mod nn;
-mod serve;
-mod text;
+use nnspin::{app, nn, serve};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +8,11 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "nnspin", version, about = "Serverless LLM inference: WASI components over wasi-nn")]
+#[command(
+    name = "nnspin",
+    version,
+    about = "Serverless LLM inference: WASI components over wasi-nn"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,7 +27,12 @@ enum Command {
 #[derive(clap::Args)]
 struct UpArgs {
     /// The app manifest.
-    #[arg(short = 'f', long = "from", default_value = "spin.toml", env = "NNSPIN_MANIFEST")]
+    #[arg(
+        short = 'f',
+        long = "from",
+        default_value = "spin.toml",
+        env = "NNSPIN_MANIFEST"
+    )]
     manifest: PathBuf,
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
     #[arg(long, default_value = "127.0.0.1:3000", env = "NNSPIN_LISTEN")]
@@ -52,7 +54,8 @@ struct UpArgs {
 fn main() -> wasmtime::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,wasmtime=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,wasmtime=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -74,7 +77,9 @@ fn up(args: UpArgs) -> wasmtime::Result<()> {
     let app = Arc::new(app::App::load(&config, &backend)?);
     tracing::info!(ms = started.elapsed().as_millis() as u64, "app ready");
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.listen).await?;
         let addr = serve::local_addr(&listener)?;

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use wasmtime::error::Context;
 use serde::Deserialize;
+use wasmtime::error::Context;
 
 #[derive(Debug, Deserialize)]
 pub struct Manifest {
@@ -48,19 +48,30 @@ pub struct ComponentSpec {
 
 impl Manifest {
     pub fn load(path: &Path) -> wasmtime::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let manifest: Self = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        manifest.validate().with_context(|| format!("in {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let manifest: Self =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        manifest
+            .validate()
+            .with_context(|| format!("in {}", path.display()))?;
         Ok(manifest)
     }
 
     fn validate(&self) -> wasmtime::Result<()> {
         if self.spin_manifest_version != 2 {
-            wasmtime::bail!("spin_manifest_version {} is not supported (use 2)", self.spin_manifest_version);
+            wasmtime::bail!(
+                "spin_manifest_version {} is not supported (use 2)",
+                self.spin_manifest_version
+            );
         }
         for trigger in &self.trigger.http {
             if !self.component.contains_key(&trigger.component) {
-                wasmtime::bail!("route {:?} names component {:?}, which is not declared", trigger.route, trigger.component);
+                wasmtime::bail!(
+                    "route {:?} names component {:?}, which is not declared",
+                    trigger.route,
+                    trigger.component
+                );
             }
             if !trigger.route.starts_with('/') {
                 wasmtime::bail!("route {:?} must start with '/'", trigger.route);
@@ -71,7 +82,11 @@ impl Manifest {
 
     /// Every model some component may use, once each.
     pub fn models(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.component.values().flat_map(|c| c.ai_models.iter().cloned()).collect();
+        let mut names: Vec<String> = self
+            .component
+            .values()
+            .flat_map(|c| c.ai_models.iter().cloned())
+            .collect();
         names.sort();
         names.dedup();
         names
@@ -94,7 +109,10 @@ impl Router {
             match t.route.strip_suffix("/...") {
                 Some(prefix) => prefixes.push((prefix.to_string(), t.component.clone())),
                 None => {
-                    exact.insert(t.route.trim_end_matches('/').to_string(), t.component.clone());
+                    exact.insert(
+                        t.route.trim_end_matches('/').to_string(),
+                        t.component.clone(),
+                    );
                 }
             }
         }
@@ -110,7 +128,8 @@ impl Router {
         self.prefixes
             .iter()
             .find(|(prefix, _)| {
-                path == prefix || (path.starts_with(prefix.as_str()) && path[prefix.len()..].starts_with('/'))
+                path == prefix
+                    || (path.starts_with(prefix.as_str()) && path[prefix.len()..].starts_with('/'))
             })
             .map(|(_, component)| component.as_str())
     }
@@ -121,8 +140,16 @@ mod tests {
     use super::*;
 
     fn router() -> Router {
-        let t = |route: &str, component: &str| HttpTrigger { route: route.into(), component: component.into() };
-        Router::new(&[t("/v1/...", "openai"), t("/health", "openai"), t("/v1/models/special", "other"), t("/...", "root")])
+        let t = |route: &str, component: &str| HttpTrigger {
+            route: route.into(),
+            component: component.into(),
+        };
+        Router::new(&[
+            t("/v1/...", "openai"),
+            t("/health", "openai"),
+            t("/v1/models/special", "other"),
+            t("/...", "root"),
+        ])
     }
 
     #[test]

@@ -21,7 +21,12 @@ pub struct Model {
 
 impl Model {
     /// Loads a model directory in the Hugging Face Optimum layout.
-    pub fn load(id: &str, dir: &Path, backend: &dyn Backend, options: &LoadOptions) -> wasmtime::Result<Self> {
+    pub fn load(
+        id: &str,
+        dir: &Path,
+        backend: &dyn Backend,
+        options: &LoadOptions,
+    ) -> wasmtime::Result<Self> {
         if !dir.is_dir() {
             wasmtime::bail!(
                 "model {id:?}: directory {} does not exist (prepare it with tools/export_model.py)",
@@ -30,7 +35,8 @@ impl Model {
         }
         let config_path = dir.join("config.json");
         let config: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(&config_path).with_context(|| format!("model {id:?}: reading {}", config_path.display()))?,
+            &std::fs::read(&config_path)
+                .with_context(|| format!("model {id:?}: reading {}", config_path.display()))?,
         )
         .with_context(|| format!("model {id:?}: parsing {}", config_path.display()))?;
         let generation: serde_json::Value = std::fs::read(dir.join("generation_config.json"))
@@ -39,9 +45,14 @@ impl Model {
             .unwrap_or_default();
         let eos_token_ids = token_ids(&generation["eos_token_id"])
             .or_else(|| token_ids(&config["eos_token_id"]))
-            .with_context(|| format!("model {id:?}: no eos_token_id in generation_config.json or config.json"))?;
-        let text = TextModel::load(dir).with_context(|| format!("model {id:?}: loading its tokenizer"))?;
-        let graph = backend.load(dir, options).with_context(|| format!("model {id:?}"))?;
+            .with_context(|| {
+                format!("model {id:?}: no eos_token_id in generation_config.json or config.json")
+            })?;
+        let text =
+            TextModel::load(dir).with_context(|| format!("model {id:?}: loading its tokenizer"))?;
+        let graph = backend
+            .load(dir, options)
+            .with_context(|| format!("model {id:?}"))?;
         let created = std::fs::metadata(dir.join("model.onnx"))
             .and_then(|m| m.modified())
             .ok()
@@ -50,19 +61,28 @@ impl Model {
         let info = ModelInfo {
             id: id.to_string(),
             context_length: config["max_position_embeddings"].as_u64().unwrap_or(2048) as u32,
-            vocab_size: config["vocab_size"].as_u64().map_or_else(|| text.vocab_size(), |v| v as u32),
+            vocab_size: config["vocab_size"]
+                .as_u64()
+                .map_or_else(|| text.vocab_size(), |v| v as u32),
             eos_token_ids,
             created,
             owned_by: "nnspin".to_string(),
         };
-        Ok(Self { info, backend: backend.name(), graph, text })
+        Ok(Self {
+            info,
+            backend: backend.name(),
+            graph,
+            text,
+        })
     }
 }
 
 fn token_ids(value: &serde_json::Value) -> Option<Vec<u32>> {
     match value {
         serde_json::Value::Number(n) => Some(vec![n.as_u64()? as u32]),
-        serde_json::Value::Array(items) => items.iter().map(|v| v.as_u64().map(|n| n as u32)).collect(),
+        serde_json::Value::Array(items) => {
+            items.iter().map(|v| v.as_u64().map(|n| n as u32)).collect()
+        }
         _ => None,
     }
 }
@@ -94,7 +114,10 @@ impl ModelRegistry {
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("model loading thread panicked")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("model loading thread panicked"))
+                .collect()
         });
         let mut models = BTreeMap::new();
         for result in loaded {
@@ -129,6 +152,8 @@ impl ModelAccess {
     }
 
     pub fn list(&self) -> impl Iterator<Item = &Arc<Model>> {
-        self.allowed.iter().filter_map(|name| self.registry.get(name))
+        self.allowed
+            .iter()
+            .filter_map(|name| self.registry.get(name))
     }
 }

@@ -27,7 +27,11 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) -> wasmtime::Result<()>
                 let app = app.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(app, req).await) }
             });
-            if let Err(e) = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
         });
@@ -41,13 +45,21 @@ pub fn local_addr(listener: &TcpListener) -> wasmtime::Result<SocketAddr> {
 async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Response<HyperOutgoingBody> {
     let path = req.uri().path().to_string();
     let Some(component) = app.router.route(&path).and_then(|id| app.component(id)) else {
-        return error_response(StatusCode::NOT_FOUND, "not_found_error", &format!("no route for {path}"));
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            &format!("no route for {path}"),
+        );
     };
     match run_component(&app, component, req).await {
         Ok(response) => response,
         Err(e) => {
             tracing::error!(component = %component.id, %path, "request failed: {e:?}");
-            error_response(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the request handler failed")
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the request handler failed",
+            )
         }
     }
 }
@@ -57,18 +69,28 @@ async fn run_component(
     component: &crate::app::ComponentRuntime,
     req: Request<hyper::body::Incoming>,
 ) -> wasmtime::Result<Response<HyperOutgoingBody>> {
-    let state = InstanceState::new(component.models.clone(), &component.environment, app.max_instance_memory);
+    let state = InstanceState::new(
+        component.models.clone(),
+        &component.environment,
+        app.max_instance_memory,
+    );
     let mut store = Store::new(&app.engine, state);
     store.limiter(|state| &mut state.limits);
     let (sender, receiver) = tokio::sync::oneshot::channel();
-    let req = store.data_mut().http().new_incoming_request(Scheme::Http, req)?;
+    let req = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, req)?;
     let out = store.data_mut().http().new_response_outparam(sender)?;
     let pre = component.pre.clone();
 
     // The handler keeps running after it has sent the response head, streaming the body.
     let task = tokio::spawn(async move {
         let proxy = pre.instantiate_async(&mut store).await?;
-        proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+        proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut store, req, out)
+            .await
     });
 
     match receiver.await {
@@ -76,7 +98,9 @@ async fn run_component(
         Ok(Err(e)) => Err(e.into()),
         Err(_) => {
             let failure = match task.await {
-                Ok(Ok(())) => wasmtime::format_err!("the component returned without sending a response"),
+                Ok(Ok(())) => {
+                    wasmtime::format_err!("the component returned without sending a response")
+                }
                 Ok(Err(e)) => e,
                 Err(e) => e.into(),
             };
@@ -86,7 +110,11 @@ async fn run_component(
 }
 
 /// A host-side error in the same JSON shape the components use.
-pub fn error_response(status: StatusCode, kind: &str, message: &str) -> Response<HyperOutgoingBody> {
+pub fn error_response(
+    status: StatusCode,
+    kind: &str,
+    message: &str,
+) -> Response<HyperOutgoingBody> {
     let body = serde_json::json!({
         "error": { "message": message, "type": kind, "param": null, "code": null },
         "detail": message,
@@ -94,6 +122,10 @@ pub fn error_response(status: StatusCode, kind: &str, message: &str) -> Response
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}).boxed_unsync())
+        .body(
+            Full::new(Bytes::from(body.to_string()))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
         .expect("static response parts are valid")
 }

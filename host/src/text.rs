@@ -32,21 +32,33 @@ impl TextModel {
             .map_err(|e| wasmtime::format_err!("{}: {e}", config_path.display()))?;
         let token = |key: &str| match &config[key] {
             serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).unwrap_or_default().to_string(),
+            serde_json::Value::Object(o) => o
+                .get("content")
+                .and_then(|c| c.as_str())
+                .unwrap_or_default()
+                .to_string(),
             _ => String::new(),
         };
-        let template = config["chat_template"]
-            .as_str()
-            .ok_or_else(|| wasmtime::format_err!("{} has no chat_template", config_path.display()))?;
+        let template = config["chat_template"].as_str().ok_or_else(|| {
+            wasmtime::format_err!("{} has no chat_template", config_path.display())
+        })?;
         let mut templates = Environment::new();
         templates.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        templates.add_function("raise_exception", |message: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
-        });
+        templates.add_function(
+            "raise_exception",
+            |message: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+            },
+        );
         templates
             .add_template_owned(CHAT_TEMPLATE, template.to_string())
             .map_err(|e| wasmtime::format_err!("{}: chat template: {e}", config_path.display()))?;
-        Ok(Self { tokenizer, templates, bos_token: token("bos_token"), eos_token: token("eos_token") })
+        Ok(Self {
+            tokenizer,
+            templates,
+            bos_token: token("bos_token"),
+            eos_token: token("eos_token"),
+        })
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TextError> {
@@ -56,8 +68,15 @@ impl TextModel {
             .map_err(|e| TextError::InvalidInput(e.to_string()))
     }
 
-    pub fn apply_chat_template(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, TextError> {
-        let messages: Vec<_> = messages.iter().map(|m| context! { role => m.role, content => m.content }).collect();
+    pub fn apply_chat_template(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, TextError> {
+        let messages: Vec<_> = messages
+            .iter()
+            .map(|m| context! { role => m.role, content => m.content })
+            .collect();
         self.templates
             .get_template(CHAT_TEMPLATE)
             .and_then(|t| {
@@ -70,7 +89,9 @@ impl TextModel {
     }
 
     fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> String {
-        self.tokenizer.decode(ids, skip_special_tokens).unwrap_or_default()
+        self.tokenizer
+            .decode(ids, skip_special_tokens)
+            .unwrap_or_default()
     }
 
     pub fn vocab_size(&self) -> u32 {
@@ -129,10 +150,15 @@ impl text::Host for TextView<'_> {
 }
 
 impl text::HostTokenizer for TextView<'_> {
-    async fn open(&mut self, model: String) -> wasmtime::Result<Result<Resource<TokenizerHandle>, TextError>> {
+    async fn open(
+        &mut self,
+        model: String,
+    ) -> wasmtime::Result<Result<Resource<TokenizerHandle>, TextError>> {
         match self.models.get(&model) {
             Some(m) => Ok(Ok(self.table.push(TokenizerHandle(m))?)),
-            None => Ok(Err(TextError::NotFound(format!("model {model:?} is not available to this component")))),
+            None => Ok(Err(TextError::NotFound(format!(
+                "model {model:?} is not available to this component"
+            )))),
         }
     }
 
@@ -154,7 +180,12 @@ impl text::HostTokenizer for TextView<'_> {
         messages: Vec<Message>,
         add_generation_prompt: bool,
     ) -> wasmtime::Result<Result<String, TextError>> {
-        Ok(self.table.get(&tokenizer)?.0.text.apply_chat_template(&messages, add_generation_prompt))
+        Ok(self
+            .table
+            .get(&tokenizer)?
+            .0
+            .text
+            .apply_chat_template(&messages, add_generation_prompt))
     }
 
     async fn detokenizer(
@@ -163,7 +194,13 @@ impl text::HostTokenizer for TextView<'_> {
         skip_special_tokens: bool,
     ) -> wasmtime::Result<Resource<Detokenizer>> {
         let model = self.table.get(&tokenizer)?.0.clone();
-        let detokenizer = Detokenizer { model, skip_special_tokens, ids: Vec::new(), prefix: 0, read: 0 };
+        let detokenizer = Detokenizer {
+            model,
+            skip_special_tokens,
+            ids: Vec::new(),
+            prefix: 0,
+            read: 0,
+        };
         Ok(self.table.push(detokenizer)?)
     }
 
@@ -174,7 +211,11 @@ impl text::HostTokenizer for TextView<'_> {
 }
 
 impl text::HostDetokenizer for TextView<'_> {
-    async fn push(&mut self, detokenizer: Resource<Detokenizer>, token: u32) -> wasmtime::Result<String> {
+    async fn push(
+        &mut self,
+        detokenizer: Resource<Detokenizer>,
+        token: u32,
+    ) -> wasmtime::Result<String> {
         Ok(self.table.get_mut(&detokenizer)?.push(token))
     }
 

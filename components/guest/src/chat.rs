@@ -34,7 +34,10 @@ const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 /// Checks roles and content and turns the messages into template input.
 pub fn template_messages(messages: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
     if messages.is_empty() {
-        return Err(ApiError::unprocessable("`messages` must contain at least one message").with_param("messages"));
+        return Err(
+            ApiError::unprocessable("`messages` must contain at least one message")
+                .with_param("messages"),
+        );
     }
     messages
         .iter()

@@ -19,7 +19,13 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: u16, kind: &'static str, message: impl Into<String>) -> Self {
-        Self { status, kind, message: message.into(), param: None, code: None }
+        Self {
+            status,
+            kind,
+            message: message.into(),
+            param: None,
+            code: None,
+        }
     }
 
     /// 400: the request is not acceptable as sent (malformed JSON, out-of-range values).
@@ -39,18 +45,30 @@ impl ApiError {
 
     /// 404 for a model that is not served.
     pub fn model_not_found(model: &str) -> Self {
-        let mut e = Self::new(404, "invalid_request_error", format!("The model `{model}` does not exist"));
+        let mut e = Self::new(
+            404,
+            "invalid_request_error",
+            format!("The model `{model}` does not exist"),
+        );
         e.param = Some("model".into());
         e.code = Some("model_not_found");
         e
     }
 
     pub fn method_not_allowed(method: &str, path: &str) -> Self {
-        Self::new(405, "invalid_request_error", format!("{method} is not allowed on {path}"))
+        Self::new(
+            405,
+            "invalid_request_error",
+            format!("{method} is not allowed on {path}"),
+        )
     }
 
     pub fn payload_too_large(limit: usize) -> Self {
-        Self::new(413, "invalid_request_error", format!("request body exceeds {limit} bytes"))
+        Self::new(
+            413,
+            "invalid_request_error",
+            format!("request body exceeds {limit} bytes"),
+        )
     }
 
     /// 500: something failed inside the server.

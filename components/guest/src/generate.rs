@@ -30,12 +30,19 @@ impl Model {
             TextError::InvalidInput(message) => ApiError::internal(message),
         })?;
         let graph = graph::load_by_name(name).map_err(|e| nn_error(&e))?;
-        Ok(Self { info: tokenizer.info(), tokenizer, graph })
+        Ok(Self {
+            info: tokenizer.info(),
+            tokenizer,
+            graph,
+        })
     }
 
     /// Renders the chat template and tokenizes the prompt.
     pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<u32>, ApiError> {
-        let prompt = self.tokenizer.apply_chat_template(messages, true).map_err(text_error)?;
+        let prompt = self
+            .tokenizer
+            .apply_chat_template(messages, true)
+            .map_err(text_error)?;
         self.encode(&prompt)
     }
 
@@ -111,7 +118,10 @@ pub fn generate(
         .with_param("messages"));
     }
     let budget = (params.max_tokens as usize).min(context - prompt.len());
-    let execution = model.graph.init_execution_context().map_err(|e| nn_error(&e))?;
+    let execution = model
+        .graph
+        .init_execution_context()
+        .map_err(|e| nn_error(&e))?;
     let detokenizer = model.tokenizer.detokenizer(true);
     let mut sampler = Sampler::new(params.sampling.clone());
     let eos = &model.info.eos_token_ids;
@@ -145,15 +155,35 @@ pub fn generate(
 }
 
 /// Runs the model on `tokens` placed after `past` cached positions; returns the logits bytes decoded.
-fn step(execution: &GraphExecutionContext, tokens: &[u32], past: usize) -> Result<Vec<f32>, ApiError> {
+fn step(
+    execution: &GraphExecutionContext,
+    tokens: &[u32],
+    past: usize,
+) -> Result<Vec<f32>, ApiError> {
     let n = tokens.len();
-    let ids: Vec<u8> = tokens.iter().flat_map(|&t| i64::from(t).to_le_bytes()).collect();
-    let mask: Vec<u8> = std::iter::repeat_n(1i64.to_le_bytes(), past + n).flatten().collect();
-    let positions: Vec<u8> = (past..past + n).flat_map(|p| (p as i64).to_le_bytes()).collect();
+    let ids: Vec<u8> = tokens
+        .iter()
+        .flat_map(|&t| i64::from(t).to_le_bytes())
+        .collect();
+    let mask: Vec<u8> = std::iter::repeat_n(1i64.to_le_bytes(), past + n)
+        .flatten()
+        .collect();
+    let positions: Vec<u8> = (past..past + n)
+        .flat_map(|p| (p as i64).to_le_bytes())
+        .collect();
     let inputs = vec![
-        ("input_ids".to_string(), Tensor::new(&[1, n as u32], TensorType::I64, &ids)),
-        ("attention_mask".to_string(), Tensor::new(&[1, (past + n) as u32], TensorType::I64, &mask)),
-        ("position_ids".to_string(), Tensor::new(&[1, n as u32], TensorType::I64, &positions)),
+        (
+            "input_ids".to_string(),
+            Tensor::new(&[1, n as u32], TensorType::I64, &ids),
+        ),
+        (
+            "attention_mask".to_string(),
+            Tensor::new(&[1, (past + n) as u32], TensorType::I64, &mask),
+        ),
+        (
+            "position_ids".to_string(),
+            Tensor::new(&[1, n as u32], TensorType::I64, &positions),
+        ),
     ];
     let outputs = execution.compute(inputs).map_err(|e| nn_error(&e))?;
     let (_, logits) = outputs
@@ -163,7 +193,11 @@ fn step(execution: &GraphExecutionContext, tokens: &[u32], past: usize) -> Resul
     if logits.ty() != TensorType::Fp32 {
         return Err(ApiError::internal("the model's logits are not fp32"));
     }
-    Ok(logits.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    Ok(logits
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
 }
 
 /// The last position's row: models that return logits for every position end with the one we need.

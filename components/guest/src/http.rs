@@ -38,20 +38,31 @@ impl RequestHead {
         };
         let full = request.path_with_query().unwrap_or_else(|| "/".to_string());
         let path = full.split('?').next().unwrap_or("/").to_string();
-        Self { method, path, headers: request.headers().entries() }
+        Self {
+            method,
+            path,
+            headers: request.headers().entries(),
+        }
     }
 
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
     }
 }
 
 /// Reads the whole body, refusing more than [`MAX_BODY_BYTES`].
 pub fn read_body(request: IncomingRequest) -> Result<Vec<u8>, ApiError> {
-    let body = request.consume().map_err(|()| ApiError::internal("request body already consumed"))?;
+    let body = request
+        .consume()
+        .map_err(|()| ApiError::internal("request body already consumed"))?;
     let mut bytes = Vec::new();
     {
-        let stream = body.stream().map_err(|()| ApiError::internal("request body stream unavailable"))?;
+        let stream = body
+            .stream()
+            .map_err(|()| ApiError::internal("request body stream unavailable"))?;
         loop {
             match stream.blocking_read(64 * 1024) {
                 Ok(chunk) => {
@@ -62,7 +73,10 @@ pub fn read_body(request: IncomingRequest) -> Result<Vec<u8>, ApiError> {
                 }
                 Err(StreamError::Closed) => break,
                 Err(StreamError::LastOperationFailed(e)) => {
-                    return Err(ApiError::bad_request(format!("reading the request body: {}", e.to_debug_string())));
+                    return Err(ApiError::bad_request(format!(
+                        "reading the request body: {}",
+                        e.to_debug_string()
+                    )));
                 }
             }
         }
@@ -71,12 +85,20 @@ pub fn read_body(request: IncomingRequest) -> Result<Vec<u8>, ApiError> {
     Ok(bytes)
 }
 
-fn start(out: ResponseOutparam, status: u16, headers: &[(&str, &str)]) -> (OutgoingBody, OutputStream) {
-    let fields: Vec<(String, Vec<u8>)> =
-        headers.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
+fn start(
+    out: ResponseOutparam,
+    status: u16,
+    headers: &[(&str, &str)],
+) -> (OutgoingBody, OutputStream) {
+    let fields: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect();
     let fields = Fields::from_list(&fields).expect("handler headers are valid");
     let response = OutgoingResponse::new(fields);
-    response.set_status_code(status).expect("handler status codes are valid");
+    response
+        .set_status_code(status)
+        .expect("handler status codes are valid");
     let body = response.body().expect("a new response has a body");
     ResponseOutparam::set(out, Ok(response));
     let stream = body.write().expect("a new body has a stream");
@@ -85,7 +107,9 @@ fn start(out: ResponseOutparam, status: u16, headers: &[(&str, &str)]) -> (Outgo
 
 /// Writes all of `bytes`; false once the client has gone away.
 fn write_all(stream: &OutputStream, bytes: &[u8]) -> bool {
-    bytes.chunks(WRITE_CHUNK).all(|chunk| stream.blocking_write_and_flush(chunk).is_ok())
+    bytes
+        .chunks(WRITE_CHUNK)
+        .all(|chunk| stream.blocking_write_and_flush(chunk).is_ok())
 }
 
 fn finish(body: OutgoingBody, stream: OutputStream) {
@@ -119,9 +143,17 @@ impl EventStream {
         let (body, stream) = start(
             out,
             200,
-            &[("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("x-accel-buffering", "no")],
+            &[
+                ("content-type", "text/event-stream"),
+                ("cache-control", "no-cache"),
+                ("x-accel-buffering", "no"),
+            ],
         );
-        Self { body, stream, open: true }
+        Self {
+            body,
+            stream,
+            open: true,
+        }
     }
 
     /// Sends one `data:` event; false once the client has disconnected.

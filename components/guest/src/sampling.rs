@@ -42,7 +42,11 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
         let rng = Rng(params.seed);
-        Self { params, rng, candidates: Vec::new() }
+        Self {
+            params,
+            rng,
+            candidates: Vec::new(),
+        }
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
@@ -68,17 +72,27 @@ impl Sampler {
         }
 
         // Sort only as many of the best candidates as the cut needs: most of the mass sits in a few dozen.
-        let mut keep = if top_k > 0 { top_k.min(logits.len()) } else { 64.min(logits.len()) };
+        let mut keep = if top_k > 0 {
+            top_k.min(logits.len())
+        } else {
+            64.min(logits.len())
+        };
         loop {
             self.candidates.clear();
-            self.candidates.extend(logits.iter().enumerate().map(|(i, &l)| (l, i as u32)));
+            self.candidates
+                .extend(logits.iter().enumerate().map(|(i, &l)| (l, i as u32)));
             let by_logit = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
             if keep < self.candidates.len() {
                 self.candidates.select_nth_unstable_by(keep, by_logit);
                 self.candidates.truncate(keep);
             }
             self.candidates.sort_unstable_by(by_logit);
-            let mass: f64 = self.candidates.iter().map(|&(l, _)| weight(l) as f64).sum::<f64>() / total;
+            let mass: f64 = self
+                .candidates
+                .iter()
+                .map(|&(l, _)| weight(l) as f64)
+                .sum::<f64>()
+                / total;
             if top_k > 0 || mass >= top_p as f64 || keep == logits.len() {
                 break;
             }
@@ -125,11 +139,18 @@ mod tests {
     use super::*;
 
     fn params(temperature: f32, top_p: f32, top_k: usize, seed: u64) -> SamplingParams {
-        SamplingParams { temperature, top_p, top_k, seed }
+        SamplingParams {
+            temperature,
+            top_p,
+            top_k,
+            seed,
+        }
     }
 
     fn logits() -> Vec<f32> {
-        (0..1000).map(|i| ((i * 7919) % 1000) as f32 / 100.0).collect()
+        (0..1000)
+            .map(|i| ((i * 7919) % 1000) as f32 / 100.0)
+            .collect()
     }
 
     #[test]
@@ -188,6 +209,9 @@ mod tests {
         let l = vec![1.0; 2000];
         let mut s = Sampler::new(params(1.0, 0.99, 0, 5));
         let picks: std::collections::HashSet<u32> = (0..2000).map(|_| s.sample(&l)).collect();
-        assert!(picks.iter().any(|&t| t >= 64 * 4 * 4), "only early tokens drawn");
+        assert!(
+            picks.iter().any(|&t| t >= 64 * 4 * 4),
+            "only early tokens drawn"
+        );
     }
 }

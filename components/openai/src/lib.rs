@@ -19,31 +19,42 @@ wasip2::http::proxy::export!(OpenAi);
 impl wasip2::exports::http::incoming_handler::Guest for OpenAi {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let head = RequestHead::of(&request);
-        let result = match (head.method.as_str(), head.path.trim_end_matches('/')) {
-            ("GET", "/health") => Ok(http::send_json(out, 200, &serde_json::json!({ "ok": true }))),
-            ("GET", "/v1/models") => Ok(list_models(out)),
-            ("GET", path) if path.starts_with("/v1/models/") => get_model(&path["/v1/models/".len()..], out),
-            ("POST", "/v1/chat/completions") => return chat_completions(request, out),
-            (_, "/health" | "/v1/models" | "/v1/chat/completions") => {
-                Err((out, ApiError::method_not_allowed(&head.method, &head.path)))
+        match (head.method.as_str(), head.path.trim_end_matches('/')) {
+            ("GET", "/health") => http::send_json(out, 200, &serde_json::json!({ "ok": true })),
+            ("GET", "/v1/models") => list_models(out),
+            ("GET", path) if path.starts_with(MODEL_PREFIX) => {
+                get_model(&path[MODEL_PREFIX.len()..], out)
             }
-            _ => Err((out, ApiError::not_found(format!("no route for {} {}", head.method, head.path)))),
-        };
-        if let Err((out, error)) = result {
-            http::send_error(out, &error);
+            ("POST", "/v1/chat/completions") => chat_completions(request, out),
+            (_, "/health" | "/v1/models" | "/v1/chat/completions") => {
+                http::send_error(out, &ApiError::method_not_allowed(&head.method, &head.path))
+            }
+            _ => http::send_error(
+                out,
+                &ApiError::not_found(format!("no route for {} {}", head.method, head.path)),
+            ),
         }
     }
 }
 
+const MODEL_PREFIX: &str = "/v1/models/";
+
 fn list_models(out: ResponseOutparam) {
-    let data: Vec<_> = generate::models().iter().map(response::model_object).collect();
-    http::send_json(out, 200, &serde_json::json!({ "object": "list", "data": data }));
+    let data: Vec<_> = generate::models()
+        .iter()
+        .map(response::model_object)
+        .collect();
+    http::send_json(
+        out,
+        200,
+        &serde_json::json!({ "object": "list", "data": data }),
+    );
 }
 
-fn get_model(id: &str, out: ResponseOutparam) -> Result<(), (ResponseOutparam, ApiError)> {
+fn get_model(id: &str, out: ResponseOutparam) {
     match generate::models().iter().find(|m| m.id == id) {
-        Some(model) => Ok(http::send_json(out, 200, &response::model_object(model))),
-        None => Err((out, ApiError::model_not_found(id))),
+        Some(model) => http::send_json(out, 200, &response::model_object(model)),
+        None => http::send_error(out, &ApiError::model_not_found(id)),
     }
 }
 
@@ -63,7 +74,11 @@ fn chat_completions(request: IncomingRequest, out: ResponseOutparam) {
             content.push_str(piece);
             true
         }) {
-            Ok(outcome) => http::send_json(out, 200, &ChatCompletion::new(&completion, content, &outcome)),
+            Ok(outcome) => http::send_json(
+                out,
+                200,
+                &ChatCompletion::new(&completion, content, &outcome),
+            ),
             Err(error) => http::send_error(out, &error),
         }
     }
@@ -92,13 +107,19 @@ fn stream(
     let chunk = |delta: serde_json::Value, finish: Option<&str>| {
         ChatChunk::new(&completion, delta, finish, include_usage)
     };
-    events.send_json(&chunk(serde_json::json!({ "role": "assistant", "content": "" }), None));
+    events.send_json(&chunk(
+        serde_json::json!({ "role": "assistant", "content": "" }),
+        None,
+    ));
     let result = generate::generate(model, prompt, params, |piece| {
         events.send_json(&chunk(serde_json::json!({ "content": piece }), None))
     });
     match result {
         Ok(outcome) => {
-            events.send_json(&chunk(serde_json::json!({}), Some(outcome.finish_reason.as_str())));
+            events.send_json(&chunk(
+                serde_json::json!({}),
+                Some(outcome.finish_reason.as_str()),
+            ));
             if include_usage {
                 events.send_json(&ChatChunk::usage(&completion, &outcome));
             }

@@ -47,10 +47,13 @@ impl ChatRequest {
     /// 400 for malformed JSON, 422 for JSON of the wrong shape, 400 naming the parameter for values
     /// out of range.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let value: serde_json::Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+        let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
+        })?;
         if !value.is_object() {
-            return Err(ApiError::unprocessable("the request body must be a JSON object"));
+            return Err(ApiError::unprocessable(
+                "the request body must be a JSON object",
+            ));
         }
         let request: Self = serde_json::from_value(value)
             .map_err(|e| ApiError::unprocessable(format!("invalid request: {e}")))?;
@@ -60,16 +63,23 @@ impl ChatRequest {
 
     fn validate(&self) -> Result<(), ApiError> {
         let range = |param: &str, value: Option<f32>, lo: f32, hi: f32| match value {
-            Some(v) if !(lo..=hi).contains(&v) => {
-                Err(ApiError::bad_request(format!("`{param}` must be between {lo} and {hi}, got {v}")).with_param(param))
-            }
+            Some(v) if !(lo..=hi).contains(&v) => Err(ApiError::bad_request(format!(
+                "`{param}` must be between {lo} and {hi}, got {v}"
+            ))
+            .with_param(param)),
             _ => Ok(()),
         };
         range("temperature", self.temperature, 0.0, 2.0)?;
         range("top_p", self.top_p, 0.0, 1.0)?;
         if let Some(0) = self.max_tokens.or(self.max_completion_tokens) {
-            let param = if self.max_tokens.is_some() { "max_tokens" } else { "max_completion_tokens" };
-            return Err(ApiError::bad_request(format!("`{param}` must be at least 1")).with_param(param));
+            let param = if self.max_tokens.is_some() {
+                "max_tokens"
+            } else {
+                "max_completion_tokens"
+            };
+            return Err(
+                ApiError::bad_request(format!("`{param}` must be at least 1")).with_param(param),
+            );
         }
         Ok(())
     }
@@ -87,19 +97,30 @@ impl ChatRequest {
     }
 
     pub fn include_usage(&self) -> bool {
-        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
     }
 
     pub fn generation_params(&self) -> GenerationParams {
-        let cap = std::env::var("NNSPIN_MAX_TOKENS_CAP").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_MAX_TOKENS_CAP);
-        let max_tokens = self.max_completion_tokens.or(self.max_tokens).unwrap_or(DEFAULT_MAX_TOKENS).min(cap);
+        let cap = std::env::var("NNSPIN_MAX_TOKENS_CAP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MAX_TOKENS_CAP);
+        let max_tokens = self
+            .max_completion_tokens
+            .or(self.max_tokens)
+            .unwrap_or(DEFAULT_MAX_TOKENS)
+            .min(cap);
         GenerationParams {
             max_tokens,
             sampling: SamplingParams {
                 temperature: self.temperature.unwrap_or(1.0),
                 top_p: self.top_p.unwrap_or(1.0),
                 top_k: self.top_k.unwrap_or(0) as usize,
-                seed: self.seed.unwrap_or_else(wasip2::random::random::get_random_u64),
+                seed: self
+                    .seed
+                    .unwrap_or_else(wasip2::random::random::get_random_u64),
             },
         }
     }
@@ -111,7 +132,10 @@ mod tests {
 
     #[test]
     fn malformed_json_is_400() {
-        assert_eq!(ChatRequest::parse(b"{\"messages\": [").unwrap_err().status, 400);
+        assert_eq!(
+            ChatRequest::parse(b"{\"messages\": [").unwrap_err().status,
+            400
+        );
     }
 
     #[test]
@@ -129,7 +153,10 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_ignored() {
-        let r = ChatRequest::parse(br#"{"messages": [{"role":"user","content":"hi"}], "frobnicate": 1}"#).unwrap();
+        let r = ChatRequest::parse(
+            br#"{"messages": [{"role":"user","content":"hi"}], "frobnicate": 1}"#,
+        )
+        .unwrap();
         assert_eq!(r.messages.len(), 1);
     }
 }

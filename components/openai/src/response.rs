@@ -18,9 +18,16 @@ pub struct Completion {
 impl Completion {
     pub fn new(model: &str) -> Self {
         let random = wasip2::random::random::get_random_bytes(12);
-        let id = random.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let id = random
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
         let created = wasip2::clocks::wall_clock::now().seconds;
-        Self { id: format!("chatcmpl-{id}"), created, model: model.to_string() }
+        Self {
+            id: format!("chatcmpl-{id}"),
+            created,
+            model: model.to_string(),
+        }
     }
 }
 
@@ -76,14 +83,21 @@ pub struct ChatChunk {
 }
 
 impl ChatChunk {
-    pub fn new(completion: &Completion, delta: Value, finish_reason: Option<&str>, include_usage: bool) -> Self {
+    pub fn new(
+        completion: &Completion,
+        delta: Value,
+        finish_reason: Option<&str>,
+        include_usage: bool,
+    ) -> Self {
         Self {
             id: completion.id.clone(),
             object: "chat.completion.chunk",
             created: completion.created,
             model: completion.model.clone(),
             system_fingerprint: SYSTEM_FINGERPRINT,
-            choices: vec![json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason })],
+            choices: vec![
+                json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason }),
+            ],
             usage: include_usage.then_some(Value::Null),
         }
     }

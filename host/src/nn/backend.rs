@@ -20,7 +20,7 @@ pub struct Tensor {
 
 impl Tensor {
     /// Number of elements the dimensions describe.
-    pub fn len(&self) -> usize {
+    pub fn element_count(&self) -> usize {
         self.dims.iter().map(|&d| d as usize).product()
     }
 }
@@ -69,7 +69,11 @@ pub struct LoadOptions {
 pub trait Backend: Send + Sync {
     /// Short name for logs and model metadata, such as `onnxruntime`.
     fn name(&self) -> &'static str;
-    fn load(&self, model_dir: &Path, options: &LoadOptions) -> Result<Arc<dyn BackendGraph>, BackendError>;
+    fn load(
+        &self,
+        model_dir: &Path,
+        options: &LoadOptions,
+    ) -> Result<Arc<dyn BackendGraph>, BackendError>;
 }
 
 /// A loaded model, shared by every instance and request.
@@ -80,5 +84,8 @@ pub trait BackendGraph: Send + Sync {
 /// One sequence's inference state.
 pub trait BackendExecutionContext: Send {
     /// Runs the model on the named inputs and returns the named outputs the guest may read.
-    fn compute(&mut self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, BackendError>;
+    fn compute(
+        &mut self,
+        inputs: Vec<(String, Tensor)>,
+    ) -> Result<Vec<(String, Tensor)>, BackendError>;
 }

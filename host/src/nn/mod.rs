@@ -35,7 +35,10 @@ pub struct NnError {
 
 impl From<BackendError> for NnError {
     fn from(e: BackendError) -> Self {
-        Self { code: e.code(), message: e.to_string() }
+        Self {
+            code: e.code(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -78,7 +81,10 @@ impl graph::Host for NnView<'_> {
     async fn load_by_name(&mut self, name: String) -> NnResult<Resource<Graph>> {
         match self.models.get(&name) {
             Some(model) => Ok(Ok(self.table.push(Graph(model.graph.clone()))?)),
-            None => self.fail(ErrorCode::NotFound, format!("model {name:?} is not available to this component")),
+            None => self.fail(
+                ErrorCode::NotFound,
+                format!("model {name:?} is not available to this component"),
+            ),
         }
     }
 }
@@ -115,7 +121,10 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             named.push((name, self.table.get(&tensor)?.clone()));
         }
         let Some(mut backend) = self.table.get_mut(&context)?.0.take() else {
-            return self.fail(ErrorCode::RuntimeError, "the execution context failed earlier and cannot be reused");
+            return self.fail(
+                ErrorCode::RuntimeError,
+                "the execution context failed earlier and cannot be reused",
+            );
         };
         let (backend, result) = tokio::task::spawn_blocking(move || {
             let result = backend.compute(named);
@@ -155,7 +164,11 @@ impl tensor::HostTensor for NnView<'_> {
         ty: TensorType,
         data: Vec<u8>,
     ) -> wasmtime::Result<Resource<Tensor>> {
-        Ok(self.table.push(Tensor { dims: dimensions, ty, data })?)
+        Ok(self.table.push(Tensor {
+            dims: dimensions,
+            ty,
+            data,
+        })?)
     }
 
     async fn dimensions(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<Vec<u32>> {

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use ort::session::{Session, SessionInputValue, builder::GraphOptimizationLevel};
 use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
 
-use super::backend::{Backend, BackendError, BackendExecutionContext, BackendGraph, LoadOptions, Tensor};
+use super::backend::{
+    Backend, BackendError, BackendExecutionContext, BackendGraph, LoadOptions, Tensor,
+};
 use crate::bindings::tensor::TensorType;
 
 /// Prefix of the cache inputs the context fills itself, and of the outputs it keeps.
@@ -25,7 +27,8 @@ pub struct OnnxRuntime {
 impl OnnxRuntime {
     /// Loads the ONNX Runtime shared library (once per process) and creates its environment.
     pub fn new() -> wasmtime::Result<Self> {
-        static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+        static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> =
+            OnceLock::new();
         let environment = ENVIRONMENT
             .get_or_init(|| {
                 let lib = locate_library().map_err(|e| e.to_string())?;
@@ -42,20 +45,28 @@ impl OnnxRuntime {
     }
 }
 
-/// `ORT_DYLIB_PATH`, else the `onnxruntime` wheel in the project's `.venv` or the active virtualenv.
+/// `ORT_DYLIB_PATH`, else the `onnxruntime` wheel of the active virtualenv or of a `.venv` in the current
+/// directory or one above it.
 fn locate_library() -> wasmtime::Result<PathBuf> {
     if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
         return Ok(PathBuf::from(path));
     }
-    let mut roots = vec![PathBuf::from(".venv")];
+    let mut roots = Vec::new();
     if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
-        roots.insert(0, PathBuf::from(venv));
+        roots.push(PathBuf::from(venv));
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.extend(cwd.ancestors().map(|dir| dir.join(".venv")));
     }
     for root in roots {
-        let Ok(entries) = std::fs::read_dir(root.join("lib")) else { continue };
+        let Ok(entries) = std::fs::read_dir(root.join("lib")) else {
+            continue;
+        };
         for python in entries.flatten() {
             let capi = python.path().join("site-packages/onnxruntime/capi");
-            let Ok(files) = std::fs::read_dir(&capi) else { continue };
+            let Ok(files) = std::fs::read_dir(&capi) else {
+                continue;
+            };
             for file in files.flatten() {
                 let name = file.file_name();
                 let name = name.to_string_lossy();
@@ -76,10 +87,17 @@ impl Backend for OnnxRuntime {
         "onnxruntime"
     }
 
-    fn load(&self, model_dir: &Path, options: &LoadOptions) -> Result<Arc<dyn BackendGraph>, BackendError> {
+    fn load(
+        &self,
+        model_dir: &Path,
+        options: &LoadOptions,
+    ) -> Result<Arc<dyn BackendGraph>, BackendError> {
         let path = model_dir.join("model.onnx");
         if !path.is_file() {
-            return Err(BackendError::Load(format!("{} does not exist", path.display())));
+            return Err(BackendError::Load(format!(
+                "{} does not exist",
+                path.display()
+            )));
         }
         let load = |e: ort::Error| BackendError::Load(format!("{}: {e}", path.display()));
         let mut builder = Session::builder(&self.environment)
@@ -90,7 +108,9 @@ impl Backend for OnnxRuntime {
             .with_intra_op_spinning(false)
             .map_err(|e| load(e.into()))?;
         if options.threads > 0 {
-            builder = builder.with_intra_threads(options.threads).map_err(|e| load(e.into()))?;
+            builder = builder
+                .with_intra_threads(options.threads)
+                .map_err(|e| load(e.into()))?;
         }
         let session = builder.commit_from_file(&path).map_err(load)?;
         Ok(Arc::new(OnnxGraph::new(session)?))
@@ -121,17 +141,31 @@ impl OnnxGraph {
                 continue;
             }
             let ValueType::Tensor { ty, shape, .. } = input.dtype() else {
-                return Err(BackendError::Load(format!("cache input {} is not a tensor", input.name())));
+                return Err(BackendError::Load(format!(
+                    "cache input {} is not a tensor",
+                    input.name()
+                )));
             };
-            caches.push(CacheInput { name: input.name().to_string(), ty: *ty, dims: shape.to_vec() });
+            caches.push(CacheInput {
+                name: input.name().to_string(),
+                ty: *ty,
+                dims: shape.to_vec(),
+            });
         }
-        Ok(Self { session: Arc::new(Mutex::new(session)), caches: caches.into() })
+        Ok(Self {
+            session: Arc::new(Mutex::new(session)),
+            caches: caches.into(),
+        })
     }
 }
 
 impl BackendGraph for OnnxGraph {
     fn init_execution_context(&self) -> Result<Box<dyn BackendExecutionContext>, BackendError> {
-        Ok(Box::new(OnnxContext { session: self.session.clone(), caches: self.caches.clone(), past: None }))
+        Ok(Box::new(OnnxContext {
+            session: self.session.clone(),
+            caches: self.caches.clone(),
+            past: None,
+        }))
     }
 }
 
@@ -159,12 +193,21 @@ impl OnnxContext {
                     })
                     .collect();
                 match cache.ty {
-                    TensorElementType::Float32 => OrtTensor::<f32>::from_array((dims, Vec::<f32>::new()))
-                        .map(|t| t.into_dyn()),
-                    TensorElementType::Float16 => {
-                        return Err(BackendError::Unsupported(format!("fp16 cache input {}", cache.name)));
+                    TensorElementType::Float32 => {
+                        OrtTensor::<f32>::from_array((dims, Vec::<f32>::new()))
+                            .map(|t| t.into_dyn())
                     }
-                    other => return Err(BackendError::Unsupported(format!("cache input type {other:?}"))),
+                    TensorElementType::Float16 => {
+                        return Err(BackendError::Unsupported(format!(
+                            "fp16 cache input {}",
+                            cache.name
+                        )));
+                    }
+                    other => {
+                        return Err(BackendError::Unsupported(format!(
+                            "cache input type {other:?}"
+                        )));
+                    }
                 }
                 .map_err(|e| BackendError::Runtime(e.to_string()))
             })
@@ -173,9 +216,13 @@ impl OnnxContext {
 }
 
 impl BackendExecutionContext for OnnxContext {
-    fn compute(&mut self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, BackendError> {
+    fn compute(
+        &mut self,
+        inputs: Vec<(String, Tensor)>,
+    ) -> Result<Vec<(String, Tensor)>, BackendError> {
         let mut batch = 1;
-        let mut feed: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len() + self.caches.len());
+        let mut feed: Vec<(String, SessionInputValue<'_>)> =
+            Vec::with_capacity(inputs.len() + self.caches.len());
         for (name, tensor) in inputs {
             if name.starts_with(PAST_PREFIX) {
                 return Err(BackendError::InvalidArgument(format!(
@@ -195,17 +242,31 @@ impl BackendExecutionContext for OnnxContext {
             feed.push((cache.name.clone(), value.into()));
         }
 
-        let mut session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let outputs = session.run(feed).map_err(|e| BackendError::Runtime(e.to_string()))?;
+        let mut session = self
+            .session
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let outputs = session
+            .run(feed)
+            .map_err(|e| BackendError::Runtime(e.to_string()))?;
 
         let mut results = Vec::new();
         let mut present = Vec::with_capacity(self.caches.len());
-        let mut by_name: Vec<(String, DynValue)> = outputs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let mut by_name: Vec<(String, DynValue)> = outputs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         for cache in self.caches.iter() {
             let wanted = format!("{PRESENT_PREFIX}{}", &cache.name[PAST_PREFIX.len()..]);
-            let index = by_name.iter().position(|(name, _)| *name == wanted).ok_or_else(|| {
-                BackendError::Runtime(format!("the model has no output {wanted} for its input {}", cache.name))
-            })?;
+            let index = by_name
+                .iter()
+                .position(|(name, _)| *name == wanted)
+                .ok_or_else(|| {
+                    BackendError::Runtime(format!(
+                        "the model has no output {wanted} for its input {}",
+                        cache.name
+                    ))
+                })?;
             present.push(by_name.swap_remove(index).1);
         }
         drop(session);
@@ -218,36 +279,55 @@ impl BackendExecutionContext for OnnxContext {
 }
 
 fn to_ort(tensor: Tensor) -> Result<DynValue, BackendError> {
-    if tensor.data.len() != tensor.len() * super::backend::element_size(tensor.ty) {
+    if tensor.data.len() != tensor.element_count() * super::backend::element_size(tensor.ty) {
         return Err(BackendError::InvalidArgument(format!(
             "tensor of dimensions {:?} holds {} bytes",
-            tensor.dims, tensor.data.len()
+            tensor.dims,
+            tensor.data.len()
         )));
     }
     let dims: Vec<i64> = tensor.dims.iter().map(|&d| d as i64).collect();
     let bad = |e: ort::Error| BackendError::InvalidArgument(e.to_string());
     Ok(match tensor.ty {
-        TensorType::I64 => OrtTensor::from_array((dims, le_values(&tensor.data, i64::from_le_bytes)))
+        TensorType::I64 => {
+            OrtTensor::from_array((dims, le_values(&tensor.data, i64::from_le_bytes)))
+                .map_err(bad)?
+                .into_dyn()
+        }
+        TensorType::I32 => {
+            OrtTensor::from_array((dims, le_values(&tensor.data, i32::from_le_bytes)))
+                .map_err(bad)?
+                .into_dyn()
+        }
+        TensorType::Fp32 => {
+            OrtTensor::from_array((dims, le_values(&tensor.data, f32::from_le_bytes)))
+                .map_err(bad)?
+                .into_dyn()
+        }
+        TensorType::U8 => OrtTensor::from_array((dims, tensor.data))
             .map_err(bad)?
             .into_dyn(),
-        TensorType::I32 => OrtTensor::from_array((dims, le_values(&tensor.data, i32::from_le_bytes)))
-            .map_err(bad)?
-            .into_dyn(),
-        TensorType::Fp32 => OrtTensor::from_array((dims, le_values(&tensor.data, f32::from_le_bytes)))
-            .map_err(bad)?
-            .into_dyn(),
-        TensorType::U8 => OrtTensor::from_array((dims, tensor.data)).map_err(bad)?.into_dyn(),
-        other => return Err(BackendError::Unsupported(format!("input tensor type {other:?}"))),
+        other => {
+            return Err(BackendError::Unsupported(format!(
+                "input tensor type {other:?}"
+            )));
+        }
     })
 }
 
 fn le_values<const N: usize, T>(bytes: &[u8], convert: fn([u8; N]) -> T) -> Vec<T> {
-    bytes.chunks_exact(N).map(|c| convert(c.try_into().expect("chunk of N bytes"))).collect()
+    bytes
+        .chunks_exact(N)
+        .map(|c| convert(c.try_into().expect("chunk of N bytes")))
+        .collect()
 }
 
 fn from_ort(value: &DynValue) -> Result<Tensor, BackendError> {
     let runtime = |e: ort::Error| BackendError::Runtime(e.to_string());
-    let ty = value.dtype().tensor_type().ok_or_else(|| BackendError::Unsupported("non-tensor output".into()))?;
+    let ty = value
+        .dtype()
+        .tensor_type()
+        .ok_or_else(|| BackendError::Unsupported("non-tensor output".into()))?;
     macro_rules! convert {
         ($t:ty, $wasi:expr) => {{
             let (shape, data) = value.try_extract_tensor::<$t>().map_err(runtime)?;
@@ -263,7 +343,11 @@ fn from_ort(value: &DynValue) -> Result<Tensor, BackendError> {
         TensorElementType::Int64 => convert!(i64, TensorType::I64),
         TensorElementType::Int32 => convert!(i32, TensorType::I32),
         TensorElementType::Uint8 => convert!(u8, TensorType::U8),
-        other => return Err(BackendError::Unsupported(format!("output tensor type {other:?}"))),
+        other => {
+            return Err(BackendError::Unsupported(format!(
+                "output tensor type {other:?}"
+            )));
+        }
     };
     Ok(Tensor { dims, ty, data })
 }

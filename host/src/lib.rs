@@ -1,0 +1,15 @@
+//! nnspin: serve a Spin-style app of WebAssembly components that run chat models through wasi-nn.
+//!
+//! Layers, from the outside in: [`serve`] (HTTP, routing, one fresh instance per request),
+//! [`app`] (built once: engine, compiled components, routes, models), [`instance`] (per-request store
+//! state), [`nn`] (wasi-nn over resident models and its backends) and [`text`] (tokenizers and chat
+//! templates behind `nnspin:llm/text`).
+
+pub mod app;
+pub mod bindings;
+pub mod instance;
+pub mod manifest;
+pub mod models;
+pub mod nn;
+pub mod serve;
+pub mod text;

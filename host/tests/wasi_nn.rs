@@ -1,0 +1,343 @@
+//! The host's wasi-nn and text implementations, driven directly on the tiny random-weight model that
+//! `tools/export_model.py --tiny` writes (the test script prepares it under `models/tiny-random`).
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use nnspin::bindings::errors::{ErrorCode, HostError};
+use nnspin::bindings::graph::{ExecutionTarget, GraphEncoding, Host as GraphHost, HostGraph};
+use nnspin::bindings::inference::HostGraphExecutionContext;
+use nnspin::bindings::tensor::{HostTensor, TensorType};
+use nnspin::bindings::text::{HostDetokenizer, HostTokenizer, Message, TextError};
+use nnspin::models::{ModelAccess, ModelRegistry};
+use nnspin::nn::backend::LoadOptions;
+use nnspin::nn::onnxruntime::OnnxRuntime;
+use nnspin::nn::{ExecutionContext, NnView, Tensor};
+use nnspin::text::TextView;
+use wasmtime::component::{Resource, ResourceTable};
+
+const MODEL: &str = "tiny-random";
+
+fn models_dir() -> PathBuf {
+    std::env::var_os("NNSPIN_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"))
+}
+
+/// The registry is loaded once for all tests, as the host does.
+fn access() -> ModelAccess {
+    static REGISTRY: OnceLock<Arc<ModelRegistry>> = OnceLock::new();
+    let registry = REGISTRY.get_or_init(|| {
+        let backend = OnnxRuntime::new().expect("ONNX Runtime loads");
+        let registry = ModelRegistry::load(
+            &models_dir(),
+            &[MODEL.to_string()],
+            &backend,
+            &LoadOptions { threads: 1 },
+        )
+        .expect("the tiny model loads (run tools/export_model.py --tiny --out models/tiny-random)");
+        Arc::new(registry)
+    });
+    ModelAccess::new(registry.clone(), Arc::from(vec![MODEL.to_string()]))
+}
+
+fn i64_bytes(values: impl IntoIterator<Item = i64>) -> Vec<u8> {
+    values.into_iter().flat_map(i64::to_le_bytes).collect()
+}
+
+async fn tensor(nn: &mut NnView<'_>, dims: Vec<u32>, data: Vec<u8>) -> Resource<Tensor> {
+    HostTensor::new(nn, dims, TensorType::I64, data)
+        .await
+        .unwrap()
+}
+
+async fn context(nn: &mut NnView<'_>) -> Resource<ExecutionContext> {
+    let graph = GraphHost::load_by_name(nn, MODEL.into())
+        .await
+        .unwrap()
+        .expect("tiny model is allowed");
+    HostGraph::init_execution_context(nn, graph)
+        .await
+        .unwrap()
+        .expect("context")
+}
+
+/// Runs `tokens` after `past` cached positions; returns the names of the outputs and the logits.
+async fn step(
+    nn: &mut NnView<'_>,
+    ctx: &Resource<ExecutionContext>,
+    tokens: &[i64],
+    past: usize,
+) -> Result<(Vec<String>, Vec<f32>), (ErrorCode, String)> {
+    let n = tokens.len() as u32;
+    let inputs = vec![
+        (
+            "input_ids".to_string(),
+            tensor(nn, vec![1, n], i64_bytes(tokens.iter().copied())).await,
+        ),
+        (
+            "attention_mask".to_string(),
+            tensor(
+                nn,
+                vec![1, past as u32 + n],
+                i64_bytes(vec![1; past + n as usize]),
+            )
+            .await,
+        ),
+        (
+            "position_ids".to_string(),
+            tensor(
+                nn,
+                vec![1, n],
+                i64_bytes((past as i64)..(past as i64 + n as i64)),
+            )
+            .await,
+        ),
+    ];
+    let ctx = Resource::new_borrow(ctx.rep());
+    match HostGraphExecutionContext::compute(nn, ctx, inputs)
+        .await
+        .unwrap()
+    {
+        Ok(outputs) => {
+            let names = outputs.iter().map(|(name, _)| name.clone()).collect();
+            let (_, logits) = outputs
+                .into_iter()
+                .find(|(name, _)| name == "logits")
+                .expect("logits output");
+            let logits = nn.table.get(&logits).unwrap();
+            assert_eq!(logits.ty, TensorType::Fp32);
+            assert_eq!(
+                logits.dims,
+                vec![1, 1, 49152],
+                "logits for the last position only"
+            );
+            Ok((
+                names,
+                logits
+                    .data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+            ))
+        }
+        Err(error) => {
+            let code = HostError::code(nn, Resource::new_borrow(error.rep()))
+                .await
+                .unwrap();
+            let message = HostError::data(nn, error).await.unwrap();
+            Err((code, message))
+        }
+    }
+}
+
+fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_model_is_wasi_nn_not_found() {
+    let access = access();
+    let mut table = ResourceTable::new();
+    let mut nn = NnView {
+        table: &mut table,
+        models: &access,
+    };
+    let error = GraphHost::load_by_name(&mut nn, "no-such-model".into())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        HostError::code(&mut nn, error).await.unwrap(),
+        ErrorCode::NotFound
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn loading_raw_model_bytes_is_refused() {
+    let access = access();
+    let mut table = ResourceTable::new();
+    let mut nn = NnView {
+        table: &mut table,
+        models: &access,
+    };
+    let error = GraphHost::load(
+        &mut nn,
+        vec![vec![0; 16]],
+        GraphEncoding::Onnx,
+        ExecutionTarget::Cpu,
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert_eq!(
+        HostError::code(&mut nn, error).await.unwrap(),
+        ErrorCode::Security
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn named_outputs_exclude_the_kv_cache() {
+    let access = access();
+    let mut table = ResourceTable::new();
+    let mut nn = NnView {
+        table: &mut table,
+        models: &access,
+    };
+    let ctx = context(&mut nn).await;
+    let (names, logits) = step(&mut nn, &ctx, &[1, 2, 3], 0).await.unwrap();
+    assert_eq!(
+        names,
+        vec!["logits".to_string()],
+        "present.* stays in the host"
+    );
+    assert!(logits.iter().all(|l| l.is_finite()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kv_cache_is_kept_across_compute_calls() {
+    let access = access();
+    let mut table = ResourceTable::new();
+    let mut nn = NnView {
+        table: &mut table,
+        models: &access,
+    };
+    let tokens = [1, 9906, 11, 1265, 30];
+
+    let whole = context(&mut nn).await;
+    let (_, all_at_once) = step(&mut nn, &whole, &tokens, 0).await.unwrap();
+
+    let incremental = context(&mut nn).await;
+    step(&mut nn, &incremental, &tokens[..3], 0).await.unwrap();
+    step(&mut nn, &incremental, &tokens[3..4], 3).await.unwrap();
+    let (_, stepwise) = step(&mut nn, &incremental, &tokens[4..], 4).await.unwrap();
+    assert!(
+        max_difference(&all_at_once, &stepwise) < 1e-3,
+        "{}",
+        max_difference(&all_at_once, &stepwise)
+    );
+
+    // Without the cached prefix the same last token gives other logits: the state is what matters.
+    let fresh = context(&mut nn).await;
+    let (_, alone) = step(&mut nn, &fresh, &tokens[4..], 0).await.unwrap();
+    assert!(max_difference(&all_at_once, &alone) > 1e-2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_inputs_from_the_guest_are_refused_and_the_context_survives() {
+    let access = access();
+    let mut table = ResourceTable::new();
+    let mut nn = NnView {
+        table: &mut table,
+        models: &access,
+    };
+    let ctx = context(&mut nn).await;
+    let bogus = tensor(&mut nn, vec![1], i64_bytes([0])).await;
+    let borrowed = Resource::new_borrow(ctx.rep());
+    let error = HostGraphExecutionContext::compute(
+        &mut nn,
+        borrowed,
+        vec![("past_key_values.0.key".into(), bogus)],
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert_eq!(
+        HostError::code(&mut nn, error).await.unwrap(),
+        ErrorCode::InvalidArgument
+    );
+    step(&mut nn, &ctx, &[1, 2], 0)
+        .await
+        .expect("the context still computes");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_tensors_are_invalid_arguments() {
+    let access = access();
+    let mut table = ResourceTable::new();
+    let mut nn = NnView {
+        table: &mut table,
+        models: &access,
+    };
+    let ctx = context(&mut nn).await;
+    // Dimensions say 3 elements, the data holds 2.
+    let short = tensor(&mut nn, vec![1, 3], i64_bytes([1, 2])).await;
+    let borrowed = Resource::new_borrow(ctx.rep());
+    let error =
+        HostGraphExecutionContext::compute(&mut nn, borrowed, vec![("input_ids".into(), short)])
+            .await
+            .unwrap()
+            .unwrap_err();
+    assert_eq!(
+        HostError::code(&mut nn, error).await.unwrap(),
+        ErrorCode::InvalidArgument
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn text_interface_templates_encodes_and_streams_utf8_whole() {
+    let access = access();
+    let mut table = ResourceTable::new();
+    let mut text = TextView {
+        table: &mut table,
+        models: &access,
+    };
+    assert!(matches!(
+        HostTokenizer::open(&mut text, "no-such-model".into())
+            .await
+            .unwrap(),
+        Err(TextError::NotFound(_))
+    ));
+    let tok = HostTokenizer::open(&mut text, MODEL.into())
+        .await
+        .unwrap()
+        .unwrap();
+    let borrow = |r: &Resource<_>| Resource::new_borrow(r.rep());
+
+    let info = HostTokenizer::info(&mut text, borrow(&tok)).await.unwrap();
+    assert_eq!(info.vocab_size, 49152);
+    assert!(info.eos_token_ids.contains(&2), "<|im_end|> ends a turn");
+
+    let messages = vec![Message {
+        role: "user".into(),
+        content: "Hello".into(),
+    }];
+    let prompt = HostTokenizer::apply_chat_template(&mut text, borrow(&tok), messages, true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        prompt.contains("<|im_start|>user\nHello<|im_end|>\n"),
+        "{prompt}"
+    );
+    assert!(prompt.ends_with("<|im_start|>assistant\n"), "{prompt}");
+    let ids = HostTokenizer::encode(&mut text, borrow(&tok), prompt)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids[0], 1, "special tokens in the text are recognised");
+
+    let sentence = "Déjà vu: 42 🦀 naïve";
+    let ids = HostTokenizer::encode(&mut text, borrow(&tok), sentence.into())
+        .await
+        .unwrap()
+        .unwrap();
+    let detok = HostTokenizer::detokenizer(&mut text, borrow(&tok), true)
+        .await
+        .unwrap();
+    let mut streamed = String::new();
+    for id in ids {
+        let piece = HostDetokenizer::push(&mut text, Resource::new_borrow(detok.rep()), id)
+            .await
+            .unwrap();
+        assert!(
+            !piece.contains('\u{FFFD}'),
+            "a split character leaked: {piece:?}"
+        );
+        streamed.push_str(&piece);
+    }
+    assert_eq!(streamed, sentence);
+}

@@ -1,0 +1,86 @@
+"""Starts the real nnspin host once per test session, on a free port, with the default model and the
+tiny random-weight model, and hands tests its base URL."""
+
+import os
+import queue
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = "smollm2-135m-instruct"
+TINY_MODEL = "tiny-random"
+
+
+class Host:
+    def __init__(self, process: subprocess.Popen, url: str, log: list[str]):
+        self.process = process
+        self.url = url
+        self.log = log
+
+    @property
+    def openai_url(self) -> str:
+        return self.url + "/v1"
+
+
+def _start(manifest: Path) -> Host:
+    binary = ROOT / "target" / "debug" / "nnspin"
+    assert binary.exists(), "build the host first (tools/setup.sh)"
+    process = subprocess.Popen(
+        [str(binary), "up", "--from", str(manifest), "--listen", "127.0.0.1:0", "--models-dir", str(ROOT / "models")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")},
+    )
+    lines: "queue.Queue[str]" = queue.Queue()
+    log: list[str] = []
+
+    def pump():
+        for line in process.stdout:
+            log.append(line)
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    while True:
+        try:
+            line = lines.get(timeout=180)
+        except queue.Empty:
+            process.kill()
+            raise RuntimeError("the host did not start in time:\n" + "".join(log))
+        if "listening on " in line:
+            return Host(process, line.split("listening on ", 1)[1].strip(), log)
+        if process.poll() is not None:
+            raise RuntimeError("the host exited:\n" + "".join(log))
+
+
+@pytest.fixture(scope="session")
+def host(tmp_path_factory) -> Host:
+    wasm = ROOT / "target" / "wasm32-wasip2" / "release" / "nnspin_openai.wasm"
+    assert wasm.exists(), "build the components first (tools/setup.sh)"
+    manifest = tmp_path_factory.mktemp("app") / "spin.toml"
+    manifest.write_text(
+        f"""
+spin_manifest_version = 2
+
+[application]
+name = "nnspin-e2e"
+
+[[trigger.http]]
+route = "/..."
+component = "openai"
+
+[component.openai]
+source = "{wasm}"
+ai_models = ["{DEFAULT_MODEL}", "{TINY_MODEL}"]
+"""
+    )
+    started = _start(manifest)
+    yield started
+    alive = started.process.poll() is None
+    started.process.terminate()
+    started.process.wait(timeout=30)
+    assert alive, "the host died during the tests:\n" + "".join(started.log)

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test: formatting, the Rust unit and integration tests (host and guests), and the
+# end-to-end tests that drive the real host with the official OpenAI SDK.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/setup.sh
+.venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+
+printf '\n==> cargo fmt --check\n'
+cargo fmt --all --check
+printf '\n==> cargo test\n'
+cargo test --workspace
+printf '\n==> end-to-end tests\n'
+.venv/bin/python -m pytest tests -v

