@@ -86,7 +86,12 @@ async fn run_component(
 
     // The handler keeps running after it has sent the response head, streaming the body.
     let task = tokio::spawn(async move {
+        let started = std::time::Instant::now();
         let proxy = pre.instantiate_async(&mut store).await?;
+        tracing::debug!(
+            instantiate_us = started.elapsed().as_micros() as u64,
+            "instance ready"
+        );
         proxy
             .wasi_http_incoming_handler()
             .call_handle(&mut store, req, out)

@@ -11,7 +11,7 @@ use crate::bindings::errors::ErrorCode;
 use crate::bindings::tensor::TensorType;
 
 /// A tensor as it crosses the wasi-nn boundary: dimensions, element type and little-endian bytes.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Tensor {
     pub dims: Vec<u32>,
     pub ty: TensorType,

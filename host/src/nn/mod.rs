@@ -117,8 +117,8 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
     ) -> NnResult<Vec<inference::NamedTensor>> {
         let mut named = Vec::with_capacity(inputs.len());
         for (name, tensor) in inputs {
-            // The guest's tensor resources stay valid; the backend receives owned copies of the bytes.
-            named.push((name, self.table.get(&tensor)?.clone()));
+            // The guest hands its input tensors over (`own<tensor>`): move them out, no copy.
+            named.push((name, self.table.delete(tensor)?));
         }
         let Some(mut backend) = self.table.get_mut(&context)?.0.take() else {
             return self.fail(
