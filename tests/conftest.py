@@ -59,8 +59,8 @@ def _start(manifest: Path) -> Host:
 
 @pytest.fixture(scope="session")
 def host(tmp_path_factory) -> Host:
-    wasm = ROOT / "target" / "wasm32-wasip2" / "release" / "nnspin_openai.wasm"
-    assert wasm.exists(), "build the components first (tools/setup.sh)"
+    components = ROOT / "target" / "wasm32-wasip2" / "release"
+    assert (components / "nnspin_locallab.wasm").exists(), "build the components first (tools/setup.sh)"
     manifest = tmp_path_factory.mktemp("app") / "spin.toml"
     manifest.write_text(
         f"""
@@ -73,9 +73,28 @@ name = "nnspin-e2e"
 route = "/..."
 component = "openai"
 
+[[trigger.http]]
+route = "/locallab/..."
+component = "locallab"
+
+[[trigger.http]]
+route = "/limited/..."
+component = "limited"
+
 [component.openai]
-source = "{wasm}"
+source = "{components / "nnspin_openai.wasm"}"
 ai_models = ["{DEFAULT_MODEL}", "{TINY_MODEL}"]
+
+[component.locallab]
+source = "{components / "nnspin_locallab.wasm"}"
+ai_models = ["{DEFAULT_MODEL}", "{TINY_MODEL}"]
+model_management = true
+
+# The same LocalLab component with LocalLab's documented rate limit.
+[component.limited]
+source = "{components / "nnspin_locallab.wasm"}"
+ai_models = ["{TINY_MODEL}"]
+rate_limit = {{ requests_per_minute = 60, burst = 10 }}
 """
     )
     started = _start(manifest)

@@ -28,4 +28,4 @@ export_model models/tiny-random --tiny
 
 step "Building the host and the components"
 cargo build -p nnspin
-cargo build --release --target wasm32-wasip2 -p nnspin-openai
+cargo build --release --target wasm32-wasip2 -p nnspin-openai -p nnspin-locallab

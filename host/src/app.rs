@@ -13,6 +13,7 @@ use crate::instance::{InstanceState, linker};
 use crate::manifest::{Manifest, Router};
 use crate::models::{ModelAccess, ModelRegistry};
 use crate::nn::backend::{Backend, LoadOptions};
+use crate::rate_limit::RateLimiter;
 
 /// Settings of the process, from the command line.
 #[derive(Debug, Clone)]
@@ -32,6 +33,7 @@ pub struct ComponentRuntime {
     pub pre: ProxyPre<InstanceState>,
     pub models: ModelAccess,
     pub environment: Vec<(String, String)>,
+    pub rate_limiter: Option<RateLimiter>,
 }
 
 pub struct App {
@@ -39,10 +41,12 @@ pub struct App {
     pub router: Router,
     pub components: Vec<ComponentRuntime>,
     pub max_instance_memory: usize,
+    /// When the app started serving, for uptime.
+    pub started: std::time::Instant,
 }
 
 impl App {
-    pub fn load(config: &AppConfig, backend: &dyn Backend) -> wasmtime::Result<Self> {
+    pub fn load(config: &AppConfig, backend: Arc<dyn Backend>) -> wasmtime::Result<Self> {
         let manifest = Manifest::load(&config.manifest)?;
         let base = config.manifest.parent().unwrap_or(Path::new("."));
         let engine = engine(config)?;
@@ -51,10 +55,9 @@ impl App {
         let options = LoadOptions {
             threads: config.threads,
         };
-        let (registry, compiled) = std::thread::scope(|scope| {
-            let models = scope.spawn(|| {
-                ModelRegistry::load(&config.models_dir, &manifest.models(), backend, &options)
-            });
+        let registry = Arc::new(ModelRegistry::new(&config.models_dir, backend, options));
+        let (preloaded, compiled) = std::thread::scope(|scope| {
+            let models = scope.spawn(|| registry.preload(&manifest.models()));
             let compiled: wasmtime::Result<Vec<(String, Component)>> = manifest
                 .component
                 .iter()
@@ -69,7 +72,7 @@ impl App {
                 .collect();
             (models.join().expect("model loading panicked"), compiled)
         });
-        let registry = Arc::new(registry?);
+        preloaded?;
 
         let linker = linker(&engine)?;
         let mut components = Vec::new();
@@ -90,7 +93,12 @@ impl App {
             components.push(ComponentRuntime {
                 id: id.clone(),
                 pre,
-                models: ModelAccess::new(registry.clone(), spec.ai_models.clone().into()),
+                models: ModelAccess::new(
+                    registry.clone(),
+                    spec.ai_models.clone().into(),
+                    spec.model_management,
+                ),
+                rate_limiter: spec.rate_limit.map(RateLimiter::new),
                 environment: spec
                     .environment
                     .iter()
@@ -104,6 +112,7 @@ impl App {
             router: Router::new(&manifest.trigger.http),
             components,
             max_instance_memory: config.max_instance_memory,
+            started: std::time::Instant::now(),
         })
     }
 

@@ -17,5 +17,5 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use self::nnspin::llm::text;
+pub use self::nnspin::llm::{models, system, text};
 pub use self::wasi::nn::{errors, graph, inference, tensor};

@@ -6,9 +6,13 @@ use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use std::time::Instant;
+
 use crate::bindings;
+use crate::model_management::{ManagementView, ModelManagement};
 use crate::models::ModelAccess;
 use crate::nn::{NnView, WasiNn};
+use crate::system::{System, SystemView};
 use crate::text::{Text, TextView};
 
 pub struct InstanceState {
@@ -16,6 +20,7 @@ pub struct InstanceState {
     http: WasiHttpCtx,
     table: ResourceTable,
     models: ModelAccess,
+    started: Instant,
     pub limits: StoreLimits,
 }
 
@@ -25,6 +30,7 @@ impl InstanceState {
         models: ModelAccess,
         environment: &[(String, String)],
         max_memory_bytes: usize,
+        started: Instant,
     ) -> Self {
         let wasi = WasiCtx::builder()
             .envs(environment)
@@ -35,6 +41,7 @@ impl InstanceState {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             models,
+            started,
             limits: StoreLimitsBuilder::new()
                 .memory_size(max_memory_bytes)
                 .instances(4)
@@ -76,7 +83,20 @@ fn text(state: &mut InstanceState) -> TextView<'_> {
     }
 }
 
-/// Everything a component may import: WASI, `wasi:http`, `wasi:nn` and `nnspin:llm/text`.
+fn management(state: &mut InstanceState) -> ManagementView<'_> {
+    ManagementView {
+        models: &state.models,
+    }
+}
+
+fn system(state: &mut InstanceState) -> SystemView<'_> {
+    SystemView {
+        models: &state.models,
+        started: state.started,
+    }
+}
+
+/// Everything a component may import: WASI, `wasi:http`, `wasi:nn` and nnspin's interfaces.
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<InstanceState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -86,5 +106,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<InstanceState>> {
     bindings::inference::add_to_linker::<_, WasiNn>(&mut linker, nn)?;
     bindings::errors::add_to_linker::<_, WasiNn>(&mut linker, nn)?;
     bindings::text::add_to_linker::<_, Text>(&mut linker, text)?;
+    bindings::models::add_to_linker::<_, ModelManagement>(&mut linker, management)?;
+    bindings::system::add_to_linker::<_, System>(&mut linker, system)?;
     Ok(linker)
 }

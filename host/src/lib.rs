@@ -9,7 +9,13 @@ pub mod app;
 pub mod bindings;
 pub mod instance;
 pub mod manifest;
+pub mod model_management;
 pub mod models;
 pub mod nn;
+pub mod rate_limit;
 pub mod serve;
+pub mod system;
 pub mod text;
+
+/// The wasmtime version this binary embeds.
+pub const WASMTIME_VERSION: &str = env!("NNSPIN_WASMTIME_VERSION");

@@ -72,9 +72,9 @@ fn up(args: UpArgs) -> wasmtime::Result<()> {
         max_instances: args.max_instances,
         max_instance_memory: args.max_instance_memory_mib << 20,
     };
-    let backend = nn::onnxruntime::OnnxRuntime::new()?;
+    let backend = Arc::new(nn::onnxruntime::OnnxRuntime::new()?);
     let started = std::time::Instant::now();
-    let app = Arc::new(app::App::load(&config, &backend)?);
+    let app = Arc::new(app::App::load(&config, backend)?);
     tracing::info!(ms = started.elapsed().as_millis() as u64, "app ready");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

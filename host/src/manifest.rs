@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::rate_limit::RateLimit;
 use wasmtime::error::Context;
 
 #[derive(Debug, Deserialize)]
@@ -44,6 +46,12 @@ pub struct ComponentSpec {
     /// Environment variables the component sees.
     #[serde(default)]
     pub environment: BTreeMap<String, String>,
+    /// Whether the component may load and unload models (`nnspin:llm/models`). nnspin's extension.
+    #[serde(default)]
+    pub model_management: bool,
+    /// Per-client request rate, enforced by the host before instantiation. nnspin's extension.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Manifest {
@@ -120,19 +128,34 @@ impl Router {
         Self { exact, prefixes }
     }
 
-    pub fn route(&self, path: &str) -> Option<&str> {
-        let path = path.trim_end_matches('/');
-        if let Some(component) = self.exact.get(path) {
-            return Some(component);
+    pub fn route<'a>(&'a self, path: &str) -> Option<RouteMatch<'a>> {
+        let trimmed = path.trim_end_matches('/');
+        if let Some(component) = self.exact.get(trimmed) {
+            return Some(RouteMatch {
+                component,
+                path_info: String::new(),
+            });
         }
         self.prefixes
             .iter()
             .find(|(prefix, _)| {
-                path == prefix
-                    || (path.starts_with(prefix.as_str()) && path[prefix.len()..].starts_with('/'))
+                trimmed == prefix
+                    || (trimmed.starts_with(prefix.as_str())
+                        && trimmed[prefix.len()..].starts_with('/'))
             })
-            .map(|(_, component)| component.as_str())
+            .map(|(prefix, component)| RouteMatch {
+                component,
+                path_info: path[prefix.len()..].to_string(),
+            })
     }
+}
+
+/// The component a path routes to, and the part of the path below a wildcard route (Spin's
+/// `spin-path-info`), so a component can be mounted anywhere.
+#[derive(Debug, PartialEq)]
+pub struct RouteMatch<'a> {
+    pub component: &'a str,
+    pub path_info: String,
 }
 
 #[cfg(test)]
@@ -152,21 +175,39 @@ mod tests {
         ])
     }
 
+    fn component<'a>(r: &'a Router, path: &str) -> Option<&'a str> {
+        r.route(path).map(|m| m.component)
+    }
+
     #[test]
     fn exact_routes_win_over_wildcards() {
         let r = router();
-        assert_eq!(r.route("/v1/models/special"), Some("other"));
-        assert_eq!(r.route("/v1/models/other"), Some("openai"));
-        assert_eq!(r.route("/health"), Some("openai"));
-        assert_eq!(r.route("/health/"), Some("openai"));
+        assert_eq!(component(&r, "/v1/models/special"), Some("other"));
+        assert_eq!(component(&r, "/v1/models/other"), Some("openai"));
+        assert_eq!(component(&r, "/health"), Some("openai"));
+        assert_eq!(component(&r, "/health/"), Some("openai"));
     }
 
     #[test]
     fn wildcards_match_whole_segments() {
         let r = router();
-        assert_eq!(r.route("/v1"), Some("openai"));
-        assert_eq!(r.route("/v10/x"), Some("root"));
-        assert_eq!(r.route("/anything"), Some("root"));
+        assert_eq!(component(&r, "/v1"), Some("openai"));
+        assert_eq!(component(&r, "/v10/x"), Some("root"));
+        assert_eq!(component(&r, "/anything"), Some("root"));
+    }
+
+    #[test]
+    fn path_info_is_the_path_below_the_wildcard() {
+        let r = router();
+        assert_eq!(
+            r.route("/v1/chat/completions").unwrap().path_info,
+            "/chat/completions"
+        );
+        assert_eq!(
+            r.route("/anything/else").unwrap().path_info,
+            "/anything/else"
+        );
+        assert_eq!(r.route("/health").unwrap().path_info, "");
     }
 
     #[test]

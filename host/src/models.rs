@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::UNIX_EPOCH;
 
 use wasmtime::error::Context;
@@ -87,73 +87,168 @@ fn token_ids(value: &serde_json::Value) -> Option<Vec<u32>> {
     }
 }
 
-/// Every model of the app, by name.
-#[derive(Default)]
+/// The models of the app: those resident, and the means to load more on demand.
 pub struct ModelRegistry {
-    models: BTreeMap<String, Arc<Model>>,
+    models_dir: PathBuf,
+    backend: Arc<dyn Backend>,
+    options: LoadOptions,
+    resident: RwLock<BTreeMap<String, Arc<Model>>>,
+    /// Held while a model loads, so concurrent requests for the same model load it once.
+    loading: Mutex<()>,
 }
 
 impl ModelRegistry {
-    /// Loads each named model from `models_dir/<name>`, in parallel.
-    pub fn load(
-        models_dir: &Path,
-        names: &[String],
-        backend: &dyn Backend,
-        options: &LoadOptions,
-    ) -> wasmtime::Result<Self> {
-        let loaded: Vec<wasmtime::Result<(String, Model)>> = std::thread::scope(|scope| {
+    pub fn new(models_dir: &Path, backend: Arc<dyn Backend>, options: LoadOptions) -> Self {
+        Self {
+            models_dir: models_dir.to_path_buf(),
+            backend,
+            options,
+            resident: RwLock::default(),
+            loading: Mutex::default(),
+        }
+    }
+
+    /// Loads each named model from `models_dir/<name>`, in parallel (at start, before serving).
+    pub fn preload(&self, names: &[String]) -> wasmtime::Result<()> {
+        let loaded: Vec<wasmtime::Result<Arc<Model>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = names
                 .iter()
-                .map(|name| {
-                    let dir: PathBuf = models_dir.join(name);
-                    scope.spawn(move || {
-                        let started = std::time::Instant::now();
-                        let model = Model::load(name, &dir, backend, options)?;
-                        tracing::info!(model = %name, backend = model.backend, ms = started.elapsed().as_millis() as u64, "model loaded");
-                        Ok((name.clone(), model))
-                    })
-                })
+                .map(|name| scope.spawn(move || self.load(name)))
                 .collect();
             handles
                 .into_iter()
                 .map(|h| h.join().expect("model loading thread panicked"))
                 .collect()
         });
-        let mut models = BTreeMap::new();
-        for result in loaded {
-            let (name, model) = result?;
-            models.insert(name, Arc::new(model));
-        }
-        Ok(Self { models })
+        loaded.into_iter().try_for_each(|result| result.map(drop))
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<Model>> {
-        self.models.get(name)
+    /// The model if it is resident.
+    pub fn get(&self, name: &str) -> Option<Arc<Model>> {
+        self.resident
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Whether `models_dir/<name>` holds a model that [`Self::load`] could load.
+    pub fn exists(&self, name: &str) -> bool {
+        is_plain_name(name) && self.models_dir.join(name).join("model.onnx").is_file()
+    }
+
+    /// Makes a model resident, loading it unless it already is (blocking: call off the async workers).
+    pub fn load(&self, name: &str) -> wasmtime::Result<Arc<Model>> {
+        if let Some(model) = self.get(name) {
+            return Ok(model);
+        }
+        if !is_plain_name(name) {
+            wasmtime::bail!("model name {name:?} is not a plain directory name");
+        }
+        let _loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(model) = self.get(name) {
+            return Ok(model);
+        }
+        let started = std::time::Instant::now();
+        let model = Arc::new(Model::load(
+            name,
+            &self.models_dir.join(name),
+            self.backend.as_ref(),
+            &self.options,
+        )?);
+        tracing::info!(model = %name, backend = model.backend, ms = started.elapsed().as_millis() as u64, "model loaded");
+        self.resident
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), model.clone());
+        Ok(model)
+    }
+
+    /// Drops the registry's hold on a model; requests still using it keep it alive until they end.
+    pub fn unload(&self, name: &str) -> bool {
+        let removed = self
+            .resident
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+            .is_some();
+        if removed {
+            tracing::info!(model = %name, "model unloaded");
+        }
+        removed
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    pub fn device(&self) -> &'static str {
+        "cpu"
     }
 }
 
-/// The models one component may use, as its instances see them.
+/// Model names become directory names: no separators, no `..`.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
+
+/// The models one component may use, as its instances see them, and the component's current model.
 #[derive(Clone)]
 pub struct ModelAccess {
     registry: Arc<ModelRegistry>,
     allowed: Arc<[String]>,
+    /// Whether the component may load and unload models.
+    pub may_manage: bool,
+    /// The model requests without an explicit model use; app-wide state, since instances are per request.
+    current: Arc<Mutex<Option<String>>>,
 }
 
 impl ModelAccess {
-    pub fn new(registry: Arc<ModelRegistry>, allowed: Arc<[String]>) -> Self {
-        Self { registry, allowed }
+    pub fn new(registry: Arc<ModelRegistry>, allowed: Arc<[String]>, may_manage: bool) -> Self {
+        let current = allowed.first().cloned();
+        Self {
+            registry,
+            allowed,
+            may_manage,
+            current: Arc::new(Mutex::new(current)),
+        }
     }
 
+    pub fn is_allowed(&self, name: &str) -> bool {
+        self.allowed.iter().any(|allowed| allowed == name)
+    }
+
+    /// The model if this component may use it and it is resident.
     pub fn get(&self, name: &str) -> Option<Arc<Model>> {
-        if !self.allowed.iter().any(|allowed| allowed == name) {
+        if !self.is_allowed(name) {
             return None;
         }
-        self.registry.get(name).cloned()
+        self.registry.get(name)
     }
 
-    pub fn list(&self) -> impl Iterator<Item = &Arc<Model>> {
+    /// The resident models this component may use, in manifest order.
+    pub fn resident(&self) -> impl Iterator<Item = Arc<Model>> + '_ {
         self.allowed
             .iter()
             .filter_map(|name| self.registry.get(name))
+    }
+
+    pub fn allowed(&self) -> &[String] {
+        &self.allowed
+    }
+
+    pub fn registry(&self) -> &ModelRegistry {
+        &self.registry
+    }
+
+    pub fn current(&self) -> Option<String> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_current(&self, name: Option<String>) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = name;
     }
 }

@@ -25,7 +25,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) -> wasmtime::Result<()>
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let app = app.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(app, req).await) }
+                async move { Ok::<_, std::convert::Infallible>(handle(app, peer, req).await) }
             });
             if let Err(e) = http1::Builder::new()
                 .keep_alive(true)
@@ -42,15 +42,38 @@ pub fn local_addr(listener: &TcpListener) -> wasmtime::Result<SocketAddr> {
     Ok(listener.local_addr()?)
 }
 
-async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Response<HyperOutgoingBody> {
+async fn handle(
+    app: Arc<App>,
+    peer: SocketAddr,
+    mut req: Request<hyper::body::Incoming>,
+) -> Response<HyperOutgoingBody> {
     let path = req.uri().path().to_string();
-    let Some(component) = app.router.route(&path).and_then(|id| app.component(id)) else {
+    let Some((component, path_info)) = app
+        .router
+        .route(&path)
+        .and_then(|m| Some((app.component(m.component)?, m.path_info)))
+    else {
         return error_response(
             StatusCode::NOT_FOUND,
             "not_found_error",
             &format!("no route for {path}"),
         );
     };
+    set_spin_headers(req.headers_mut(), &path_info, peer);
+    if let Some(limiter) = &component.rate_limiter
+        && let Err(wait) = limiter.check(peer.ip(), std::time::Instant::now())
+    {
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut response = error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            &format!("rate limit exceeded: retry in {seconds} s"),
+        );
+        response
+            .headers_mut()
+            .insert(hyper::header::RETRY_AFTER, seconds.into());
+        return response;
+    }
     match run_component(&app, component, req).await {
         Ok(response) => response,
         Err(e) => {
@@ -73,6 +96,7 @@ async fn run_component(
         component.models.clone(),
         &component.environment,
         app.max_instance_memory,
+        app.started,
     );
     let mut store = Store::new(&app.engine, state);
     store.limiter(|state| &mut state.limits);
@@ -111,6 +135,25 @@ async fn run_component(
             };
             Err(failure)
         }
+    }
+}
+
+/// Spin's request headers: where the request came from and the path below the component's route.
+/// Clients cannot supply them: any `spin-*` header they send is removed first.
+fn set_spin_headers(headers: &mut hyper::HeaderMap, path_info: &str, peer: SocketAddr) {
+    let spoofed: Vec<_> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("spin-"))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
+    if let Ok(value) = hyper::header::HeaderValue::from_str(path_info) {
+        headers.insert("spin-path-info", value);
+    }
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&peer.to_string()) {
+        headers.insert("spin-client-addr", value);
     }
 }
 

@@ -145,7 +145,7 @@ impl HasData for Text {
 
 impl text::Host for TextView<'_> {
     async fn models(&mut self) -> wasmtime::Result<Vec<ModelInfo>> {
-        Ok(self.models.list().map(|m| m.info.clone()).collect())
+        Ok(self.models.resident().map(|m| m.info.clone()).collect())
     }
 }
 

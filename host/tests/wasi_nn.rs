@@ -28,17 +28,14 @@ fn models_dir() -> PathBuf {
 fn access() -> ModelAccess {
     static REGISTRY: OnceLock<Arc<ModelRegistry>> = OnceLock::new();
     let registry = REGISTRY.get_or_init(|| {
-        let backend = OnnxRuntime::new().expect("ONNX Runtime loads");
-        let registry = ModelRegistry::load(
-            &models_dir(),
-            &[MODEL.to_string()],
-            &backend,
-            &LoadOptions { threads: 1 },
-        )
-        .expect("the tiny model loads (run tools/export_model.py --tiny --out models/tiny-random)");
+        let backend = Arc::new(OnnxRuntime::new().expect("ONNX Runtime loads"));
+        let registry = ModelRegistry::new(&models_dir(), backend, LoadOptions { threads: 1 });
+        registry.preload(&[MODEL.to_string()]).expect(
+            "the tiny model loads (run tools/export_model.py --tiny --out models/tiny-random)",
+        );
         Arc::new(registry)
     });
-    ModelAccess::new(registry.clone(), Arc::from(vec![MODEL.to_string()]))
+    ModelAccess::new(registry.clone(), Arc::from(vec![MODEL.to_string()]), false)
 }
 
 fn i64_bytes(values: impl IntoIterator<Item = i64>) -> Vec<u8> {

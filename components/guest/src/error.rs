@@ -38,6 +38,24 @@ impl ApiError {
         Self::new(422, "invalid_request_error", message)
     }
 
+    /// 400: prompt and completion do not fit the model's context; LocalLab reports it as 413.
+    pub fn context_length_exceeded(message: impl Into<String>) -> Self {
+        let mut e = Self::new(400, "invalid_request_error", message);
+        e.param = Some("messages".into());
+        e.code = Some("context_length_exceeded");
+        e
+    }
+
+    /// 503: nothing can serve the request right now.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "server_error", message)
+    }
+
+    /// 403: the request is understood but not permitted.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(403, "permission_error", message)
+    }
+
     /// 404 for a path.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(404, "not_found_error", message)

@@ -9,7 +9,7 @@ use crate::bindings::wasi::nn::errors::{Error as NnError, ErrorCode};
 use crate::bindings::wasi::nn::graph::{self, Graph};
 use crate::bindings::wasi::nn::inference::GraphExecutionContext;
 use crate::bindings::wasi::nn::tensor::{Tensor, TensorType};
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::{RepetitionPenalty, Sampler, SamplingParams};
 
 /// A model a component may use: its graph and its tokenizer.
 pub struct Model {
@@ -89,6 +89,23 @@ impl FinishReason {
 pub struct GenerationParams {
     pub max_tokens: u32,
     pub sampling: SamplingParams,
+    /// 1 leaves logits as they are.
+    pub repetition_penalty: f32,
+    /// Stop generating (finish reason `length`) once this much time has passed.
+    pub time_limit: Option<std::time::Duration>,
+}
+
+/// Largest number of new tokens a request may ask for, unless `NNSPIN_MAX_TOKENS_CAP` (a component's
+/// environment in spin.toml) says otherwise.
+pub const DEFAULT_MAX_TOKENS_CAP: u32 = 1024;
+
+/// The number of tokens to generate: what the request asked for, or `default`, within the cap.
+pub fn max_new_tokens(requested: Option<u32>, default: u32) -> u32 {
+    let cap = std::env::var("NNSPIN_MAX_TOKENS_CAP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_MAX_TOKENS_CAP);
+    requested.unwrap_or(default).min(cap)
 }
 
 #[derive(Debug, Clone)]
@@ -111,11 +128,10 @@ pub fn generate(
         return Err(ApiError::bad_request("the prompt is empty"));
     }
     if prompt.len() >= context {
-        return Err(ApiError::bad_request(format!(
+        return Err(ApiError::context_length_exceeded(format!(
             "the prompt has {} tokens but the model's context length is {context} tokens",
             prompt.len()
-        ))
-        .with_param("messages"));
+        )));
     }
     let budget = (params.max_tokens as usize).min(context - prompt.len());
     let execution = model
@@ -124,7 +140,19 @@ pub fn generate(
         .map_err(|e| nn_error(&e))?;
     let detokenizer = model.tokenizer.detokenizer(true);
     let mut sampler = Sampler::new(params.sampling.clone());
+    let mut penalty =
+        RepetitionPenalty::new(params.repetition_penalty, model.info.vocab_size as usize);
+    if penalty.is_active() {
+        prompt.iter().for_each(|&t| penalty.observe(t));
+    }
     let eos = &model.info.eos_token_ids;
+    let started = wasip2::clocks::monotonic_clock::now();
+    let out_of_time = || {
+        params.time_limit.is_some_and(|limit| {
+            let elapsed = wasip2::clocks::monotonic_clock::now().saturating_sub(started);
+            elapsed >= limit.as_nanos() as u64
+        })
+    };
 
     let mut outcome = Outcome {
         prompt_tokens: prompt.len() as u32,
@@ -134,24 +162,43 @@ pub fn generate(
     let mut logits = step(&execution, prompt, 0)?;
     let mut position = prompt.len();
     while (outcome.completion_tokens as usize) < budget {
-        let token = sampler.sample(last_row(&logits, model.info.vocab_size as usize));
+        let row = last_row(&mut logits, model.info.vocab_size as usize);
+        if penalty.is_active() {
+            penalty.apply(row);
+        }
+        let token = sampler.sample(row);
         if eos.contains(&token) {
             outcome.finish_reason = FinishReason::Stop;
             break;
         }
         outcome.completion_tokens += 1;
+        penalty.observe(token);
         let piece = detokenizer.push(token);
         if !piece.is_empty() && !on_text(&piece) {
             outcome.finish_reason = FinishReason::Cancelled;
             break;
         }
-        if (outcome.completion_tokens as usize) == budget {
+        if (outcome.completion_tokens as usize) == budget || out_of_time() {
             break;
         }
         logits = step(&execution, &[token], position)?;
         position += 1;
     }
     Ok(outcome)
+}
+
+/// Generates the whole completion at once (no streaming) and returns its text.
+pub fn complete(
+    model: &Model,
+    prompt: &[u32],
+    params: &GenerationParams,
+) -> Result<(String, Outcome), ApiError> {
+    let mut text = String::new();
+    let outcome = generate(model, prompt, params, |piece| {
+        text.push_str(piece);
+        true
+    })?;
+    Ok((text, outcome))
 }
 
 /// Runs the model on `tokens` placed after `past` cached positions; returns the logits bytes decoded.
@@ -201,6 +248,7 @@ fn step(
 }
 
 /// The last position's row: models that return logits for every position end with the one we need.
-fn last_row(logits: &[f32], vocab: usize) -> &[f32] {
-    &logits[logits.len().saturating_sub(vocab)..]
+fn last_row(logits: &mut [f32], vocab: usize) -> &mut [f32] {
+    let start = logits.len().saturating_sub(vocab);
+    &mut logits[start..]
 }

@@ -19,6 +19,9 @@ pub struct RequestHead {
     pub method: String,
     /// The path without the query string.
     pub path: String,
+    /// The path below the component's wildcard route (the host's `spin-path-info`), so a component
+    /// mounted at `/locallab/...` sees `/generate`; the whole path when the route is exact.
+    pub route_path: String,
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
@@ -38,10 +41,18 @@ impl RequestHead {
         };
         let full = request.path_with_query().unwrap_or_else(|| "/".to_string());
         let path = full.split('?').next().unwrap_or("/").to_string();
+        let headers = request.headers().entries();
+        let route_path = headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("spin-path-info"))
+            .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+            .filter(|info| !info.is_empty())
+            .unwrap_or_else(|| path.clone());
         Self {
             method,
             path,
-            headers: request.headers().entries(),
+            route_path,
+            headers,
         }
     }
 
@@ -131,20 +142,34 @@ pub fn send_error(out: ResponseOutparam, error: &ApiError) {
     send_json(out, error.status, &error.body());
 }
 
-/// A `text/event-stream` response in progress.
+/// How a streamed response separates its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `text/event-stream`: each event is `data: …` and a blank line.
+    ServerSentEvents,
+    /// `application/x-ndjson`: each event is one line, for clients that parse every line as JSON.
+    JsonLines,
+}
+
+/// A streamed response in progress.
 pub struct EventStream {
     body: OutgoingBody,
     stream: OutputStream,
+    framing: Framing,
     open: bool,
 }
 
 impl EventStream {
-    pub fn start(out: ResponseOutparam) -> Self {
+    pub fn start(out: ResponseOutparam, framing: Framing) -> Self {
+        let content_type = match framing {
+            Framing::ServerSentEvents => "text/event-stream",
+            Framing::JsonLines => "application/x-ndjson",
+        };
         let (body, stream) = start(
             out,
             200,
             &[
-                ("content-type", "text/event-stream"),
+                ("content-type", content_type),
                 ("cache-control", "no-cache"),
                 ("x-accel-buffering", "no"),
             ],
@@ -152,17 +177,26 @@ impl EventStream {
         Self {
             body,
             stream,
+            framing,
             open: true,
         }
     }
 
-    /// Sends one `data:` event; false once the client has disconnected.
+    /// Sends one event; false once the client has disconnected.
     pub fn send(&mut self, data: &str) -> bool {
         if self.open {
             let mut event = String::with_capacity(data.len() + 8);
-            event.push_str("data: ");
-            event.push_str(data);
-            event.push_str("\n\n");
+            match self.framing {
+                Framing::ServerSentEvents => {
+                    event.push_str("data: ");
+                    event.push_str(data);
+                    event.push_str("\n\n");
+                }
+                Framing::JsonLines => {
+                    event.push_str(data);
+                    event.push('\n');
+                }
+            }
             self.open = write_all(&self.stream, event.as_bytes());
         }
         self.open

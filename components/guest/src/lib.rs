@@ -16,6 +16,7 @@ pub mod chat;
 pub mod error;
 pub mod generate;
 pub mod http;
+pub mod request;
 pub mod sampling;
 
 pub use error::ApiError;

@@ -123,6 +123,50 @@ impl Sampler {
     }
 }
 
+/// HF-style repetition penalty: the logit of every token already in the sequence (prompt included) is
+/// divided by `penalty` when positive and multiplied by it when negative, making repeats less likely.
+pub struct RepetitionPenalty {
+    penalty: f32,
+    seen: Vec<bool>,
+    /// The distinct tokens seen, so applying the penalty costs the sequence's size, not the vocabulary's.
+    distinct: Vec<u32>,
+}
+
+impl RepetitionPenalty {
+    pub fn new(penalty: f32, vocab_size: usize) -> Self {
+        Self {
+            penalty,
+            seen: vec![false; vocab_size],
+            distinct: Vec::new(),
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.penalty != 1.0
+    }
+
+    pub fn observe(&mut self, token: u32) {
+        if let Some(seen) = self.seen.get_mut(token as usize)
+            && !*seen
+        {
+            *seen = true;
+            self.distinct.push(token);
+        }
+    }
+
+    pub fn apply(&self, logits: &mut [f32]) {
+        for &token in &self.distinct {
+            if let Some(logit) = logits.get_mut(token as usize) {
+                *logit = if *logit > 0.0 {
+                    *logit / self.penalty
+                } else {
+                    *logit * self.penalty
+                };
+            }
+        }
+    }
+}
+
 /// Index of the largest logit; the lowest index wins a tie, so greedy decoding is deterministic.
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -151,6 +195,18 @@ mod tests {
         (0..1000)
             .map(|i| ((i * 7919) % 1000) as f32 / 100.0)
             .collect()
+    }
+
+    #[test]
+    fn repetition_penalty_demotes_seen_tokens_both_signs() {
+        let mut penalty = RepetitionPenalty::new(2.0, 4);
+        penalty.observe(1);
+        penalty.observe(2);
+        penalty.observe(1);
+        let mut logits = vec![1.0, 4.0, -1.0, 3.0];
+        penalty.apply(&mut logits);
+        assert_eq!(logits, vec![1.0, 2.0, -2.0, 3.0]);
+        assert_eq!(argmax(&logits), 3);
     }
 
     #[test]

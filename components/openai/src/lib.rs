@@ -5,7 +5,7 @@ mod request;
 mod response;
 
 use nnspin_guest::generate::{self, GenerationParams, Model};
-use nnspin_guest::http::{self, EventStream, RequestHead};
+use nnspin_guest::http::{self, EventStream, Framing, RequestHead};
 use nnspin_guest::{ApiError, chat};
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
@@ -69,12 +69,8 @@ fn chat_completions(request: IncomingRequest, out: ResponseOutparam) {
     if request.stream {
         stream(out, &request, &model, &prompt, &params, completion);
     } else {
-        let mut content = String::new();
-        match generate::generate(&model, &prompt, &params, |piece| {
-            content.push_str(piece);
-            true
-        }) {
-            Ok(outcome) => http::send_json(
+        match generate::complete(&model, &prompt, &params) {
+            Ok((content, outcome)) => http::send_json(
                 out,
                 200,
                 &ChatCompletion::new(&completion, content, &outcome),
@@ -103,7 +99,7 @@ fn stream(
     completion: Completion,
 ) {
     let include_usage = request.include_usage();
-    let mut events = EventStream::start(out);
+    let mut events = EventStream::start(out, Framing::ServerSentEvents);
     let chunk = |delta: serde_json::Value, finish: Option<&str>| {
         ChatChunk::new(&completion, delta, finish, include_usage)
     };

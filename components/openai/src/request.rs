@@ -6,12 +6,11 @@ use serde::Deserialize;
 use nnspin_guest::ApiError;
 use nnspin_guest::chat::ChatMessage;
 use nnspin_guest::generate::{self, GenerationParams};
+use nnspin_guest::request::{check_range, parse_body};
 use nnspin_guest::sampling::SamplingParams;
 
 /// `max_tokens` when the request gives none.
 const DEFAULT_MAX_TOKENS: u32 = 128;
-/// Largest `max_tokens` served unless `NNSPIN_MAX_TOKENS_CAP` (set in spin.toml) says otherwise.
-const DEFAULT_MAX_TOKENS_CAP: u32 = 1024;
 
 /// Fields of OpenAI's request that nnspin acts on; unknown fields are ignored, as OpenAI does.
 #[derive(Debug, Deserialize)]
@@ -47,30 +46,14 @@ impl ChatRequest {
     /// 400 for malformed JSON, 422 for JSON of the wrong shape, 400 naming the parameter for values
     /// out of range.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
-        })?;
-        if !value.is_object() {
-            return Err(ApiError::unprocessable(
-                "the request body must be a JSON object",
-            ));
-        }
-        let request: Self = serde_json::from_value(value)
-            .map_err(|e| ApiError::unprocessable(format!("invalid request: {e}")))?;
+        let request: Self = parse_body(body)?;
         request.validate()?;
         Ok(request)
     }
 
     fn validate(&self) -> Result<(), ApiError> {
-        let range = |param: &str, value: Option<f32>, lo: f32, hi: f32| match value {
-            Some(v) if !(lo..=hi).contains(&v) => Err(ApiError::bad_request(format!(
-                "`{param}` must be between {lo} and {hi}, got {v}"
-            ))
-            .with_param(param)),
-            _ => Ok(()),
-        };
-        range("temperature", self.temperature, 0.0, 2.0)?;
-        range("top_p", self.top_p, 0.0, 1.0)?;
+        check_range("temperature", self.temperature, 0.0, 2.0)?;
+        check_range("top_p", self.top_p, 0.0, 1.0)?;
         if let Some(0) = self.max_tokens.or(self.max_completion_tokens) {
             let param = if self.max_tokens.is_some() {
                 "max_tokens"
@@ -103,17 +86,9 @@ impl ChatRequest {
     }
 
     pub fn generation_params(&self) -> GenerationParams {
-        let cap = std::env::var("NNSPIN_MAX_TOKENS_CAP")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_MAX_TOKENS_CAP);
-        let max_tokens = self
-            .max_completion_tokens
-            .or(self.max_tokens)
-            .unwrap_or(DEFAULT_MAX_TOKENS)
-            .min(cap);
+        let requested = self.max_completion_tokens.or(self.max_tokens);
         GenerationParams {
-            max_tokens,
+            max_tokens: generate::max_new_tokens(requested, DEFAULT_MAX_TOKENS),
             sampling: SamplingParams {
                 temperature: self.temperature.unwrap_or(1.0),
                 top_p: self.top_p.unwrap_or(1.0),
@@ -122,6 +97,8 @@ impl ChatRequest {
                     .seed
                     .unwrap_or_else(wasip2::random::random::get_random_u64),
             },
+            repetition_penalty: 1.0,
+            time_limit: None,
         }
     }
 }

@@ -69,6 +69,8 @@ pub struct LoadOptions {
 pub trait Backend: Send + Sync {
     /// Short name for logs and model metadata, such as `onnxruntime`.
     fn name(&self) -> &'static str;
+    /// Version of the engine library in use.
+    fn version(&self) -> String;
     fn load(
         &self,
         model_dir: &Path,

@@ -22,26 +22,36 @@ const PRESENT_PREFIX: &str = "present.";
 
 pub struct OnnxRuntime {
     environment: ort::environment::Environment,
+    /// From the library's file name (`libonnxruntime.so.1.31.1`); the build info does not always say.
+    version: String,
 }
 
 impl OnnxRuntime {
     /// Loads the ONNX Runtime shared library (once per process) and creates its environment.
     pub fn new() -> wasmtime::Result<Self> {
-        static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> =
-            OnceLock::new();
-        let environment = ENVIRONMENT
+        type Loaded = Result<(ort::environment::Environment, String), String>;
+        static ENVIRONMENT: OnceLock<Loaded> = OnceLock::new();
+        let (environment, version) = ENVIRONMENT
             .get_or_init(|| {
                 let lib = locate_library().map_err(|e| e.to_string())?;
                 tracing::info!(library = %lib.display(), "loading ONNX Runtime");
+                let version = lib
+                    .file_name()
+                    .and_then(|name| name.to_str()?.split(".so.").nth(1).map(String::from))
+                    .unwrap_or_else(|| "unknown".into());
                 ort::init_from(&lib)
                     .map_err(|e| format!("cannot load {}: {e}", lib.display()))?
                     .with_name("nnspin")
                     .build()
+                    .map(|environment| (environment, version))
                     .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", lib.display()))
             })
             .clone()
             .map_err(wasmtime::Error::msg)?;
-        Ok(Self { environment })
+        Ok(Self {
+            environment,
+            version,
+        })
     }
 }
 
@@ -85,6 +95,10 @@ fn locate_library() -> wasmtime::Result<PathBuf> {
 impl Backend for OnnxRuntime {
     fn name(&self) -> &'static str {
         "onnxruntime"
+    }
+
+    fn version(&self) -> String {
+        self.version.clone()
     }
 
     fn load(

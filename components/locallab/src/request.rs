@@ -1,0 +1,172 @@
+//! LocalLab's request bodies, parsed and validated in one place.
+
+use serde::Deserialize;
+
+use nnspin_guest::ApiError;
+use nnspin_guest::chat::ChatMessage;
+use nnspin_guest::generate::{self, GenerationParams};
+use nnspin_guest::request::check_range;
+pub use nnspin_guest::request::parse_body as parse;
+use nnspin_guest::sampling::SamplingParams;
+
+/// New tokens when the request names no length.
+const DEFAULT_MAX_TOKENS: u32 = 256;
+/// Most prompts one `/generate/batch` request may carry.
+pub const MAX_BATCH: usize = 32;
+
+/// The generation settings every LocalLab endpoint accepts. LocalLab documents `max_length`; its
+/// server reads `max_tokens`; both are honoured.
+#[derive(Debug, Default, Deserialize)]
+pub struct Settings {
+    #[serde(default)]
+    pub model_id: Option<String>,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default)]
+    pub max_length: Option<u32>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub max_new_tokens: Option<u32>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub top_k: Option<u32>,
+    #[serde(default)]
+    pub repetition_penalty: Option<f32>,
+    #[serde(default)]
+    pub do_sample: Option<bool>,
+    /// Seconds the server may spend generating.
+    #[serde(default)]
+    pub max_time: Option<f32>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    #[serde(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    #[serde(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BatchRequest {
+    pub prompts: Vec<String>,
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    #[serde(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ModelRequest {
+    #[serde(default)]
+    pub model_id: Option<String>,
+}
+
+impl Settings {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        check_range("temperature", self.temperature, 0.0, 2.0)?;
+        check_range("top_p", self.top_p, 0.0, 1.0)?;
+        check_range("repetition_penalty", self.repetition_penalty, 0.01, 10.0)?;
+        check_range("max_time", self.max_time, 0.0, 3600.0)?;
+        if self.requested_tokens() == Some(0) {
+            return Err(
+                ApiError::bad_request("`max_length` must be at least 1").with_param("max_length")
+            );
+        }
+        Ok(())
+    }
+
+    fn requested_tokens(&self) -> Option<u32> {
+        self.max_length.or(self.max_tokens).or(self.max_new_tokens)
+    }
+
+    pub fn generation_params(&self) -> GenerationParams {
+        let greedy = self.do_sample == Some(false);
+        GenerationParams {
+            max_tokens: generate::max_new_tokens(self.requested_tokens(), DEFAULT_MAX_TOKENS),
+            sampling: SamplingParams {
+                temperature: if greedy {
+                    0.0
+                } else {
+                    self.temperature.unwrap_or(0.7)
+                },
+                top_p: self.top_p.unwrap_or(0.9),
+                top_k: self.top_k.unwrap_or(0) as usize,
+                seed: self
+                    .seed
+                    .unwrap_or_else(wasip2::random::random::get_random_u64),
+            },
+            repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
+            time_limit: self.max_time.map(std::time::Duration::from_secs_f32),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_and_server_field_names_both_set_the_length() {
+        let documented: GenerateRequest =
+            parse(br#"{"prompt": "x", "max_length": 7, "seed": 1}"#).unwrap();
+        let server: GenerateRequest =
+            parse(br#"{"prompt": "x", "max_tokens": 9, "seed": 1}"#).unwrap();
+        assert_eq!(documented.settings.generation_params().max_tokens, 7);
+        assert_eq!(server.settings.generation_params().max_tokens, 9);
+    }
+
+    #[test]
+    fn client_defaults_are_accepted() {
+        // What locallab-client 1.1.0 sends by default.
+        let body = br#"{"prompt": "x", "model_id": null, "stream": false, "max_length": null, "temperature": 0.7,
+                        "top_p": 0.9, "repetition_penalty": 1.15, "top_k": 80, "do_sample": true, "seed": 1}"#;
+        let request: GenerateRequest = parse(body).unwrap();
+        request.settings.validate().unwrap();
+        let params = request.settings.generation_params();
+        assert_eq!(
+            (params.sampling.top_k, params.repetition_penalty),
+            (80, 1.15)
+        );
+    }
+
+    #[test]
+    fn do_sample_false_is_greedy() {
+        let request: GenerateRequest =
+            parse(br#"{"prompt": "x", "do_sample": false, "seed": 1}"#).unwrap();
+        assert_eq!(
+            request.settings.generation_params().sampling.temperature,
+            0.0
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_their_field() {
+        let request: GenerateRequest = parse(br#"{"prompt": "x", "top_p": 2}"#).unwrap();
+        assert_eq!(
+            request.settings.validate().unwrap_err().param.as_deref(),
+            Some("top_p")
+        );
+        assert_eq!(
+            parse::<GenerateRequest>(br#"{"max_length": 3}"#)
+                .unwrap_err()
+                .status,
+            422
+        );
+        assert_eq!(parse::<GenerateRequest>(b"{oops").unwrap_err().status, 400);
+    }
+}
