@@ -29,7 +29,12 @@ def _start(manifest: Path) -> Host:
     binary = ROOT / "target" / "debug" / "nnspin"
     assert binary.exists(), "build the host first (tools/setup.sh)"
     process = subprocess.Popen(
-        [str(binary), "up", "--from", str(manifest), "--listen", "127.0.0.1:0", "--models-dir", str(ROOT / "models")],
+        [
+            str(binary), "up", "--from", str(manifest), "--listen", "127.0.0.1:0",
+            "--models-dir", str(ROOT / "models"),
+            # Short enough that the endless-loop test ends quickly.
+            "--max-instance-cpu-ms", "2000",
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -81,6 +86,10 @@ component = "locallab"
 route = "/limited/..."
 component = "limited"
 
+[[trigger.http]]
+route = "/faults/..."
+component = "faults"
+
 [component.openai]
 source = "{components / "nnspin_openai.wasm"}"
 ai_models = ["{DEFAULT_MODEL}", "{TINY_MODEL}"]
@@ -95,6 +104,10 @@ model_management = true
 source = "{components / "nnspin_locallab.wasm"}"
 ai_models = ["{TINY_MODEL}"]
 rate_limit = {{ requests_per_minute = 60, burst = 10 }}
+
+# Misbehaves on request; granted nothing.
+[component.faults]
+source = "{components / "nnspin_test_faults.wasm"}"
 """
     )
     started = _start(manifest)

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+# The deliberately misbehaving component of the isolation tests.
+cargo build --release --target wasm32-wasip2 -p nnspin-test-faults
 
 printf '\n==> cargo fmt --check\n'
 cargo fmt --all --check

@@ -9,10 +9,11 @@ use wasmtime::error::Context;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::instance::{InstanceState, linker};
-use crate::manifest::{Manifest, Router};
+use crate::instance::{EPOCH_TICK, InstanceState, Sandbox, linker};
+use crate::manifest::{FileMount, Manifest, Router};
 use crate::models::{ModelAccess, ModelRegistry};
 use crate::nn::backend::{Backend, LoadOptions};
+use crate::outbound::OutboundPolicy;
 use crate::rate_limit::RateLimiter;
 
 /// Settings of the process, from the command line.
@@ -25,14 +26,15 @@ pub struct AppConfig {
     pub max_instances: u32,
     /// Linear memory one instance may grow to.
     pub max_instance_memory: usize,
+    /// Guest CPU time one request may use.
+    pub max_instance_cpu: std::time::Duration,
 }
 
 /// One component, ready to be instantiated per request.
 pub struct ComponentRuntime {
     pub id: String,
     pub pre: ProxyPre<InstanceState>,
-    pub models: ModelAccess,
-    pub environment: Vec<(String, String)>,
+    pub sandbox: Sandbox,
     pub rate_limiter: Option<RateLimiter>,
 }
 
@@ -40,7 +42,6 @@ pub struct App {
     pub engine: Engine,
     pub router: Router,
     pub components: Vec<ComponentRuntime>,
-    pub max_instance_memory: usize,
     /// When the app started serving, for uptime.
     pub started: std::time::Instant,
 }
@@ -90,20 +91,31 @@ impl App {
             .with_context(|| {
                 format!("component {id:?} does not export wasi:http/incoming-handler")
             })?;
-            components.push(ComponentRuntime {
-                id: id.clone(),
-                pre,
+            let sandbox = Sandbox {
                 models: ModelAccess::new(
                     registry.clone(),
                     spec.ai_models.clone().into(),
                     spec.model_management,
                 ),
-                rate_limiter: spec.rate_limit.map(RateLimiter::new),
                 environment: spec
                     .environment
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
+                mounts: mounts(base, &spec.files)
+                    .with_context(|| format!("component {id:?}: files"))?,
+                outbound: OutboundPolicy::new(&spec.allowed_outbound_hosts).map_err(|e| {
+                    wasmtime::format_err!("component {id:?}: allowed_outbound_hosts: {e}")
+                })?,
+                max_memory_bytes: config.max_instance_memory,
+                cpu_budget_ticks: (config.max_instance_cpu.as_millis() / EPOCH_TICK.as_millis())
+                    .max(1) as u64,
+            };
+            components.push(ComponentRuntime {
+                id: id.clone(),
+                pre,
+                sandbox,
+                rate_limiter: spec.rate_limit.map(RateLimiter::new),
             });
         }
         tracing::info!(app = %manifest.application.name, components = components.len(), "app loaded");
@@ -111,7 +123,6 @@ impl App {
             engine,
             router: Router::new(&manifest.trigger.http),
             components,
-            max_instance_memory: config.max_instance_memory,
             started: std::time::Instant::now(),
         })
     }
@@ -130,6 +141,45 @@ fn engine(config: &AppConfig) -> wasmtime::Result<Engine> {
         .total_core_instances(config.max_instances * 2)
         .max_memory_size(config.max_instance_memory);
     let mut wasm = Config::new();
-    wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
-    Engine::new(&wasm)
+    wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling))
+        .epoch_interruption(true);
+    let engine = Engine::new(&wasm)?;
+    start_epoch_ticker(&engine);
+    Ok(engine)
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] for as long as the engine lives.
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("epoch-ticker".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch ticker");
+}
+
+/// The directories a component may read, checked to exist.
+fn mounts(base: &Path, files: &[FileMount]) -> wasmtime::Result<Vec<(PathBuf, String)>> {
+    files
+        .iter()
+        .map(|mount| {
+            let (source, destination) = match mount {
+                FileMount::Path(path) => (path.clone(), format!("/{}", path.display())),
+                FileMount::Mapping {
+                    source,
+                    destination,
+                } => (source.clone(), destination.clone()),
+            };
+            let host = base.join(&source);
+            if !host.is_dir() {
+                wasmtime::bail!("{} is not a directory of the app", host.display());
+            }
+            Ok((host, destination))
+        })
+        .collect()
 }

@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod model_management;
 pub mod models;
 pub mod nn;
+pub mod outbound;
 pub mod rate_limit;
 pub mod serve;
 pub mod system;

@@ -49,6 +49,10 @@ struct UpArgs {
     /// Linear memory one component instance may use, in MiB.
     #[arg(long, default_value_t = 256)]
     max_instance_memory_mib: usize,
+    /// CPU time one request's component may spend in its own code (not waiting for inference), in
+    /// milliseconds; past it the request is stopped with 504.
+    #[arg(long, default_value_t = 30_000)]
+    max_instance_cpu_ms: u64,
 }
 
 fn main() -> wasmtime::Result<()> {
@@ -71,6 +75,7 @@ fn up(args: UpArgs) -> wasmtime::Result<()> {
         threads: args.threads,
         max_instances: args.max_instances,
         max_instance_memory: args.max_instance_memory_mib << 20,
+        max_instance_cpu: std::time::Duration::from_millis(args.max_instance_cpu_ms),
     };
     let backend = Arc::new(nn::onnxruntime::OnnxRuntime::new()?);
     let started = std::time::Instant::now();

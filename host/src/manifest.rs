@@ -36,6 +36,16 @@ pub struct HttpTrigger {
     pub component: String,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum FileMount {
+    Path(PathBuf),
+    Mapping {
+        source: PathBuf,
+        destination: String,
+    },
+}
+
 #[derive(Debug, Deserialize)]
 pub struct ComponentSpec {
     /// Path of the component's `.wasm`, relative to the manifest.
@@ -46,6 +56,13 @@ pub struct ComponentSpec {
     /// Environment variables the component sees.
     #[serde(default)]
     pub environment: BTreeMap<String, String>,
+    /// Hosts the component may send HTTP requests to (`scheme://host:port`, `*` for any part).
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
+    /// Directories of the app the component may read: a path (mounted at the same path) or
+    /// `{ source, destination }`.
+    #[serde(default)]
+    pub files: Vec<FileMount>,
     /// Whether the component may load and unload models (`nnspin:llm/models`). nnspin's extension.
     #[serde(default)]
     pub model_management: bool,

@@ -8,14 +8,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
-use wasmtime::Store;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::app::App;
-use crate::instance::InstanceState;
+use crate::instance::{CpuBudgetExceeded, new_store};
 
 /// Serves `app` on `listener` until the process ends.
 pub async fn serve(app: Arc<App>, listener: TcpListener) -> wasmtime::Result<()> {
@@ -76,6 +75,17 @@ async fn handle(
     }
     match run_component(&app, component, req).await {
         Ok(response) => response,
+        Err(e) if e.downcast_ref::<CpuBudgetExceeded>().is_some() => {
+            let exceeded = e
+                .downcast_ref::<CpuBudgetExceeded>()
+                .expect("checked by the guard");
+            tracing::warn!(component = %component.id, %path, "{exceeded}");
+            error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout_error",
+                &exceeded.to_string(),
+            )
+        }
         Err(e) => {
             tracing::error!(component = %component.id, %path, "request failed: {e:?}");
             error_response(
@@ -92,14 +102,7 @@ async fn run_component(
     component: &crate::app::ComponentRuntime,
     req: Request<hyper::body::Incoming>,
 ) -> wasmtime::Result<Response<HyperOutgoingBody>> {
-    let state = InstanceState::new(
-        component.models.clone(),
-        &component.environment,
-        app.max_instance_memory,
-        app.started,
-    );
-    let mut store = Store::new(&app.engine, state);
-    store.limiter(|state| &mut state.limits);
+    let mut store = new_store(&app.engine, &component.sandbox, app.started)?;
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let req = store
         .data_mut()

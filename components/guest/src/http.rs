@@ -22,6 +22,8 @@ pub struct RequestHead {
     /// The path below the component's wildcard route (the host's `spin-path-info`), so a component
     /// mounted at `/locallab/...` sees `/generate`; the whole path when the route is exact.
     pub route_path: String,
+    /// The query string, without `?`.
+    pub query: String,
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
@@ -40,7 +42,10 @@ impl RequestHead {
             Method::Other(other) => other,
         };
         let full = request.path_with_query().unwrap_or_else(|| "/".to_string());
-        let path = full.split('?').next().unwrap_or("/").to_string();
+        let (path, query) = match full.split_once('?') {
+            Some((path, query)) => (path.to_string(), query.to_string()),
+            None => (full, String::new()),
+        };
         let headers = request.headers().entries();
         let route_path = headers
             .iter()
@@ -52,6 +57,7 @@ impl RequestHead {
             method,
             path,
             route_path,
+            query,
             headers,
         }
     }

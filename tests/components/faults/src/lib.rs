@@ -1,0 +1,87 @@
+//! A component that misbehaves on request, so tests can show the host contains it: it traps, loops
+//! forever, exhausts its memory, and tries to reach files, sockets and hosts it was not granted.
+
+use std::io::Read;
+
+use nnspin_guest::http::{self, RequestHead};
+use serde_json::json;
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{Fields, IncomingRequest, OutgoingRequest, ResponseOutparam, Scheme};
+
+struct Faults;
+
+wasip2::http::proxy::export!(Faults);
+
+impl wasip2::exports::http::incoming_handler::Guest for Faults {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let head = RequestHead::of(&request);
+        match head.route_path.as_str() {
+            "/ok" => http::send_json(out, 200, &json!({ "ok": true })),
+            "/trap" => panic!("this handler traps on purpose"),
+            "/loop" => {
+                let mut spins = 0u64;
+                loop {
+                    spins = std::hint::black_box(spins.wrapping_add(1));
+                }
+            }
+            "/memory" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 16 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "/read-file" => {
+                let result = std::fs::File::open("/etc/passwd").and_then(|mut f| {
+                    let mut text = String::new();
+                    f.read_to_string(&mut text).map(|_| text)
+                });
+                http::send_json(out, 200, &attempt(result.map(|_| ())));
+            }
+            "/socket" => {
+                let port = query_port(&head.query);
+                let result = std::net::TcpStream::connect(("127.0.0.1", port)).map(drop);
+                http::send_json(out, 200, &attempt(result));
+            }
+            "/outbound-http" => {
+                let port = query_port(&head.query);
+                http::send_json(out, 200, &attempt(outbound(port)));
+            }
+            _ => http::send_json(out, 404, &json!({ "detail": "no such fault" })),
+        }
+    }
+}
+
+fn query_port(query: &str) -> u16 {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("port=")?.parse().ok())
+        .unwrap_or(80)
+}
+
+fn attempt<E: std::fmt::Debug>(result: Result<(), E>) -> serde_json::Value {
+    match result {
+        Ok(()) => json!({ "allowed": true }),
+        Err(e) => json!({ "allowed": false, "error": format!("{e:?}") }),
+    }
+}
+
+fn outbound(port: u16) -> Result<(), String> {
+    let request = OutgoingRequest::new(Fields::new());
+    request
+        .set_scheme(Some(&Scheme::Http))
+        .map_err(|()| "scheme")?;
+    request
+        .set_authority(Some(&format!("127.0.0.1:{port}")))
+        .map_err(|()| "authority")?;
+    request
+        .set_path_with_query(Some("/health"))
+        .map_err(|()| "path")?;
+    let response = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    response.subscribe().block();
+    match response.get() {
+        Some(Ok(Ok(_))) => Ok(()),
+        Some(Ok(Err(e))) => Err(format!("{e:?}")),
+        other => Err(format!("{other:?}")),
+    }
+}

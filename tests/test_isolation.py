@@ -1,0 +1,67 @@
+"""Each request runs in its own sandboxed instance: a handler that traps, loops forever or exhausts its
+memory fails alone, with a JSON error, while other requests are served; and a component reaches no file,
+socket or host it was not granted. Uses the deliberately faulty component in tests/components/faults."""
+
+import concurrent.futures
+from urllib.parse import urlparse
+
+import httpx
+
+from conftest import TINY_MODEL
+
+
+def chat_ok(host) -> bool:
+    response = httpx.post(
+        host.openai_url + "/chat/completions",
+        json={"model": TINY_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8},
+        timeout=60,
+    )
+    return response.status_code == 200 and response.json()["choices"][0]["message"]["content"] is not None
+
+
+def assert_json_error(response: httpx.Response, status: int):
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["detail"]
+
+
+def test_a_trapping_handler_fails_alone(host):
+    assert_json_error(httpx.get(host.url + "/faults/trap"), 500)
+    assert httpx.get(host.url + "/faults/ok").json() == {"ok": True}
+    assert chat_ok(host)
+
+
+def test_an_endless_loop_is_stopped_while_other_requests_are_served(host):
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        looping = pool.submit(httpx.get, host.url + "/faults/loop", timeout=60)
+        others = [pool.submit(chat_ok, host) for _ in range(3)]
+        assert all(f.result() for f in others)
+        response = looping.result()
+    assert_json_error(response, 504)
+    assert "CPU time" in response.json()["detail"]
+
+
+def test_a_memory_bomb_is_contained(host):
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        bomb = pool.submit(httpx.get, host.url + "/faults/memory", timeout=60)
+        assert chat_ok(host)
+        assert_json_error(bomb.result(), 500)
+    assert chat_ok(host)
+
+
+def test_files_that_were_not_granted_cannot_be_read(host):
+    result = httpx.get(host.url + "/faults/read-file").json()
+    assert result["allowed"] is False, result
+
+
+def test_sockets_cannot_be_opened(host):
+    port = urlparse(host.url).port
+    result = httpx.get(host.url + f"/faults/socket?port={port}").json()
+    assert result["allowed"] is False, result
+
+
+def test_outbound_http_to_hosts_not_granted_is_denied(host):
+    port = urlparse(host.url).port
+    result = httpx.get(host.url + f"/faults/outbound-http?port={port}", timeout=30).json()
+    assert result["allowed"] is False, result
+    assert "Denied" in result["error"], result
