@@ -25,15 +25,15 @@ class Host:
         return self.url + "/v1"
 
 
-def _start(manifest: Path) -> Host:
+def start_host(manifest: Path, *args: str, wait: str = "ready") -> Host:
+    """Starts `nnspin up` on a free port; returns once it prints `nnspin listening` (wait="listening")
+    or `nnspin ready` (wait="ready")."""
     binary = ROOT / "target" / "debug" / "nnspin"
     assert binary.exists(), "build the host first (tools/setup.sh)"
     process = subprocess.Popen(
         [
             str(binary), "up", "--from", str(manifest), "--listen", "127.0.0.1:0",
-            "--models-dir", str(ROOT / "models"),
-            # Short enough that the endless-loop test ends quickly.
-            "--max-instance-cpu-ms", "2000",
+            "--models-dir", str(ROOT / "models"), *args,
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -48,17 +48,23 @@ def _start(manifest: Path) -> Host:
         for line in process.stdout:
             log.append(line)
             lines.put(line)
+        lines.put("")  # end of output
 
     threading.Thread(target=pump, daemon=True).start()
+    url = None
     while True:
         try:
             line = lines.get(timeout=180)
         except queue.Empty:
             process.kill()
             raise RuntimeError("the host did not start in time:\n" + "".join(log))
-        if "listening on " in line:
-            return Host(process, line.split("listening on ", 1)[1].strip(), log)
-        if process.poll() is not None:
+        if "nnspin listening on " in line:
+            url = line.split("listening on ", 1)[1].strip()
+            if wait == "listening":
+                return Host(process, url, log)
+        if "nnspin ready" in line and url:
+            return Host(process, url, log)
+        if line == "" and process.poll() is not None:
             raise RuntimeError("the host exited:\n" + "".join(log))
 
 
@@ -110,7 +116,8 @@ rate_limit = {{ requests_per_minute = 60, burst = 10 }}
 source = "{components / "nnspin_test_faults.wasm"}"
 """
     )
-    started = _start(manifest)
+    # Short enough that the endless-loop test ends quickly.
+    started = start_host(manifest, "--max-instance-cpu-ms", "2000")
     yield started
     alive = started.process.poll() is None
     started.process.terminate()

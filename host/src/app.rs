@@ -9,6 +9,7 @@ use wasmtime::error::Context;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+use crate::component_cache;
 use crate::instance::{EPOCH_TICK, InstanceState, Sandbox, linker};
 use crate::manifest::{FileMount, Manifest, Router};
 use crate::models::{ModelAccess, ModelRegistry};
@@ -21,6 +22,8 @@ use crate::rate_limit::RateLimiter;
 pub struct AppConfig {
     pub manifest: PathBuf,
     pub models_dir: PathBuf,
+    /// Where compiled components are cached; `None` compiles at every start.
+    pub cache_dir: Option<PathBuf>,
     pub threads: usize,
     /// Most concurrent instances the pooling allocator reserves room for.
     pub max_instances: u32,
@@ -65,9 +68,9 @@ impl App {
                 .map(|(id, spec)| {
                     let path = base.join(&spec.source);
                     let started = std::time::Instant::now();
-                    let component = Component::from_file(&engine, &path)
+                    let (component, origin) = component_cache::load(&engine, &path, config.cache_dir.as_deref())
                         .with_context(|| format!("component {id:?}: loading {}", path.display()))?;
-                    tracing::info!(component = %id, ms = started.elapsed().as_millis() as u64, "component compiled");
+                    tracing::info!(component = %id, ?origin, ms = started.elapsed().as_millis() as u64, "component ready");
                     Ok((id.clone(), component))
                 })
                 .collect();

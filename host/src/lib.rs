@@ -7,7 +7,9 @@
 
 pub mod app;
 pub mod bindings;
+pub mod component_cache;
 pub mod instance;
+pub mod lifecycle;
 pub mod manifest;
 pub mod model_management;
 pub mod models;

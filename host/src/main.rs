@@ -1,5 +1,8 @@
 //! The `nnspin` command line: `nnspin up` serves the app a spin.toml describes.
 
+use std::time::{Duration, Instant};
+
+use nnspin::lifecycle::{self, Server};
 use nnspin::{app, nn, serve};
 
 use std::path::PathBuf;
@@ -49,6 +52,19 @@ struct UpArgs {
     /// Linear memory one component instance may use, in MiB.
     #[arg(long, default_value_t = 256)]
     max_instance_memory_mib: usize,
+    /// Exit cleanly after this many seconds without a request in flight (scale to zero).
+    #[arg(long, env = "NNSPIN_IDLE_TIMEOUT")]
+    idle_timeout_secs: Option<u64>,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before the process exits.
+    #[arg(long, default_value_t = 30)]
+    shutdown_grace_secs: u64,
+    /// Where compiled components are cached, so a restart skips compilation
+    /// (default: $XDG_CACHE_HOME/nnspin or ~/.cache/nnspin).
+    #[arg(long, env = "NNSPIN_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile components at every start instead of using the cache.
+    #[arg(long)]
+    no_cache: bool,
     /// CPU time one request's component may spend in its own code (not waiting for inference), in
     /// milliseconds; past it the request is stopped with 504.
     #[arg(long, default_value_t = 30_000)]
@@ -62,6 +78,7 @@ fn main() -> wasmtime::Result<()> {
                 .unwrap_or_else(|_| "info,wasmtime=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::Up(args) => up(args),
@@ -72,27 +89,50 @@ fn up(args: UpArgs) -> wasmtime::Result<()> {
     let config = app::AppConfig {
         manifest: args.manifest,
         models_dir: args.models_dir,
+        cache_dir: (!args.no_cache).then(|| args.cache_dir.unwrap_or_else(default_cache_dir)),
         threads: args.threads,
         max_instances: args.max_instances,
         max_instance_memory: args.max_instance_memory_mib << 20,
-        max_instance_cpu: std::time::Duration::from_millis(args.max_instance_cpu_ms),
+        max_instance_cpu: Duration::from_millis(args.max_instance_cpu_ms),
     };
-    let backend = Arc::new(nn::onnxruntime::OnnxRuntime::new()?);
-    let started = std::time::Instant::now();
-    let app = Arc::new(app::App::load(&config, backend)?);
-    tracing::info!(ms = started.elapsed().as_millis() as u64, "app ready");
-
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        // Listen first: while models and components load, requests get 503 instead of a refused
+        // connection, which is what health checks of scale-to-zero platforms expect.
         let listener = tokio::net::TcpListener::bind(&args.listen).await?;
-        let addr = serve::local_addr(&listener)?;
-        // Tests and scripts wait for this line.
-        println!("nnspin listening on http://{addr}");
-        tokio::select! {
-            result = serve::serve(app, listener) => result,
-            _ = tokio::signal::ctrl_c() => Ok(()),
-        }
+        // Tests and scripts wait for these lines.
+        println!("nnspin listening on http://{}", listener.local_addr()?);
+        let server = Arc::new(Server::default());
+        let idle_timeout = args.idle_timeout_secs.map(Duration::from_secs);
+        let stop = lifecycle::stop_signal(server.clone(), idle_timeout);
+        let grace = Duration::from_secs(args.shutdown_grace_secs);
+        let serving = tokio::spawn(serve::serve(server.clone(), listener, stop, grace));
+
+        let started = Instant::now();
+        let app = tokio::task::spawn_blocking(move || {
+            let backend = Arc::new(nn::onnxruntime::OnnxRuntime::new()?);
+            app::App::load(&config, backend)
+        })
+        .await??;
+        server.set_app(Arc::new(app));
+        tracing::info!(ms = started.elapsed().as_millis() as u64, "app ready");
+        println!("nnspin ready");
+
+        let reason = serving.await??;
+        tracing::info!(?reason, "stopped");
+        Ok(())
     })
+}
+
+/// `$XDG_CACHE_HOME/nnspin`, else `~/.cache/nnspin`, else `.nnspin-cache`.
+fn default_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .map_or_else(
+            || PathBuf::from(".nnspin-cache"),
+            |cache| cache.join("nnspin"),
+        )
 }

@@ -2,11 +2,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::{Request, Response, StatusCode};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::io::TokioIo;
@@ -15,33 +17,83 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::app::App;
 use crate::instance::{CpuBudgetExceeded, new_store};
+use crate::lifecycle::{Server, Stop};
 
-/// Serves `app` on `listener` until the process ends.
-pub async fn serve(app: Arc<App>, listener: TcpListener) -> wasmtime::Result<()> {
-    loop {
-        let (stream, peer) = listener.accept().await?;
-        let app = app.clone();
+/// Serves until `stop` resolves, then stops accepting and gives in-flight requests up to `grace` to
+/// finish.
+pub async fn serve(
+    server: Arc<Server>,
+    listener: TcpListener,
+    stop: impl Future<Output = Stop>,
+    grace: Duration,
+) -> wasmtime::Result<Stop> {
+    let connections = GracefulShutdown::new();
+    tokio::pin!(stop);
+    let reason = loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            reason = &mut stop => break reason,
+        };
+        let server = server.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let server = server.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(server, peer, req).await) }
+        });
+        let connection = http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = connections.watch(connection);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(app, peer, req).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            if let Err(e) = connection.await {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
         });
+    };
+    tracing::info!(?reason, in_flight = server.in_flight(), "shutting down");
+    drop(listener);
+    if tokio::time::timeout(grace, connections.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = server.in_flight(),
+            "grace period over; dropping remaining requests"
+        );
     }
-}
-
-pub fn local_addr(listener: &TcpListener) -> wasmtime::Result<SocketAddr> {
-    Ok(listener.local_addr()?)
+    Ok(reason)
 }
 
 async fn handle(
+    server: Arc<Server>,
+    peer: SocketAddr,
+    req: Request<hyper::body::Incoming>,
+) -> Response<HyperOutgoingBody> {
+    let in_flight = server.begin_request();
+    let response = match server.app() {
+        Some(app) => route(app.clone(), peer, req).await,
+        None => {
+            let mut response = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "the server is starting: models and components are still loading",
+            );
+            response
+                .headers_mut()
+                .insert(hyper::header::RETRY_AFTER, 1.into());
+            response
+        }
+    };
+    // The request stays in flight until its body has been sent (or dropped).
+    response.map(|body| {
+        body.map_frame(move |frame| {
+            let _ = &in_flight;
+            frame
+        })
+        .boxed_unsync()
+    })
+}
+
+async fn route(
     app: Arc<App>,
     peer: SocketAddr,
     mut req: Request<hyper::body::Incoming>,
@@ -125,10 +177,18 @@ async fn run_component(
             .await
     });
 
+    // If the client goes away before the response starts, hyper drops this future: the guard then
+    // stops the handler, freeing its instance and execution context. Once the response has started,
+    // a disconnect surfaces to the handler as a failed write instead.
+    let mut cancel = AbortOnDrop(Some(task.abort_handle()));
     match receiver.await {
-        Ok(Ok(response)) => Ok(response),
+        Ok(Ok(response)) => {
+            cancel.0 = None;
+            Ok(response)
+        }
         Ok(Err(e)) => Err(e.into()),
         Err(_) => {
+            cancel.0 = None;
             let failure = match task.await {
                 Ok(Ok(())) => {
                     wasmtime::format_err!("the component returned without sending a response")
@@ -137,6 +197,17 @@ async fn run_component(
                 Err(e) => e.into(),
             };
             Err(failure)
+        }
+    }
+}
+
+/// Aborts a task when dropped, unless disarmed by taking the handle out.
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
         }
     }
 }

@@ -1,0 +1,99 @@
+"""The process's life as a scale-to-zero platform sees it: 503 while loading, a compilation cache for
+fast restarts, graceful shutdown on SIGTERM, exit after an idle period, and a clear failure at start."""
+
+import json
+import signal
+import time
+
+import httpx
+import pytest
+
+from conftest import DEFAULT_MODEL, ROOT, TINY_MODEL, start_host
+
+OPENAI_WASM = ROOT / "target" / "wasm32-wasip2" / "release" / "nnspin_openai.wasm"
+
+
+def manifest(tmp_path, models):
+    path = tmp_path / "spin.toml"
+    path.write_text(
+        f"""
+spin_manifest_version = 2
+[application]
+name = "lifecycle"
+[[trigger.http]]
+route = "/..."
+component = "openai"
+[component.openai]
+source = "{OPENAI_WASM}"
+ai_models = {json.dumps(models)}
+"""
+    )
+    return path
+
+
+def stop(host, timeout=30):
+    if host.process.poll() is None:
+        host.process.terminate()
+    return host.process.wait(timeout=timeout)
+
+
+def test_health_is_503_while_loading_then_200(tmp_path):
+    # Compiling without the cache and loading the default model leave a window of about a second.
+    host = start_host(manifest(tmp_path, [DEFAULT_MODEL]), "--no-cache", wait="listening")
+    try:
+        response = httpx.get(host.url + "/health")
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert "loading" in response.json()["detail"]
+        deadline = time.monotonic() + 120
+        while httpx.get(host.url + "/health").status_code != 200:
+            assert time.monotonic() < deadline, "never became ready"
+            time.sleep(0.1)
+    finally:
+        stop(host)
+
+
+def test_compiled_components_are_cached_between_starts(tmp_path):
+    cache = tmp_path / "cache"
+    first = start_host(manifest(tmp_path, [TINY_MODEL]), "--cache-dir", str(cache))
+    stop(first)
+    assert any("origin=Compiled" in line for line in first.log), "".join(first.log)
+    assert list(cache.glob("*.cwasm"))
+    second = start_host(manifest(tmp_path, [TINY_MODEL]), "--cache-dir", str(cache))
+    try:
+        assert any("origin=Cache" in line for line in second.log), "".join(second.log)
+        assert httpx.get(second.url + "/health").json() == {"ok": True}
+    finally:
+        stop(second)
+
+
+def test_sigterm_lets_the_request_in_flight_finish(tmp_path):
+    host = start_host(manifest(tmp_path, [TINY_MODEL]))
+    body = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "go"}], "max_tokens": 200,
+            "temperature": 0, "stream": True}
+    events = []
+    with httpx.stream("POST", host.url + "/v1/chat/completions", json=body, timeout=60) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(line)
+                if len(events) == 2:
+                    host.process.send_signal(signal.SIGTERM)
+    assert events[-1] == "data: [DONE]", events[-3:]
+    assert len(events) > 10
+    assert host.process.wait(timeout=30) == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(host.url + "/health")
+
+
+def test_idle_timeout_exits_cleanly(tmp_path):
+    host = start_host(manifest(tmp_path, [TINY_MODEL]), "--idle-timeout-secs", "1")
+    assert httpx.get(host.url + "/health").status_code == 200
+    assert host.process.wait(timeout=20) == 0
+    assert any("Idle" in line for line in host.log), "".join(host.log)
+
+
+def test_a_missing_model_fails_the_start_clearly(tmp_path):
+    with pytest.raises(RuntimeError) as failed:
+        start_host(manifest(tmp_path, ["no-such-model"]))
+    message = str(failed.value)
+    assert "no-such-model" in message and "does not exist" in message
