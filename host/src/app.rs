@@ -12,7 +12,8 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::component_cache;
 use crate::instance::{EPOCH_TICK, InstanceState, Sandbox, linker};
 use crate::manifest::{FileMount, Manifest, Router};
-use crate::models::{ModelAccess, ModelRegistry};
+use crate::metrics::Metrics;
+use crate::models::{ContextLimits, ModelAccess, ModelRegistry};
 use crate::nn::backend::{Backend, LoadOptions};
 use crate::outbound::OutboundPolicy;
 use crate::rate_limit::RateLimiter;
@@ -31,6 +32,8 @@ pub struct AppConfig {
     pub max_instance_memory: usize,
     /// Guest CPU time one request may use.
     pub max_instance_cpu: std::time::Duration,
+    /// Sequences each model runs at once, and requests that may wait for one.
+    pub context_limits: ContextLimits,
 }
 
 /// One component, ready to be instantiated per request.
@@ -45,6 +48,7 @@ pub struct App {
     pub engine: Engine,
     pub router: Router,
     pub components: Vec<ComponentRuntime>,
+    pub metrics: Arc<Metrics>,
     /// When the app started serving, for uptime.
     pub started: std::time::Instant,
 }
@@ -59,7 +63,14 @@ impl App {
         let options = LoadOptions {
             threads: config.threads,
         };
-        let registry = Arc::new(ModelRegistry::new(&config.models_dir, backend, options));
+        let metrics = Arc::new(Metrics::default());
+        let registry = Arc::new(ModelRegistry::new(
+            &config.models_dir,
+            backend,
+            options,
+            config.context_limits,
+            metrics.clone(),
+        ));
         let (preloaded, compiled) = std::thread::scope(|scope| {
             let models = scope.spawn(|| registry.preload(&manifest.models()));
             let compiled: wasmtime::Result<Vec<(String, Component)>> = manifest
@@ -126,6 +137,7 @@ impl App {
             engine,
             router: Router::new(&manifest.trigger.http),
             components,
+            metrics,
             started: std::time::Instant::now(),
         })
     }

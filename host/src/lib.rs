@@ -11,6 +11,7 @@ pub mod component_cache;
 pub mod instance;
 pub mod lifecycle;
 pub mod manifest;
+pub mod metrics;
 pub mod model_management;
 pub mod models;
 pub mod nn;

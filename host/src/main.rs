@@ -52,6 +52,12 @@ struct UpArgs {
     /// Linear memory one component instance may use, in MiB.
     #[arg(long, default_value_t = 256)]
     max_instance_memory_mib: usize,
+    /// Sequences each model decodes at once; more wait in its queue.
+    #[arg(long, default_value_t = 8)]
+    max_sequences_per_model: usize,
+    /// Requests that may wait for a model; past that they get 503 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    max_queue_per_model: usize,
     /// Exit cleanly after this many seconds without a request in flight (scale to zero).
     #[arg(long, env = "NNSPIN_IDLE_TIMEOUT")]
     idle_timeout_secs: Option<u64>,
@@ -94,6 +100,10 @@ fn up(args: UpArgs) -> wasmtime::Result<()> {
         max_instances: args.max_instances,
         max_instance_memory: args.max_instance_memory_mib << 20,
         max_instance_cpu: Duration::from_millis(args.max_instance_cpu_ms),
+        context_limits: nnspin::models::ContextLimits {
+            max_active: args.max_sequences_per_model.max(1),
+            max_queued: args.max_queue_per_model,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -8,6 +8,7 @@ use std::time::UNIX_EPOCH;
 use wasmtime::error::Context;
 
 use crate::bindings::text::ModelInfo;
+use crate::metrics::Metrics;
 use crate::nn::backend::{Backend, BackendGraph, LoadOptions};
 use crate::text::TextModel;
 
@@ -17,6 +18,76 @@ pub struct Model {
     pub backend: &'static str,
     pub graph: Arc<dyn BackendGraph>,
     pub text: TextModel,
+    /// Admission control for the model's execution contexts.
+    pub slots: ContextSlots,
+}
+
+/// How many sequences one model serves at once, and how many may wait for a turn.
+#[derive(Debug, Clone, Copy)]
+pub struct ContextLimits {
+    pub max_active: usize,
+    pub max_queued: usize,
+}
+
+/// A bounded queue in front of a model: `max_active` execution contexts at a time, up to `max_queued`
+/// requests waiting, and past that an immediate refusal the API turns into 503 with `Retry-After`.
+pub struct ContextSlots {
+    active: Arc<tokio::sync::Semaphore>,
+    queued: std::sync::atomic::AtomicUsize,
+    limits: ContextLimits,
+}
+
+/// The model's queue is full.
+#[derive(Debug, thiserror::Error)]
+#[error("model is at capacity: {active} sequences running and {queued} waiting")]
+pub struct AtCapacity {
+    pub active: usize,
+    pub queued: usize,
+}
+
+impl ContextSlots {
+    fn new(limits: ContextLimits) -> Self {
+        Self {
+            active: Arc::new(tokio::sync::Semaphore::new(limits.max_active)),
+            queued: Default::default(),
+            limits,
+        }
+    }
+
+    /// Waits for a turn, or refuses at once when the queue is full.
+    pub async fn acquire(
+        &self,
+        on_queue: impl Fn(i64),
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, AtCapacity> {
+        use std::sync::atomic::Ordering;
+        if let Ok(permit) = self.active.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        let queued = self.queued.fetch_add(1, Ordering::SeqCst);
+        if queued >= self.limits.max_queued {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(AtCapacity {
+                active: self.limits.max_active,
+                queued,
+            });
+        }
+        on_queue(1);
+        // Leaves the queue however the wait ends, the waiter being dropped included.
+        struct Leave<'a, F: Fn(i64)>(&'a std::sync::atomic::AtomicUsize, F);
+        impl<F: Fn(i64)> Drop for Leave<'_, F> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                (self.1)(-1);
+            }
+        }
+        let _leave = Leave(&self.queued, on_queue);
+        Ok(self
+            .active
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed"))
+    }
 }
 
 impl Model {
@@ -26,6 +97,7 @@ impl Model {
         dir: &Path,
         backend: &dyn Backend,
         options: &LoadOptions,
+        limits: ContextLimits,
     ) -> wasmtime::Result<Self> {
         if !dir.is_dir() {
             wasmtime::bail!(
@@ -73,6 +145,7 @@ impl Model {
             backend: backend.name(),
             graph,
             text,
+            slots: ContextSlots::new(limits),
         })
     }
 }
@@ -92,17 +165,27 @@ pub struct ModelRegistry {
     models_dir: PathBuf,
     backend: Arc<dyn Backend>,
     options: LoadOptions,
+    limits: ContextLimits,
+    metrics: Arc<Metrics>,
     resident: RwLock<BTreeMap<String, Arc<Model>>>,
     /// Held while a model loads, so concurrent requests for the same model load it once.
     loading: Mutex<()>,
 }
 
 impl ModelRegistry {
-    pub fn new(models_dir: &Path, backend: Arc<dyn Backend>, options: LoadOptions) -> Self {
+    pub fn new(
+        models_dir: &Path,
+        backend: Arc<dyn Backend>,
+        options: LoadOptions,
+        limits: ContextLimits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             models_dir: models_dir.to_path_buf(),
             backend,
             options,
+            limits,
+            metrics,
             resident: RwLock::default(),
             loading: Mutex::default(),
         }
@@ -150,12 +233,15 @@ impl ModelRegistry {
             return Ok(model);
         }
         let started = std::time::Instant::now();
+        let dir = self.models_dir.join(name);
         let model = Arc::new(Model::load(
             name,
-            &self.models_dir.join(name),
+            &dir,
             self.backend.as_ref(),
             &self.options,
+            self.limits,
         )?);
+        self.metrics.model_loaded(name, started.elapsed());
         tracing::info!(model = %name, backend = model.backend, ms = started.elapsed().as_millis() as u64, "model loaded");
         self.resident
             .write()
@@ -176,6 +262,10 @@ impl ModelRegistry {
             tracing::info!(model = %name, "model unloaded");
         }
         removed
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn backend(&self) -> &dyn Backend {

@@ -2,14 +2,18 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::header::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -66,11 +70,28 @@ pub async fn serve(
 async fn handle(
     server: Arc<Server>,
     peer: SocketAddr,
-    req: Request<hyper::body::Incoming>,
+    mut req: Request<hyper::body::Incoming>,
 ) -> Response<HyperOutgoingBody> {
     let in_flight = server.begin_request();
-    let response = match server.app() {
-        Some(app) => route(app.clone(), peer, req).await,
+    let started = Instant::now();
+    let id = request_id(req.headers());
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        req.headers_mut().insert(REQUEST_ID, value);
+    }
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let span = tracing::info_span!("request", %id);
+    let (mut response, component) = match server.app() {
+        Some(app) if method == hyper::Method::GET && path == "/metrics" => {
+            let text = app.metrics.render(server.in_flight());
+            let response = text_response(StatusCode::OK, "text/plain; version=0.0.4", text);
+            (response, "-".to_string())
+        }
+        Some(app) => {
+            let (response, component) = route(app, peer, req).instrument(span.clone()).await;
+            app.metrics
+                .request_finished(&component, response.status().as_u16());
+            (response, component)
+        }
         None => {
             let mut response = error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -80,9 +101,15 @@ async fn handle(
             response
                 .headers_mut()
                 .insert(hyper::header::RETRY_AFTER, 1.into());
-            response
+            (response, "-".to_string())
         }
     };
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    // An access log line, without bodies: prompts are not logged.
+    tracing::info!(parent: &span, %method, %path, %component, status = response.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64, "request");
     // The request stays in flight until its body has been sent (or dropped).
     response.map(|body| {
         body.map_frame(move |frame| {
@@ -93,60 +120,89 @@ async fn handle(
     })
 }
 
+const REQUEST_ID: &str = "x-request-id";
+
+/// The client's `x-request-id` when it is a sane token, else a new process-unique id.
+fn request_id(headers: &hyper::HeaderMap) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64)
+        .filter(|v| {
+            v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            format!(
+                "{:x}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            )
+        })
+}
+
+/// Routes a request to its component; returns the response and the component's id (`-` for none).
 async fn route(
-    app: Arc<App>,
+    app: &App,
     peer: SocketAddr,
     mut req: Request<hyper::body::Incoming>,
-) -> Response<HyperOutgoingBody> {
+) -> (Response<HyperOutgoingBody>, String) {
     let path = req.uri().path().to_string();
     let Some((component, path_info)) = app
         .router
         .route(&path)
         .and_then(|m| Some((app.component(m.component)?, m.path_info)))
     else {
-        return error_response(
+        let response = error_response(
             StatusCode::NOT_FOUND,
             "not_found_error",
             &format!("no route for {path}"),
         );
+        return (response, "-".to_string());
     };
-    set_spin_headers(req.headers_mut(), &path_info, peer);
-    if let Some(limiter) = &component.rate_limiter
-        && let Err(wait) = limiter.check(peer.ip(), std::time::Instant::now())
-    {
-        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-        let mut response = error_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
-            &format!("rate limit exceeded: retry in {seconds} s"),
-        );
-        response
-            .headers_mut()
-            .insert(hyper::header::RETRY_AFTER, seconds.into());
-        return response;
-    }
-    match run_component(&app, component, req).await {
-        Ok(response) => response,
-        Err(e) if e.downcast_ref::<CpuBudgetExceeded>().is_some() => {
-            let exceeded = e
-                .downcast_ref::<CpuBudgetExceeded>()
-                .expect("checked by the guard");
-            tracing::warn!(component = %component.id, %path, "{exceeded}");
-            error_response(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout_error",
-                &exceeded.to_string(),
-            )
+    let response = async {
+        set_spin_headers(req.headers_mut(), &path_info, peer);
+        if let Some(limiter) = &component.rate_limiter
+            && let Err(wait) = limiter.check(peer.ip(), std::time::Instant::now())
+        {
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let mut response = error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                &format!("rate limit exceeded: retry in {seconds} s"),
+            );
+            response
+                .headers_mut()
+                .insert(hyper::header::RETRY_AFTER, seconds.into());
+            return response;
         }
-        Err(e) => {
-            tracing::error!(component = %component.id, %path, "request failed: {e:?}");
-            error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "the request handler failed",
-            )
+        match run_component(app, component, req).await {
+            Ok(response) => response,
+            Err(e) if e.downcast_ref::<CpuBudgetExceeded>().is_some() => {
+                let exceeded = e
+                    .downcast_ref::<CpuBudgetExceeded>()
+                    .expect("checked by the guard");
+                tracing::warn!(component = %component.id, %path, "{exceeded}");
+                error_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout_error",
+                    &exceeded.to_string(),
+                )
+            }
+            Err(e) => {
+                tracing::error!(component = %component.id, %path, "request failed: {e:?}");
+                error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "the request handler failed",
+                )
+            }
         }
     }
+    .await;
+    (response, component.id.clone())
 }
 
 async fn run_component(
@@ -162,11 +218,13 @@ async fn run_component(
         .new_incoming_request(Scheme::Http, req)?;
     let out = store.data_mut().http().new_response_outparam(sender)?;
     let pre = component.pre.clone();
+    let metrics = app.metrics.clone();
 
     // The handler keeps running after it has sent the response head, streaming the body.
     let task = tokio::spawn(async move {
         let started = std::time::Instant::now();
         let proxy = pre.instantiate_async(&mut store).await?;
+        metrics.instantiated(started.elapsed());
         tracing::debug!(
             instantiate_us = started.elapsed().as_micros() as u64,
             "instance ready"
@@ -229,6 +287,22 @@ fn set_spin_headers(headers: &mut hyper::HeaderMap, path_info: &str, peer: Socke
     if let Ok(value) = hyper::header::HeaderValue::from_str(&peer.to_string()) {
         headers.insert("spin-client-addr", value);
     }
+}
+
+fn text_response(
+    status: StatusCode,
+    content_type: &str,
+    text: String,
+) -> Response<HyperOutgoingBody> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(
+            Full::new(Bytes::from(text))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .expect("static response parts are valid")
 }
 
 /// A host-side error in the same JSON shape the components use.

@@ -9,7 +9,8 @@ use nnspin::bindings::graph::{ExecutionTarget, GraphEncoding, Host as GraphHost,
 use nnspin::bindings::inference::HostGraphExecutionContext;
 use nnspin::bindings::tensor::{HostTensor, TensorType};
 use nnspin::bindings::text::{HostDetokenizer, HostTokenizer, Message, TextError};
-use nnspin::models::{ModelAccess, ModelRegistry};
+use nnspin::metrics::Metrics;
+use nnspin::models::{ContextLimits, ModelAccess, ModelRegistry};
 use nnspin::nn::backend::LoadOptions;
 use nnspin::nn::onnxruntime::OnnxRuntime;
 use nnspin::nn::{ExecutionContext, NnView, Tensor};
@@ -29,7 +30,18 @@ fn access() -> ModelAccess {
     static REGISTRY: OnceLock<Arc<ModelRegistry>> = OnceLock::new();
     let registry = REGISTRY.get_or_init(|| {
         let backend = Arc::new(OnnxRuntime::new().expect("ONNX Runtime loads"));
-        let registry = ModelRegistry::new(&models_dir(), backend, LoadOptions { threads: 1 });
+        let limits = ContextLimits {
+            max_active: 4,
+            max_queued: 4,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let registry = ModelRegistry::new(
+            &models_dir(),
+            backend,
+            LoadOptions { threads: 1 },
+            limits,
+            metrics,
+        );
         registry.preload(&[MODEL.to_string()]).expect(
             "the tiny model loads (run tools/export_model.py --tiny --out models/tiny-random)",
         );

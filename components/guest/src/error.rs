@@ -15,6 +15,8 @@ pub struct ApiError {
     pub param: Option<String>,
     /// A machine-readable code, such as `model_not_found`.
     pub code: Option<&'static str>,
+    /// Seconds after which a retry may succeed, sent as `Retry-After`.
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -25,6 +27,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             code: None,
+            retry_after: None,
         }
     }
 
@@ -49,6 +52,13 @@ impl ApiError {
     /// 503: nothing can serve the request right now.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(503, "server_error", message)
+    }
+
+    /// 503 with `Retry-After`: the model's queue is full; the request was not started.
+    pub fn busy(message: impl Into<String>) -> Self {
+        let mut e = Self::unavailable(message);
+        e.retry_after = Some(1);
+        e
     }
 
     /// 403: the request is understood but not permitted.

@@ -62,6 +62,8 @@ fn nn_error(e: &NnError) -> ApiError {
     match e.code() {
         ErrorCode::NotFound => ApiError::not_found(e.data()),
         ErrorCode::InvalidArgument => ApiError::bad_request(e.data()),
+        // The host reports a full queue as a timeout (wasi-nn has no "busy").
+        ErrorCode::Timeout => ApiError::busy(e.data()),
         _ => ApiError::internal(format!("inference failed: {}", e.data())),
     }
 }

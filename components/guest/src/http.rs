@@ -143,9 +143,17 @@ pub fn send_json(out: ResponseOutparam, status: u16, value: &impl Serialize) {
     finish(body, stream);
 }
 
-/// Sends an error as JSON with its status.
+/// Sends an error as JSON with its status (and `Retry-After` when it has one).
 pub fn send_error(out: ResponseOutparam, error: &ApiError) {
-    send_json(out, error.status, &error.body());
+    let bytes = serde_json::to_vec(&error.body()).expect("error bodies serialize");
+    let retry_after = error.retry_after.map(|s| s.to_string());
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(seconds) = &retry_after {
+        headers.push(("retry-after", seconds.as_str()));
+    }
+    let (body, stream) = start(out, error.status, &headers);
+    write_all(&stream, &bytes);
+    finish(body, stream);
 }
 
 /// How a streamed response separates its events.

@@ -9,6 +9,9 @@ pub mod backend;
 pub mod onnxruntime;
 
 use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::OwnedSemaphorePermit;
 
 use wasmtime::component::{HasData, Resource, ResourceTable};
 
@@ -16,15 +19,30 @@ use crate::bindings::errors::ErrorCode;
 use crate::bindings::graph::{ExecutionTarget, GraphBuilder, GraphEncoding};
 use crate::bindings::tensor::TensorType;
 use crate::bindings::{errors, graph, inference, tensor};
-use crate::models::ModelAccess;
+use crate::metrics::Metrics;
+use crate::models::{Model, ModelAccess};
 pub use backend::Tensor;
-use backend::{BackendError, BackendExecutionContext, BackendGraph};
+use backend::{BackendError, BackendExecutionContext};
 
 /// A loaded graph, as a guest holds it.
-pub struct Graph(Arc<dyn BackendGraph>);
+pub struct Graph(Arc<Model>);
 
-/// One execution context; the backend state is taken out while a `compute` runs off-thread.
-pub struct ExecutionContext(Option<Box<dyn BackendExecutionContext>>);
+/// One sequence's inference state, holding one of its model's context slots until dropped.
+pub struct ExecutionContext {
+    /// Taken out while a `compute` runs off-thread; `None` after a failure.
+    backend: Option<Box<dyn BackendExecutionContext>>,
+    model: Arc<Model>,
+    metrics: Arc<Metrics>,
+    opened: Instant,
+    computes: u64,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Drop for ExecutionContext {
+    fn drop(&mut self) {
+        self.metrics.context_closed(&self.model.info.id);
+    }
+}
 
 /// A wasi-nn error resource.
 #[derive(Debug)]
@@ -80,7 +98,7 @@ impl graph::Host for NnView<'_> {
 
     async fn load_by_name(&mut self, name: String) -> NnResult<Resource<Graph>> {
         match self.models.get(&name) {
-            Some(model) => Ok(Ok(self.table.push(Graph(model.graph.clone()))?)),
+            Some(model) => Ok(Ok(self.table.push(Graph(model))?)),
             None => self.fail(
                 ErrorCode::NotFound,
                 format!("model {name:?} is not available to this component"),
@@ -94,9 +112,35 @@ impl graph::HostGraph for NnView<'_> {
         &mut self,
         graph: Resource<Graph>,
     ) -> NnResult<Resource<inference::GraphExecutionContext>> {
-        let graph = self.table.get(&graph)?.0.clone();
-        match graph.init_execution_context() {
-            Ok(context) => Ok(Ok(self.table.push(ExecutionContext(Some(context)))?)),
+        let model = self.table.get(&graph)?.0.clone();
+        let metrics = self.models.registry().metrics().clone();
+        let id = model.info.id.clone();
+        // wasi-nn has no "busy" code: a full queue is reported as `timeout`, which the components
+        // answer with 503 and `Retry-After`.
+        let slot = match model
+            .slots
+            .acquire(|delta| metrics.queue_changed(&id, delta))
+            .await
+        {
+            Ok(slot) => slot,
+            Err(full) => {
+                metrics.rejected(&id);
+                return self.fail(ErrorCode::Timeout, full.to_string());
+            }
+        };
+        match model.graph.init_execution_context() {
+            Ok(backend) => {
+                metrics.context_opened(&id);
+                let context = ExecutionContext {
+                    backend: Some(backend),
+                    model,
+                    metrics,
+                    opened: Instant::now(),
+                    computes: 0,
+                    _slot: slot,
+                };
+                Ok(Ok(self.table.push(context)?))
+            }
             Err(e) => self.fail(e.code(), e.to_string()),
         }
     }
@@ -120,20 +164,33 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             // The guest hands its input tensors over (`own<tensor>`): move them out, no copy.
             named.push((name, self.table.delete(tensor)?));
         }
-        let Some(mut backend) = self.table.get_mut(&context)?.0.take() else {
+        let new_tokens = named
+            .iter()
+            .find(|(name, _)| name == "input_ids")
+            .map_or(0, |(_, t)| t.element_count() as u64);
+        let Some(mut backend) = self.table.get_mut(&context)?.backend.take() else {
             return self.fail(
                 ErrorCode::RuntimeError,
                 "the execution context failed earlier and cannot be reused",
             );
         };
+        let started = Instant::now();
         let (backend, result) = tokio::task::spawn_blocking(move || {
             let result = backend.compute(named);
             (backend, result)
         })
         .await?;
+        let state = self.table.get_mut(&context)?;
         match result {
             Ok(outputs) => {
-                self.table.get_mut(&context)?.0 = Some(backend);
+                state.backend = Some(backend);
+                state.computes += 1;
+                let id = &state.model.info.id;
+                if state.computes == 1 {
+                    state.metrics.first_token(id, state.opened.elapsed());
+                } else {
+                    state.metrics.decoded(id, new_tokens, started.elapsed());
+                }
                 let mut named = Vec::with_capacity(outputs.len());
                 for (name, tensor) in outputs {
                     named.push((name, self.table.push(tensor)?));
@@ -142,7 +199,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             }
             Err(e @ BackendError::InvalidArgument(_)) => {
                 // Nothing ran, so the context's state is intact.
-                self.table.get_mut(&context)?.0 = Some(backend);
+                state.backend = Some(backend);
                 self.fail(e.code(), e.to_string())
             }
             Err(e) => self.fail(e.code(), e.to_string()),

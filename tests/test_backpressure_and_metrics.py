@@ -1,0 +1,102 @@
+"""Observability and load: Prometheus metrics and request ids, a context freed when its client
+disconnects, and overload answered with 503 + Retry-After without losing any accepted request."""
+
+import concurrent.futures
+import json
+import re
+import time
+
+import httpx
+
+from conftest import ROOT, TINY_MODEL, start_host
+
+OPENAI_WASM = ROOT / "target" / "wasm32-wasip2" / "release" / "nnspin_openai.wasm"
+
+
+def metric(text: str, name: str, **labels) -> float:
+    selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = r"(?m)^" + re.escape(name) + (r"\{" + re.escape(selector) + r"\}" if labels else "") + r" (\S+)"
+    match = re.search(pattern, text)
+    assert match, f"{name}{{{selector}}} missing from:\n{text}"
+    return float(match.group(1))
+
+
+def test_metrics_and_request_ids(host):
+    response = httpx.post(
+        host.openai_url + "/chat/completions",
+        json={"model": TINY_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+        headers={"x-request-id": "trace-42"},
+    )
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "trace-42"
+    assert httpx.get(host.url + "/health").headers["x-request-id"], "a request id is made when none is sent"
+
+    metrics = httpx.get(host.url + "/metrics")
+    assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+    text = metrics.text
+    assert metric(text, "nnspin_requests_total", component="openai", status="200") >= 1
+    assert metric(text, "nnspin_instantiation_seconds_count") >= 1
+    assert metric(text, "nnspin_model_load_seconds", model=TINY_MODEL) > 0
+    assert metric(text, "nnspin_time_to_first_token_seconds_count", model=TINY_MODEL) >= 1
+    assert metric(text, "nnspin_generated_tokens_total", model=TINY_MODEL) >= 1
+    assert metric(text, "nnspin_decode_seconds_total", model=TINY_MODEL) > 0
+    assert metric(text, "nnspin_requests_in_flight") >= 0
+
+
+def test_a_client_disconnecting_mid_stream_frees_its_context(host):
+    body = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "go on"}], "max_tokens": 1000,
+            "temperature": 0, "stream": True}
+    with httpx.stream("POST", host.openai_url + "/chat/completions", json=body, timeout=60) as response:
+        lines = response.iter_lines()
+        for _ in range(3):
+            next(lines)
+        during = metric(httpx.get(host.url + "/metrics").text, "nnspin_execution_contexts", model=TINY_MODEL)
+        assert during == 1
+    # The connection is closed: the handler's next write fails and it drops the context.
+    deadline = time.monotonic() + 10
+    while metric(httpx.get(host.url + "/metrics").text, "nnspin_execution_contexts", model=TINY_MODEL) != 0:
+        assert time.monotonic() < deadline, "the context was not released"
+        time.sleep(0.05)
+
+
+def test_overload_is_refused_with_retry_after_and_nothing_is_lost(tmp_path):
+    manifest = tmp_path / "spin.toml"
+    manifest.write_text(f"""
+spin_manifest_version = 2
+[application]
+name = "overload"
+[[trigger.http]]
+route = "/..."
+component = "openai"
+[component.openai]
+source = "{OPENAI_WASM}"
+ai_models = ["{TINY_MODEL}"]
+""")
+    host = start_host(manifest, "--max-sequences-per-model", "1", "--max-queue-per-model", "1")
+    try:
+        body = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "tell"}], "max_tokens": 300,
+                "temperature": 0}
+
+        def send(_):
+            return httpx.post(host.url + "/v1/chat/completions", json=body, timeout=120)
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(send, range(8)))
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) <= {200, 503}, statuses
+        refused = [r for r in responses if r.status_code == 503]
+        served = [r for r in responses if r.status_code == 200]
+        assert refused and served, statuses
+        for r in refused:
+            assert r.headers["retry-after"] == "1"
+            assert "capacity" in r.json()["detail"]
+        for r in served:
+            assert r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+        text = httpx.get(host.url + "/metrics").text
+        assert metric(text, "nnspin_rejected_total", model=TINY_MODEL) == len(refused)
+        assert metric(text, "nnspin_requests_total", component="openai", status="200") == len(served)
+        assert metric(text, "nnspin_queue_depth", model=TINY_MODEL) == 0
+        assert metric(text, "nnspin_execution_contexts", model=TINY_MODEL) == 0
+    finally:
+        host.process.terminate()
+        host.process.wait(timeout=30)
