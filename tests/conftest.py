@@ -73,6 +73,8 @@ def host(tmp_path_factory) -> Host:
     components = ROOT / "target" / "wasm32-wasip2" / "release"
     assert (components / "nnspin_locallab.wasm").exists(), "build the components first (tools/setup.sh)"
     manifest = tmp_path_factory.mktemp("app") / "spin.toml"
+    granted = tmp_path_factory.mktemp("granted")
+    (granted / "greeting.txt").write_text("hello from the host")
     manifest.write_text(
         f"""
 spin_manifest_version = 2
@@ -111,9 +113,10 @@ source = "{components / "nnspin_locallab.wasm"}"
 ai_models = ["{TINY_MODEL}"]
 rate_limit = {{ requests_per_minute = 60, burst = 10 }}
 
-# Misbehaves on request; granted nothing.
+# Misbehaves on request; granted one directory only.
 [component.faults]
 source = "{components / "nnspin_test_faults.wasm"}"
+files = [{{ source = "{granted}", destination = "/data" }}]
 """
     )
     # Short enough that the endless-loop test ends quickly.

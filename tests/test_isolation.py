@@ -7,7 +7,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from conftest import TINY_MODEL
+from conftest import DEFAULT_MODEL, TINY_MODEL
 
 
 def chat_ok(host) -> bool:
@@ -49,9 +49,18 @@ def test_a_memory_bomb_is_contained(host):
     assert chat_ok(host)
 
 
-def test_files_that_were_not_granted_cannot_be_read(host):
+def test_only_granted_files_can_be_read(host):
     result = httpx.get(host.url + "/faults/read-file").json()
     assert result["allowed"] is False, result
+    granted = httpx.get(host.url + "/faults/read-file?path=/data/greeting.txt").json()
+    assert granted == {"allowed": True, "contents": "hello from the host"}, granted
+
+
+def test_a_model_not_listed_for_the_component_is_not_found(host):
+    # The /limited mount may use only the tiny model.
+    client = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.4"))
+    response = client.post(host.url + "/limited/generate", json={"prompt": "x", "model_id": DEFAULT_MODEL})
+    assert response.status_code == 404, response.text
 
 
 def test_sockets_cannot_be_opened(host):

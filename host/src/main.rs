@@ -43,6 +43,9 @@ struct UpArgs {
     /// Directory holding one model directory per name listed in the components' `ai_models`.
     #[arg(long, default_value = "models", env = "NNSPIN_MODELS_DIR")]
     models_dir: PathBuf,
+    /// Inference backend for the models.
+    #[arg(long, value_enum, default_value_t = Backend::Onnxruntime, env = "NNSPIN_BACKEND")]
+    backend: Backend,
     /// Inference threads per model (0: the backend's default, one per core).
     #[arg(long, default_value_t = 0, env = "NNSPIN_THREADS")]
     threads: usize,
@@ -75,6 +78,12 @@ struct UpArgs {
     /// milliseconds; past it the request is stopped with 504.
     #[arg(long, default_value_t = 30_000)]
     max_instance_cpu_ms: u64,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Backend {
+    /// ONNX Runtime, loaded from the `onnxruntime` wheel or ORT_DYLIB_PATH.
+    Onnxruntime,
 }
 
 fn main() -> wasmtime::Result<()> {
@@ -121,8 +130,11 @@ fn up(args: UpArgs) -> wasmtime::Result<()> {
         let serving = tokio::spawn(serve::serve(server.clone(), listener, stop, grace));
 
         let started = Instant::now();
+        let backend = args.backend;
         let app = tokio::task::spawn_blocking(move || {
-            let backend = Arc::new(nn::onnxruntime::OnnxRuntime::new()?);
+            let backend: Arc<dyn nn::backend::Backend> = match backend {
+                Backend::Onnxruntime => Arc::new(nn::onnxruntime::OnnxRuntime::new()?),
+            };
             app::App::load(&config, backend)
         })
         .await??;

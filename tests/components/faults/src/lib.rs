@@ -32,11 +32,20 @@ impl wasip2::exports::http::incoming_handler::Guest for Faults {
                 }
             }
             "/read-file" => {
-                let result = std::fs::File::open("/etc/passwd").and_then(|mut f| {
+                let path = head
+                    .query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("path="))
+                    .unwrap_or("/etc/passwd")
+                    .to_string();
+                let result = std::fs::File::open(&path).and_then(|mut f| {
                     let mut text = String::new();
                     f.read_to_string(&mut text).map(|_| text)
                 });
-                http::send_json(out, 200, &attempt(result.map(|_| ())));
+                let contents = result.as_ref().ok().cloned();
+                let mut report = attempt(result.map(|_| ()));
+                report["contents"] = json!(contents);
+                http::send_json(out, 200, &report);
             }
             "/socket" => {
                 let port = query_port(&head.query);
