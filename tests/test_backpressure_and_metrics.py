@@ -34,7 +34,7 @@ def test_metrics_and_request_ids(host):
     metrics = httpx.get(host.url + "/metrics")
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text
-    assert metric(text, "nnspin_requests_total", component="openai", status="200") >= 1
+    assert metric(text, "nnspin_requests_total", route="/...", status="200") >= 1
     assert metric(text, "nnspin_instantiation_seconds_count") >= 1
     assert metric(text, "nnspin_model_load_seconds", model=TINY_MODEL) > 0
     assert metric(text, "nnspin_time_to_first_token_seconds_count", model=TINY_MODEL) >= 1
@@ -94,7 +94,7 @@ ai_models = ["{TINY_MODEL}"]
             assert r.json()["choices"][0]["finish_reason"] in ("stop", "length")
         text = httpx.get(host.url + "/metrics").text
         assert metric(text, "nnspin_rejected_total", model=TINY_MODEL) == len(refused)
-        assert metric(text, "nnspin_requests_total", component="openai", status="200") == len(served)
+        assert metric(text, "nnspin_requests_total", route="/...", status="200") == len(served)
         assert metric(text, "nnspin_queue_depth", model=TINY_MODEL) == 0
         assert metric(text, "nnspin_execution_contexts", model=TINY_MODEL) == 0
     finally:

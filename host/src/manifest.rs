@@ -121,9 +121,10 @@ impl Manifest {
 /// Maps request paths to components with Spin's rules: an exact route wins, then the longest wildcard.
 #[derive(Debug)]
 pub struct Router {
-    exact: BTreeMap<String, String>,
-    /// Wildcard prefixes (without `/...`), longest first.
-    prefixes: Vec<(String, String)>,
+    /// Exact path → (route as written, component).
+    exact: BTreeMap<String, (String, String)>,
+    /// Wildcard prefixes (without `/...`), longest first, with their route and component.
+    prefixes: Vec<(String, String, String)>,
 }
 
 impl Router {
@@ -131,46 +132,47 @@ impl Router {
         let mut exact = BTreeMap::new();
         let mut prefixes = Vec::new();
         for t in triggers {
+            let target = (t.route.clone(), t.component.clone());
             match t.route.strip_suffix("/...") {
-                Some(prefix) => prefixes.push((prefix.to_string(), t.component.clone())),
+                Some(prefix) => prefixes.push((prefix.to_string(), target.0, target.1)),
                 None => {
-                    exact.insert(
-                        t.route.trim_end_matches('/').to_string(),
-                        t.component.clone(),
-                    );
+                    exact.insert(t.route.trim_end_matches('/').to_string(), target);
                 }
             }
         }
-        prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        prefixes.sort_by_key(|(prefix, _, _)| std::cmp::Reverse(prefix.len()));
         Self { exact, prefixes }
     }
 
     pub fn route<'a>(&'a self, path: &str) -> Option<RouteMatch<'a>> {
         let trimmed = path.trim_end_matches('/');
-        if let Some(component) = self.exact.get(trimmed) {
+        if let Some((route, component)) = self.exact.get(trimmed) {
             return Some(RouteMatch {
+                route,
                 component,
                 path_info: String::new(),
             });
         }
         self.prefixes
             .iter()
-            .find(|(prefix, _)| {
+            .find(|(prefix, _, _)| {
                 trimmed == prefix
                     || (trimmed.starts_with(prefix.as_str())
                         && trimmed[prefix.len()..].starts_with('/'))
             })
-            .map(|(prefix, component)| RouteMatch {
+            .map(|(prefix, route, component)| RouteMatch {
+                route,
                 component,
                 path_info: path[prefix.len()..].to_string(),
             })
     }
 }
 
-/// The component a path routes to, and the part of the path below a wildcard route (Spin's
-/// `spin-path-info`), so a component can be mounted anywhere.
+/// The route a path matched (as spin.toml writes it), its component, and the part of the path below
+/// a wildcard route (Spin's `spin-path-info`), so a component can be mounted anywhere.
 #[derive(Debug, PartialEq)]
 pub struct RouteMatch<'a> {
+    pub route: &'a str,
     pub component: &'a str,
     pub path_info: String,
 }
@@ -225,6 +227,7 @@ mod tests {
             "/anything/else"
         );
         assert_eq!(r.route("/health").unwrap().path_info, "");
+        assert_eq!(r.route("/v1/models/x").unwrap().route, "/v1/...");
     }
 
     #[test]

@@ -66,7 +66,7 @@ struct ModelFigures {
 
 #[derive(Debug, Default)]
 struct Figures {
-    /// (component, status) → count.
+    /// (route, status) → count.
     requests: BTreeMap<(String, u16), u64>,
     instantiation: Histogram,
     models: BTreeMap<String, ModelFigures>,
@@ -137,10 +137,10 @@ impl Metrics {
     pub fn render(&self, in_flight: usize) -> String {
         let mut out = String::new();
         self.with(|f| {
-            out.push_str("# HELP nnspin_requests_total HTTP requests answered, by component and status.\n");
+            out.push_str("# HELP nnspin_requests_total HTTP requests answered, by spin.toml route and status.\n");
             out.push_str("# TYPE nnspin_requests_total counter\n");
-            for ((component, status), count) in &f.requests {
-                let _ = writeln!(out, "nnspin_requests_total{{component=\"{component}\",status=\"{status}\"}} {count}");
+            for ((route, status), count) in &f.requests {
+                let _ = writeln!(out, "nnspin_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}");
             }
             out.push_str("# HELP nnspin_requests_in_flight Requests whose response has not been fully sent.\n");
             out.push_str("# TYPE nnspin_requests_in_flight gauge\n");
@@ -178,15 +178,15 @@ mod tests {
     #[test]
     fn exposition_has_counters_gauges_and_histograms() {
         let metrics = Metrics::default();
-        metrics.request_finished("openai", 200);
-        metrics.request_finished("openai", 200);
+        metrics.request_finished("/v1/...", 200);
+        metrics.request_finished("/v1/...", 200);
         metrics.instantiated(Duration::from_micros(300));
         metrics.context_opened("m");
         metrics.first_token("m", Duration::from_millis(80));
         metrics.decoded("m", 1, Duration::from_millis(20));
         let text = metrics.render(3);
         assert!(
-            text.contains("nnspin_requests_total{component=\"openai\",status=\"200\"} 2"),
+            text.contains("nnspin_requests_total{route=\"/v1/...\",status=\"200\"} 2"),
             "{text}"
         );
         assert!(text.contains("nnspin_requests_in_flight 3"));

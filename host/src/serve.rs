@@ -80,7 +80,7 @@ async fn handle(
     }
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let span = tracing::info_span!("request", %id);
-    let (mut response, component) = match server.app() {
+    let (mut response, matched) = match server.app() {
         Some(app) if method == hyper::Method::GET && path == "/metrics" => {
             let text = app.metrics.render(server.in_flight());
             let response = text_response(StatusCode::OK, "text/plain; version=0.0.4", text);
@@ -108,7 +108,7 @@ async fn handle(
         response.headers_mut().insert(REQUEST_ID, value);
     }
     // An access log line, without bodies: prompts are not logged.
-    tracing::info!(parent: &span, %method, %path, %component, status = response.status().as_u16(),
+    tracing::info!(parent: &span, %method, %path, route = %matched, status = response.status().as_u16(),
         ms = started.elapsed().as_millis() as u64, "request");
     // The request stays in flight until its body has been sent (or dropped).
     response.map(|body| {
@@ -143,18 +143,20 @@ fn request_id(headers: &hyper::HeaderMap) -> String {
         })
 }
 
-/// Routes a request to its component; returns the response and the component's id (`-` for none).
+/// Routes a request to its component; returns the response and the route it matched (`-` for none).
 async fn route(
     app: &App,
     peer: SocketAddr,
     mut req: Request<hyper::body::Incoming>,
 ) -> (Response<HyperOutgoingBody>, String) {
     let path = req.uri().path().to_string();
-    let Some((component, path_info)) = app
-        .router
-        .route(&path)
-        .and_then(|m| Some((app.component(m.component)?, m.path_info)))
-    else {
+    let Some((component, path_info, route)) = app.router.route(&path).and_then(|m| {
+        Some((
+            app.component(m.component)?,
+            m.path_info,
+            m.route.to_string(),
+        ))
+    }) else {
         let response = error_response(
             StatusCode::NOT_FOUND,
             "not_found_error",
@@ -202,7 +204,7 @@ async fn route(
         }
     }
     .await;
-    (response, component.id.clone())
+    (response, route)
 }
 
 async fn run_component(
