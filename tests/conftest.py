@@ -68,6 +68,27 @@ def start_host(manifest: Path, *args: str, wait: str = "ready") -> Host:
             raise RuntimeError("the host exited:\n" + "".join(log))
 
 
+def openai_app(directory: Path, models: list[str]) -> Path:
+    """Writes a spin.toml serving only the OpenAI component at /..., with `models`."""
+    wasm = ROOT / "target" / "wasm32-wasip2" / "release" / "nnspin_openai.wasm"
+    manifest = directory / "spin.toml"
+    listed = ", ".join(f'"{m}"' for m in models)
+    manifest.write_text(
+        f"""
+spin_manifest_version = 2
+[application]
+name = "openai-only"
+[[trigger.http]]
+route = "/..."
+component = "openai"
+[component.openai]
+source = "{wasm}"
+ai_models = [{listed}]
+"""
+    )
+    return manifest
+
+
 @pytest.fixture(scope="session")
 def host(tmp_path_factory) -> Host:
     components = ROOT / "target" / "wasm32-wasip2" / "release"

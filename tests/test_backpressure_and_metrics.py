@@ -2,16 +2,12 @@
 disconnects, and overload answered with 503 + Retry-After without losing any accepted request."""
 
 import concurrent.futures
-import json
 import re
 import time
 
 import httpx
 
-from conftest import ROOT, TINY_MODEL, start_host
-
-OPENAI_WASM = ROOT / "target" / "wasm32-wasip2" / "release" / "nnspin_openai.wasm"
-
+from conftest import TINY_MODEL, openai_app, start_host
 
 def metric(text: str, name: str, **labels) -> float:
     selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
@@ -60,18 +56,7 @@ def test_a_client_disconnecting_mid_stream_frees_its_context(host):
 
 
 def test_overload_is_refused_with_retry_after_and_nothing_is_lost(tmp_path):
-    manifest = tmp_path / "spin.toml"
-    manifest.write_text(f"""
-spin_manifest_version = 2
-[application]
-name = "overload"
-[[trigger.http]]
-route = "/..."
-component = "openai"
-[component.openai]
-source = "{OPENAI_WASM}"
-ai_models = ["{TINY_MODEL}"]
-""")
+    manifest = openai_app(tmp_path, [TINY_MODEL])
     host = start_host(manifest, "--max-sequences-per-model", "1", "--max-queue-per-model", "1")
     try:
         body = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "tell"}], "max_tokens": 300,

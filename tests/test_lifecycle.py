@@ -1,34 +1,16 @@
 """The process's life as a scale-to-zero platform sees it: 503 while loading, a compilation cache for
 fast restarts, graceful shutdown on SIGTERM, exit after an idle period, and a clear failure at start."""
 
-import json
 import signal
 import time
 
 import httpx
 import pytest
 
-from conftest import DEFAULT_MODEL, ROOT, TINY_MODEL, start_host
-
-OPENAI_WASM = ROOT / "target" / "wasm32-wasip2" / "release" / "nnspin_openai.wasm"
-
+from conftest import DEFAULT_MODEL, TINY_MODEL, openai_app, start_host
 
 def manifest(tmp_path, models):
-    path = tmp_path / "spin.toml"
-    path.write_text(
-        f"""
-spin_manifest_version = 2
-[application]
-name = "lifecycle"
-[[trigger.http]]
-route = "/..."
-component = "openai"
-[component.openai]
-source = "{OPENAI_WASM}"
-ai_models = {json.dumps(models)}
-"""
-    )
-    return path
+    return openai_app(tmp_path, models)
 
 
 def stop(host, timeout=30):

@@ -50,6 +50,39 @@ fn access() -> ModelAccess {
     ModelAccess::new(registry.clone(), Arc::from(vec![MODEL.to_string()]), false)
 }
 
+/// A registry view and resource table, as one instance has them.
+struct Fixture {
+    access: ModelAccess,
+    table: ResourceTable,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self {
+            access: access(),
+            table: ResourceTable::new(),
+        }
+    }
+
+    fn nn(&mut self) -> NnView<'_> {
+        NnView {
+            table: &mut self.table,
+            models: &self.access,
+        }
+    }
+
+    fn text(&mut self) -> TextView<'_> {
+        TextView {
+            table: &mut self.table,
+            models: &self.access,
+        }
+    }
+}
+
+async fn code(nn: &mut NnView<'_>, error: Resource<nnspin::nn::NnError>) -> ErrorCode {
+    HostError::code(nn, error).await.unwrap()
+}
+
 fn i64_bytes(values: impl IntoIterator<Item = i64>) -> Vec<u8> {
     values.into_iter().flat_map(i64::to_le_bytes).collect()
 }
@@ -149,30 +182,19 @@ fn max_difference(a: &[f32], b: &[f32]) -> f32 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_model_is_wasi_nn_not_found() {
-    let access = access();
-    let mut table = ResourceTable::new();
-    let mut nn = NnView {
-        table: &mut table,
-        models: &access,
-    };
+    let mut fixture = Fixture::new();
+    let mut nn = fixture.nn();
     let error = GraphHost::load_by_name(&mut nn, "no-such-model".into())
         .await
         .unwrap()
         .unwrap_err();
-    assert_eq!(
-        HostError::code(&mut nn, error).await.unwrap(),
-        ErrorCode::NotFound
-    );
+    assert_eq!(code(&mut nn, error).await, ErrorCode::NotFound);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn loading_raw_model_bytes_is_refused() {
-    let access = access();
-    let mut table = ResourceTable::new();
-    let mut nn = NnView {
-        table: &mut table,
-        models: &access,
-    };
+    let mut fixture = Fixture::new();
+    let mut nn = fixture.nn();
     let error = GraphHost::load(
         &mut nn,
         vec![vec![0; 16]],
@@ -182,20 +204,13 @@ async fn loading_raw_model_bytes_is_refused() {
     .await
     .unwrap()
     .unwrap_err();
-    assert_eq!(
-        HostError::code(&mut nn, error).await.unwrap(),
-        ErrorCode::Security
-    );
+    assert_eq!(code(&mut nn, error).await, ErrorCode::Security);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn named_outputs_exclude_the_kv_cache() {
-    let access = access();
-    let mut table = ResourceTable::new();
-    let mut nn = NnView {
-        table: &mut table,
-        models: &access,
-    };
+    let mut fixture = Fixture::new();
+    let mut nn = fixture.nn();
     let ctx = context(&mut nn).await;
     let (names, logits) = step(&mut nn, &ctx, &[1, 2, 3], 0).await.unwrap();
     assert_eq!(
@@ -208,12 +223,8 @@ async fn named_outputs_exclude_the_kv_cache() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kv_cache_is_kept_across_compute_calls() {
-    let access = access();
-    let mut table = ResourceTable::new();
-    let mut nn = NnView {
-        table: &mut table,
-        models: &access,
-    };
+    let mut fixture = Fixture::new();
+    let mut nn = fixture.nn();
     let tokens = [1, 9906, 11, 1265, 30];
 
     let whole = context(&mut nn).await;
@@ -237,12 +248,8 @@ async fn kv_cache_is_kept_across_compute_calls() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cache_inputs_from_the_guest_are_refused_and_the_context_survives() {
-    let access = access();
-    let mut table = ResourceTable::new();
-    let mut nn = NnView {
-        table: &mut table,
-        models: &access,
-    };
+    let mut fixture = Fixture::new();
+    let mut nn = fixture.nn();
     let ctx = context(&mut nn).await;
     let bogus = tensor(&mut nn, vec![1], i64_bytes([0])).await;
     let borrowed = Resource::new_borrow(ctx.rep());
@@ -254,10 +261,7 @@ async fn cache_inputs_from_the_guest_are_refused_and_the_context_survives() {
     .await
     .unwrap()
     .unwrap_err();
-    assert_eq!(
-        HostError::code(&mut nn, error).await.unwrap(),
-        ErrorCode::InvalidArgument
-    );
+    assert_eq!(code(&mut nn, error).await, ErrorCode::InvalidArgument);
     step(&mut nn, &ctx, &[1, 2], 0)
         .await
         .expect("the context still computes");
@@ -265,12 +269,8 @@ async fn cache_inputs_from_the_guest_are_refused_and_the_context_survives() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_tensors_are_invalid_arguments() {
-    let access = access();
-    let mut table = ResourceTable::new();
-    let mut nn = NnView {
-        table: &mut table,
-        models: &access,
-    };
+    let mut fixture = Fixture::new();
+    let mut nn = fixture.nn();
     let ctx = context(&mut nn).await;
     // Dimensions say 3 elements, the data holds 2.
     let short = tensor(&mut nn, vec![1, 3], i64_bytes([1, 2])).await;
@@ -280,20 +280,13 @@ async fn malformed_tensors_are_invalid_arguments() {
             .await
             .unwrap()
             .unwrap_err();
-    assert_eq!(
-        HostError::code(&mut nn, error).await.unwrap(),
-        ErrorCode::InvalidArgument
-    );
+    assert_eq!(code(&mut nn, error).await, ErrorCode::InvalidArgument);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn text_interface_templates_encodes_and_streams_utf8_whole() {
-    let access = access();
-    let mut table = ResourceTable::new();
-    let mut text = TextView {
-        table: &mut table,
-        models: &access,
-    };
+    let mut fixture = Fixture::new();
+    let mut text = fixture.text();
     assert!(matches!(
         HostTokenizer::open(&mut text, "no-such-model".into())
             .await
