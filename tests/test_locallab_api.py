@@ -190,3 +190,9 @@ def test_burst_of_eleven_is_refused_while_another_client_is_served(host):
     assert int(refused.headers["retry-after"]) >= 1
     assert "rate limit" in refused.json()["detail"]
     assert other.get(url).status_code == 200
+
+
+def test_streaming_request_beyond_the_context_fails_before_streaming(base):
+    body = {"prompt": "hello " * 3000, "model_id": TINY_MODEL, "stream": True}
+    response = httpx.post(base + "/generate", json=body, timeout=60)
+    assert response.status_code == 413 and response.json()["detail"]

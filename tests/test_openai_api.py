@@ -172,3 +172,59 @@ def test_server_keeps_serving_after_errors(host, client):
         model=TINY_MODEL, messages=[{"role": "user", "content": "still there?"}], max_tokens=3
     )
     assert completion.choices[0].message.content is not None
+
+
+def test_stop_sequences_end_the_answer_and_are_never_sent(client):
+    messages = [{"role": "user", "content": QUESTION}]
+    whole = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=messages, temperature=0, max_tokens=48, stop=[" Paris", "zzz"]
+    )
+    assert whole.choices[0].message.content == "The capital of France is"
+    assert whole.choices[0].finish_reason == "stop"
+    stream = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=messages, temperature=0, max_tokens=48, stop=" Paris", stream=True
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert streamed == "The capital of France is"
+
+
+def test_n_choices_each_sampled_with_its_own_seed(client):
+    kwargs = dict(model=TINY_MODEL, messages=[{"role": "user", "content": "Tell me something"}],
+                  temperature=1.0, seed=7, max_tokens=12)
+    completion = client.chat.completions.create(n=3, **kwargs)
+    assert [c.index for c in completion.choices] == [0, 1, 2]
+    assert len({c.message.content for c in completion.choices}) > 1
+    assert completion.usage.completion_tokens >= 3
+    # Choice 0 is the same as a single request with the same seed.
+    assert completion.choices[0].message.content == client.chat.completions.create(**kwargs).choices[0].message.content
+    stream = client.chat.completions.create(n=2, stream=True, **kwargs)
+    indexes = {c.choices[0].index for c in stream if c.choices}
+    assert indexes == {0, 1}
+
+
+def test_logit_bias_forces_a_token(client, tokenizer):
+    (yes,) = tokenizer.encode("yes", add_special_tokens=False).ids
+    completion = client.chat.completions.create(
+        model=TINY_MODEL, messages=[{"role": "user", "content": "anything"}], temperature=0, max_tokens=5,
+        logit_bias={str(yes): 100},
+    )
+    assert completion.choices[0].message.content == "yes" * 5
+
+
+def test_frequency_penalty_changes_a_long_answer(client):
+    kwargs = dict(model=DEFAULT_MODEL, messages=[{"role": "user", "content": "List fruits."}],
+                  temperature=0, max_tokens=40)
+    plain = client.chat.completions.create(**kwargs).choices[0].message.content
+    penalized = client.chat.completions.create(frequency_penalty=2.0, **kwargs).choices[0].message.content
+    assert plain != penalized
+
+
+@pytest.mark.parametrize(
+    "extra, param",
+    [({"stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"n": 9}, "n"), ({"presence_penalty": 3}, "presence_penalty"),
+     ({"logit_bias": {"not-a-token": 1}}, "logit_bias"), ({"logit_bias": {"99999999": 1}}, "logit_bias")],
+)
+def test_invalid_generation_settings_name_their_parameter(host, extra, param):
+    body = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, **extra}
+    error = assert_json_error(httpx.post(host.openai_url + "/chat/completions", json=body), 400)
+    assert error["error"]["param"] == param

@@ -9,7 +9,8 @@ use crate::bindings::wasi::nn::errors::{Error as NnError, ErrorCode};
 use crate::bindings::wasi::nn::graph::{self, Graph};
 use crate::bindings::wasi::nn::inference::GraphExecutionContext;
 use crate::bindings::wasi::nn::tensor::{Tensor, TensorType};
-use crate::sampling::{RepetitionPenalty, Sampler, SamplingParams};
+use crate::sampling::{Penalties, PenaltyParams, Sampler, SamplingParams};
+use crate::stop::StopFilter;
 
 /// A model a component may use: its graph and its tokenizer.
 pub struct Model {
@@ -91,8 +92,11 @@ impl FinishReason {
 pub struct GenerationParams {
     pub max_tokens: u32,
     pub sampling: SamplingParams,
-    /// 1 leaves logits as they are.
-    pub repetition_penalty: f32,
+    pub penalties: PenaltyParams,
+    /// Added to the logits of these tokens before sampling.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Generation ends where one of these appears; it is not part of the output.
+    pub stop: Vec<String>,
     /// Stop generating (finish reason `length`) once this much time has passed.
     pub time_limit: Option<std::time::Duration>,
 }
@@ -117,14 +121,9 @@ pub struct Outcome {
     pub finish_reason: FinishReason,
 }
 
-/// Generates a completion of `prompt`, handing each piece of text to `on_text` as soon as it is
-/// complete; `on_text` returns false to stop (the client disconnected).
-pub fn generate(
-    model: &Model,
-    prompt: &[u32],
-    params: &GenerationParams,
-    mut on_text: impl FnMut(&str) -> bool,
-) -> Result<Outcome, ApiError> {
+/// Checks a generation against the model before anything runs (so a streaming API can still answer
+/// with an error status); returns how many tokens may be generated.
+pub fn check(model: &Model, prompt: &[u32], params: &GenerationParams) -> Result<usize, ApiError> {
     let context = model.info.context_length as usize;
     if prompt.is_empty() {
         return Err(ApiError::bad_request("the prompt is empty"));
@@ -135,18 +134,37 @@ pub fn generate(
             prompt.len()
         )));
     }
-    let budget = (params.max_tokens as usize).min(context - prompt.len());
+    let vocab = model.info.vocab_size;
+    if let Some(&(token, _)) = params.logit_bias.iter().find(|(token, _)| *token >= vocab) {
+        return Err(ApiError::bad_request(format!(
+            "logit_bias names token {token}, beyond the vocabulary"
+        ))
+        .with_param("logit_bias"));
+    }
+    Ok((params.max_tokens as usize).min(context - prompt.len()))
+}
+
+/// Generates a completion of `prompt`, handing each piece of text to `on_text` as soon as it is
+/// complete; `on_text` returns false to stop (the client disconnected).
+pub fn generate(
+    model: &Model,
+    prompt: &[u32],
+    params: &GenerationParams,
+    mut on_text: impl FnMut(&str) -> bool,
+) -> Result<Outcome, ApiError> {
+    let budget = check(model, prompt, params)?;
     let execution = model
         .graph
         .init_execution_context()
         .map_err(|e| nn_error(&e))?;
     let detokenizer = model.tokenizer.detokenizer(true);
     let mut sampler = Sampler::new(params.sampling.clone());
-    let mut penalty =
-        RepetitionPenalty::new(params.repetition_penalty, model.info.vocab_size as usize);
-    if penalty.is_active() {
-        prompt.iter().for_each(|&t| penalty.observe(t));
+    let vocab = model.info.vocab_size as usize;
+    let mut penalties = Penalties::new(params.penalties, vocab);
+    if penalties.is_active() {
+        prompt.iter().for_each(|&t| penalties.observe_prompt(t));
     }
+    let mut stops = StopFilter::new(&params.stop);
     let eos = &model.info.eos_token_ids;
     let started = wasip2::clocks::monotonic_clock::now();
     let out_of_time = || {
@@ -164,9 +182,10 @@ pub fn generate(
     let mut logits = step(&execution, prompt, 0)?;
     let mut position = prompt.len();
     while (outcome.completion_tokens as usize) < budget {
-        let row = last_row(&mut logits, model.info.vocab_size as usize);
-        if penalty.is_active() {
-            penalty.apply(row);
+        let row = last_row(&mut logits, vocab);
+        penalties.apply(row);
+        for &(token, bias) in &params.logit_bias {
+            row[token as usize] += bias;
         }
         let token = sampler.sample(row);
         if eos.contains(&token) {
@@ -174,17 +193,27 @@ pub fn generate(
             break;
         }
         outcome.completion_tokens += 1;
-        penalty.observe(token);
+        penalties.observe_generated(token);
         let piece = detokenizer.push(token);
-        if !piece.is_empty() && !on_text(&piece) {
+        let (text, stopped) = stops.push(&piece);
+        if !text.is_empty() && !on_text(&text) {
             outcome.finish_reason = FinishReason::Cancelled;
-            break;
+            return Ok(outcome);
+        }
+        if stopped {
+            outcome.finish_reason = FinishReason::Stop;
+            return Ok(outcome);
         }
         if (outcome.completion_tokens as usize) == budget || out_of_time() {
             break;
         }
         logits = step(&execution, &[token], position)?;
         position += 1;
+    }
+    // Text held back as a possible stop sequence's start turned out not to be one.
+    let rest = stops.flush();
+    if !rest.is_empty() && !on_text(&rest) {
+        outcome.finish_reason = FinishReason::Cancelled;
     }
     Ok(outcome)
 }

@@ -18,5 +18,6 @@ pub mod generate;
 pub mod http;
 pub mod request;
 pub mod sampling;
+pub mod stop;
 
 pub use error::ApiError;

@@ -123,45 +123,92 @@ impl Sampler {
     }
 }
 
-/// HF-style repetition penalty: the logit of every token already in the sequence (prompt included) is
-/// divided by `penalty` when positive and multiplied by it when negative, making repeats less likely.
-pub struct RepetitionPenalty {
-    penalty: f32,
+/// Penalties on tokens already in the sequence.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PenaltyParams {
+    /// HF-style, over prompt and completion: a seen token's logit is divided by it when positive and
+    /// multiplied by it when negative. 1 is off.
+    pub repetition: f32,
+    /// OpenAI-style, over the completion: subtracted once from every token generated so far. 0 is off.
+    pub presence: f32,
+    /// OpenAI-style, over the completion: subtracted per occurrence. 0 is off.
+    pub frequency: f32,
+}
+
+impl Default for PenaltyParams {
+    fn default() -> Self {
+        Self {
+            repetition: 1.0,
+            presence: 0.0,
+            frequency: 0.0,
+        }
+    }
+}
+
+pub struct Penalties {
+    params: PenaltyParams,
     seen: Vec<bool>,
-    /// The distinct tokens seen, so applying the penalty costs the sequence's size, not the vocabulary's.
+    generated: Vec<u32>,
+    /// The distinct tokens seen, so applying the penalties costs the sequence's size, not the vocabulary's.
     distinct: Vec<u32>,
 }
 
-impl RepetitionPenalty {
-    pub fn new(penalty: f32, vocab_size: usize) -> Self {
+impl Penalties {
+    pub fn new(params: PenaltyParams, vocab_size: usize) -> Self {
+        let active = params != PenaltyParams::default();
+        let size = if active { vocab_size } else { 0 };
         Self {
-            penalty,
-            seen: vec![false; vocab_size],
+            params,
+            seen: vec![false; size],
+            generated: vec![0; size],
             distinct: Vec::new(),
         }
     }
 
     pub fn is_active(&self) -> bool {
-        self.penalty != 1.0
+        !self.seen.is_empty()
     }
 
-    pub fn observe(&mut self, token: u32) {
-        if let Some(seen) = self.seen.get_mut(token as usize)
-            && !*seen
-        {
+    fn mark(&mut self, token: u32) -> Option<usize> {
+        let index = token as usize;
+        let seen = self.seen.get_mut(index)?;
+        if !*seen {
             *seen = true;
             self.distinct.push(token);
+        }
+        Some(index)
+    }
+
+    pub fn observe_prompt(&mut self, token: u32) {
+        self.mark(token);
+    }
+
+    pub fn observe_generated(&mut self, token: u32) {
+        if let Some(index) = self.mark(token) {
+            self.generated[index] += 1;
         }
     }
 
     pub fn apply(&self, logits: &mut [f32]) {
+        let PenaltyParams {
+            repetition,
+            presence,
+            frequency,
+        } = self.params;
         for &token in &self.distinct {
-            if let Some(logit) = logits.get_mut(token as usize) {
+            let Some(logit) = logits.get_mut(token as usize) else {
+                continue;
+            };
+            if repetition != 1.0 {
                 *logit = if *logit > 0.0 {
-                    *logit / self.penalty
+                    *logit / repetition
                 } else {
-                    *logit * self.penalty
+                    *logit * repetition
                 };
+            }
+            let count = self.generated[token as usize];
+            if count > 0 {
+                *logit -= presence + frequency * count as f32;
             }
         }
     }
@@ -199,14 +246,35 @@ mod tests {
 
     #[test]
     fn repetition_penalty_demotes_seen_tokens_both_signs() {
-        let mut penalty = RepetitionPenalty::new(2.0, 4);
-        penalty.observe(1);
-        penalty.observe(2);
-        penalty.observe(1);
+        let params = PenaltyParams {
+            repetition: 2.0,
+            ..PenaltyParams::default()
+        };
+        let mut penalties = Penalties::new(params, 4);
+        penalties.observe_prompt(1);
+        penalties.observe_generated(2);
+        penalties.observe_prompt(1);
         let mut logits = vec![1.0, 4.0, -1.0, 3.0];
-        penalty.apply(&mut logits);
+        penalties.apply(&mut logits);
         assert_eq!(logits, vec![1.0, 2.0, -2.0, 3.0]);
         assert_eq!(argmax(&logits), 3);
+    }
+
+    #[test]
+    fn presence_and_frequency_count_only_generated_tokens() {
+        let params = PenaltyParams {
+            presence: 0.5,
+            frequency: 1.0,
+            ..PenaltyParams::default()
+        };
+        let mut penalties = Penalties::new(params, 3);
+        penalties.observe_prompt(0);
+        penalties.observe_generated(1);
+        penalties.observe_generated(1);
+        let mut logits = vec![5.0, 5.0, 5.0];
+        penalties.apply(&mut logits);
+        assert_eq!(logits, vec![5.0, 2.5, 5.0]);
+        assert!(!Penalties::new(PenaltyParams::default(), 3).is_active());
     }
 
     #[test]

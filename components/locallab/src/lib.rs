@@ -193,6 +193,7 @@ fn generate_text(body: &[u8]) -> Result<Reply, ApiError> {
     let (model, params) = prepare(&request.settings)?;
     let prompt = prompt_tokens(&model, request.system_prompt.as_deref(), &request.prompt)?;
     if request.settings.stream {
+        generate::check(&model, &prompt, &params)?;
         return Ok(Reply::Stream(StreamJob {
             model,
             prompt,
@@ -215,6 +216,7 @@ fn chat_completion(body: &[u8], head: &RequestHead) -> Result<Reply, ApiError> {
     let (model, params) = prepare(&request.settings)?;
     let prompt = model.chat_prompt(&chat::template_messages(&request.messages)?)?;
     if request.settings.stream {
+        generate::check(&model, &prompt, &params)?;
         let kind = StreamKind::Chat(chat_framing(head));
         return Ok(Reply::Stream(StreamJob {
             model,

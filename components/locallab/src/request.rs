@@ -7,7 +7,7 @@ use nnspin_guest::chat::ChatMessage;
 use nnspin_guest::generate::{self, GenerationParams};
 use nnspin_guest::request::check_range;
 pub use nnspin_guest::request::parse_body as parse;
-use nnspin_guest::sampling::SamplingParams;
+use nnspin_guest::sampling::{PenaltyParams, SamplingParams};
 
 /// New tokens when the request names no length.
 const DEFAULT_MAX_TOKENS: u32 = 256;
@@ -110,7 +110,12 @@ impl Settings {
                     .seed
                     .unwrap_or_else(wasip2::random::random::get_random_u64),
             },
-            repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
+            penalties: PenaltyParams {
+                repetition: self.repetition_penalty.unwrap_or(1.0),
+                ..Default::default()
+            },
+            logit_bias: Vec::new(),
+            stop: Vec::new(),
             time_limit: self.max_time.map(std::time::Duration::from_secs_f32),
         }
     }
@@ -139,7 +144,7 @@ mod tests {
         request.settings.validate().unwrap();
         let params = request.settings.generation_params();
         assert_eq!(
-            (params.sampling.top_k, params.repetition_penalty),
+            (params.sampling.top_k, params.penalties.repetition),
             (80, 1.15)
         );
     }

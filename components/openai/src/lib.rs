@@ -4,13 +4,13 @@
 mod request;
 mod response;
 
-use nnspin_guest::generate::{self, GenerationParams, Model};
+use nnspin_guest::generate::{self, Model};
 use nnspin_guest::http::{self, EventStream, Framing, RequestHead};
 use nnspin_guest::{ApiError, chat};
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
 use request::ChatRequest;
-use response::{ChatChunk, ChatCompletion, Completion};
+use response::{ChatChunk, ChatCompletion, Completion, Usage};
 
 struct OpenAi;
 
@@ -64,19 +64,16 @@ fn chat_completions(request: IncomingRequest, out: ResponseOutparam) {
         Ok(prepared) => prepared,
         Err(error) => return http::send_error(out, &error),
     };
-    let params = request.generation_params();
     let completion = Completion::new(&model.info.id);
     if request.stream {
-        stream(out, &request, &model, &prompt, &params, completion);
-    } else {
-        match generate::complete(&model, &prompt, &params) {
-            Ok((content, outcome)) => http::send_json(
-                out,
-                200,
-                &ChatCompletion::new(&completion, content, &outcome),
-            ),
-            Err(error) => http::send_error(out, &error),
-        }
+        return stream(out, &request, &model, &prompt, completion);
+    }
+    let choices: Result<Vec<_>, _> = (0..request.choices())
+        .map(|index| generate::complete(&model, &prompt, &request.generation_params(index)))
+        .collect();
+    match choices {
+        Ok(choices) => http::send_json(out, 200, &ChatCompletion::new(&completion, choices)),
+        Err(error) => http::send_error(out, &error),
     }
 }
 
@@ -87,43 +84,54 @@ fn prepare(body: &[u8]) -> Result<(ChatRequest, Model, Vec<u32>), ApiError> {
     let model = Model::open(&request.resolve_model()?)?;
     let messages = chat::template_messages(&request.messages)?;
     let prompt = model.chat_prompt(&messages)?;
+    generate::check(&model, &prompt, &request.generation_params(0))?;
     Ok((request, model, prompt))
 }
 
+/// Streams every choice in turn; each chunk names its choice's `index`.
 fn stream(
     out: ResponseOutparam,
     request: &ChatRequest,
     model: &Model,
     prompt: &[u32],
-    params: &GenerationParams,
     completion: Completion,
 ) {
     let include_usage = request.include_usage();
     let mut events = EventStream::start(out, Framing::ServerSentEvents);
-    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
-        ChatChunk::new(&completion, delta, finish, include_usage)
+    let mut usage = Usage {
+        prompt_tokens: prompt.len() as u32,
+        completion_tokens: 0,
     };
-    events.send_json(&chunk(
-        serde_json::json!({ "role": "assistant", "content": "" }),
-        None,
-    ));
-    let result = generate::generate(model, prompt, params, |piece| {
-        events.send_json(&chunk(serde_json::json!({ "content": piece }), None))
-    });
-    match result {
-        Ok(outcome) => {
-            events.send_json(&chunk(
-                serde_json::json!({}),
-                Some(outcome.finish_reason.as_str()),
-            ));
-            if include_usage {
-                events.send_json(&ChatChunk::usage(&completion, &outcome));
+    for index in 0..request.choices() {
+        let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+            ChatChunk::new(&completion, index, delta, finish, include_usage)
+        };
+        events.send_json(&chunk(
+            serde_json::json!({ "role": "assistant", "content": "" }),
+            None,
+        ));
+        let params = request.generation_params(index);
+        let result = generate::generate(model, prompt, &params, |piece| {
+            events.send_json(&chunk(serde_json::json!({ "content": piece }), None))
+        });
+        match result {
+            Ok(outcome) => {
+                usage.completion_tokens += outcome.completion_tokens;
+                events.send_json(&chunk(
+                    serde_json::json!({}),
+                    Some(outcome.finish_reason.as_str()),
+                ));
+            }
+            // The response has started: the error becomes the stream's last event.
+            Err(error) => {
+                events.send_json(&error.body());
+                events.send("[DONE]");
+                return events.finish();
             }
         }
-        // The response has started: the error becomes the stream's last event.
-        Err(error) => {
-            events.send_json(&error.body());
-        }
+    }
+    if include_usage {
+        events.send_json(&ChatChunk::usage(&completion, &usage));
     }
     events.send("[DONE]");
     events.finish();

@@ -1,13 +1,15 @@
 //! The chat completion request: parsed and validated in one place, so every client error is found
 //! before generation starts.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 use nnspin_guest::ApiError;
 use nnspin_guest::chat::ChatMessage;
 use nnspin_guest::generate::{self, GenerationParams};
 use nnspin_guest::request::{check_range, parse_body};
-use nnspin_guest::sampling::SamplingParams;
+use nnspin_guest::sampling::{PenaltyParams, SamplingParams};
 
 /// `max_tokens` when the request gives none.
 const DEFAULT_MAX_TOKENS: u32 = 128;
@@ -34,7 +36,31 @@ pub struct ChatRequest {
     pub stream: bool,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    #[serde(default)]
+    pub presence_penalty: Option<f32>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
+    /// Token id (as a string) → bias added to its logit, -100..100.
+    #[serde(default)]
+    pub logit_bias: Option<BTreeMap<String, f32>>,
+    /// Number of choices to generate.
+    #[serde(default)]
+    pub n: Option<u32>,
 }
+
+/// `stop` is a string or a list of up to four strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Most sequences `stop` may list, and most choices `n` may ask for.
+const MAX_STOP: usize = 4;
+const MAX_CHOICES: u32 = 8;
 
 #[derive(Debug, Deserialize)]
 pub struct StreamOptions {
@@ -54,6 +80,23 @@ impl ChatRequest {
     fn validate(&self) -> Result<(), ApiError> {
         check_range("temperature", self.temperature, 0.0, 2.0)?;
         check_range("top_p", self.top_p, 0.0, 1.0)?;
+        check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)?;
+        check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)?;
+        if self.stop_sequences().len() > MAX_STOP {
+            return Err(ApiError::bad_request(format!(
+                "`stop` may hold at most {MAX_STOP} sequences"
+            ))
+            .with_param("stop"));
+        }
+        if let Some(n) = self.n
+            && !(1..=MAX_CHOICES).contains(&n)
+        {
+            return Err(ApiError::bad_request(format!(
+                "`n` must be between 1 and {MAX_CHOICES}, got {n}"
+            ))
+            .with_param("n"));
+        }
+        self.logit_bias()?;
         if let Some(0) = self.max_tokens.or(self.max_completion_tokens) {
             let param = if self.max_tokens.is_some() {
                 "max_tokens"
@@ -85,19 +128,55 @@ impl ChatRequest {
             .is_some_and(|o| o.include_usage)
     }
 
-    pub fn generation_params(&self) -> GenerationParams {
+    pub fn choices(&self) -> u32 {
+        self.n.unwrap_or(1)
+    }
+
+    fn stop_sequences(&self) -> Vec<String> {
+        match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(stop)) => vec![stop.clone()],
+            Some(Stop::Many(stops)) => stops.clone(),
+        }
+    }
+
+    fn logit_bias(&self) -> Result<Vec<(u32, f32)>, ApiError> {
+        let Some(bias) = &self.logit_bias else {
+            return Ok(Vec::new());
+        };
+        bias.iter()
+            .map(|(token, &value)| {
+                let token = token.parse::<u32>().map_err(|_| {
+                    ApiError::bad_request(format!("logit_bias key {token:?} is not a token id"))
+                        .with_param("logit_bias")
+                })?;
+                check_range("logit_bias", Some(value), -100.0, 100.0)?;
+                Ok((token, value))
+            })
+            .collect()
+    }
+
+    /// Generation settings for choice `index` (each choice samples with its own seed).
+    pub fn generation_params(&self, index: u32) -> GenerationParams {
         let requested = self.max_completion_tokens.or(self.max_tokens);
+        let seed = self
+            .seed
+            .unwrap_or_else(wasip2::random::random::get_random_u64);
         GenerationParams {
             max_tokens: generate::max_new_tokens(requested, DEFAULT_MAX_TOKENS),
             sampling: SamplingParams {
                 temperature: self.temperature.unwrap_or(1.0),
                 top_p: self.top_p.unwrap_or(1.0),
                 top_k: self.top_k.unwrap_or(0) as usize,
-                seed: self
-                    .seed
-                    .unwrap_or_else(wasip2::random::random::get_random_u64),
+                seed: seed.wrapping_add(u64::from(index)),
             },
-            repetition_penalty: 1.0,
+            penalties: PenaltyParams {
+                presence: self.presence_penalty.unwrap_or(0.0),
+                frequency: self.frequency_penalty.unwrap_or(0.0),
+                ..PenaltyParams::default()
+            },
+            logit_bias: self.logit_bias().unwrap_or_default(),
+            stop: self.stop_sequences(),
             time_limit: None,
         }
     }
@@ -126,6 +205,43 @@ mod tests {
     fn out_of_range_temperature_names_the_parameter() {
         let e = ChatRequest::parse(br#"{"messages": [], "temperature": 3}"#).unwrap_err();
         assert_eq!((e.status, e.param.as_deref()), (400, Some("temperature")));
+    }
+
+    #[test]
+    fn stop_penalties_bias_and_n_are_validated() {
+        let ok = ChatRequest::parse(
+            br#"{"messages": [], "stop": "\n", "presence_penalty": 1, "logit_bias": {"42": -100}, "n": 2, "seed": 1}"#,
+        )
+        .unwrap();
+        let params = ok.generation_params(1);
+        assert_eq!(
+            (params.stop, params.logit_bias, params.sampling.seed),
+            (vec!["\n".into()], vec![(42, -100.0)], 2)
+        );
+        for (body, param) in [
+            (
+                br#"{"messages": [], "stop": ["a","b","c","d","e"]}"#.as_slice(),
+                "stop",
+            ),
+            (
+                br#"{"messages": [], "frequency_penalty": -3}"#,
+                "frequency_penalty",
+            ),
+            (br#"{"messages": [], "logit_bias": {"x": 1}}"#, "logit_bias"),
+            (
+                br#"{"messages": [], "logit_bias": {"1": 101}}"#,
+                "logit_bias",
+            ),
+            (br#"{"messages": [], "n": 0}"#, "n"),
+        ] {
+            let e = ChatRequest::parse(body).unwrap_err();
+            assert_eq!(
+                (e.status, e.param.as_deref()),
+                (400, Some(param)),
+                "{}",
+                e.message
+            );
+        }
     }
 
     #[test]

@@ -31,12 +31,21 @@ impl Completion {
     }
 }
 
-fn usage(outcome: &Outcome) -> Value {
-    json!({
-        "prompt_tokens": outcome.prompt_tokens,
-        "completion_tokens": outcome.completion_tokens,
-        "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
-    })
+/// Token counts of a response: the prompt once, the completions of every choice.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+impl Usage {
+    fn json(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        })
+    }
 }
 
 #[derive(Serialize)]
@@ -51,20 +60,30 @@ pub struct ChatCompletion {
 }
 
 impl ChatCompletion {
-    pub fn new(completion: &Completion, content: String, outcome: &Outcome) -> Self {
+    pub fn new(completion: &Completion, choices: Vec<(String, Outcome)>) -> Self {
+        let usage = Usage {
+            prompt_tokens: choices.first().map_or(0, |(_, o)| o.prompt_tokens),
+            completion_tokens: choices.iter().map(|(_, o)| o.completion_tokens).sum(),
+        };
         Self {
             id: completion.id.clone(),
             object: "chat.completion",
             created: completion.created,
             model: completion.model.clone(),
             system_fingerprint: SYSTEM_FINGERPRINT,
-            choices: vec![json!({
-                "index": 0,
-                "message": { "role": "assistant", "content": content },
-                "logprobs": null,
-                "finish_reason": outcome.finish_reason.as_str(),
-            })],
-            usage: usage(outcome),
+            choices: choices
+                .into_iter()
+                .enumerate()
+                .map(|(index, (content, outcome))| {
+                    json!({
+                        "index": index,
+                        "message": { "role": "assistant", "content": content },
+                        "logprobs": null,
+                        "finish_reason": outcome.finish_reason.as_str(),
+                    })
+                })
+                .collect(),
+            usage: usage.json(),
         }
     }
 }
@@ -85,6 +104,7 @@ pub struct ChatChunk {
 impl ChatChunk {
     pub fn new(
         completion: &Completion,
+        index: u32,
         delta: Value,
         finish_reason: Option<&str>,
         include_usage: bool,
@@ -96,14 +116,14 @@ impl ChatChunk {
             model: completion.model.clone(),
             system_fingerprint: SYSTEM_FINGERPRINT,
             choices: vec![
-                json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason }),
+                json!({ "index": index, "delta": delta, "logprobs": null, "finish_reason": finish_reason }),
             ],
             usage: include_usage.then_some(Value::Null),
         }
     }
 
     /// The extra last chunk of `stream_options.include_usage`: no choices, the usage.
-    pub fn usage(completion: &Completion, outcome: &Outcome) -> Self {
+    pub fn usage(completion: &Completion, usage: &Usage) -> Self {
         Self {
             id: completion.id.clone(),
             object: "chat.completion.chunk",
@@ -111,7 +131,7 @@ impl ChatChunk {
             model: completion.model.clone(),
             system_fingerprint: SYSTEM_FINGERPRINT,
             choices: Vec::new(),
-            usage: Some(usage(outcome)),
+            usage: Some(usage.json()),
         }
     }
 }
