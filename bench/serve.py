@@ -27,9 +27,12 @@ def start_host() -> tuple[subprocess.Popen, str]:
         [str(ROOT / "target/debug/nnspin"), "up", "--listen", "127.0.0.1:0"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
+    url = None
     for line in process.stdout:
         if "listening on " in line:
-            return process, line.split("listening on ", 1)[1].strip()
+            url = line.split("listening on ", 1)[1].strip()
+        if "nnspin ready" in line and url:
+            return process, url
     sys.exit("the host did not start")
 
 

@@ -5,6 +5,7 @@
 //! and `present.{i}.key/value`. The execution context feeds each `present.*` back as the matching
 //! `past_key_values.*` on the next `compute`, so the guest only ever sends the new tokens.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -135,6 +136,8 @@ impl Backend for OnnxRuntime {
 #[derive(Clone)]
 struct CacheInput {
     name: String,
+    /// The output the model returns this cache's next state in (`present.*`).
+    present: String,
     ty: TensorElementType,
     /// Dimensions with -1 where the model leaves them symbolic.
     dims: Vec<i64>,
@@ -160,7 +163,19 @@ impl OnnxGraph {
                     input.name()
                 )));
             };
+            let present = format!("{PRESENT_PREFIX}{}", &input.name()[PAST_PREFIX.len()..]);
+            if !session
+                .outputs()
+                .iter()
+                .any(|output| output.name() == present)
+            {
+                return Err(BackendError::Load(format!(
+                    "the model has no output {present} for its input {}",
+                    input.name()
+                )));
+            }
             caches.push(CacheInput {
+                present,
                 name: input.name().to_string(),
                 ty: *ty,
                 dims: shape.to_vec(),
@@ -235,7 +250,7 @@ impl BackendExecutionContext for OnnxContext {
         inputs: Vec<(String, Tensor)>,
     ) -> Result<Vec<(String, Tensor)>, BackendError> {
         let mut batch = 1;
-        let mut feed: Vec<(String, SessionInputValue<'_>)> =
+        let mut feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
             Vec::with_capacity(inputs.len() + self.caches.len());
         for (name, tensor) in inputs {
             if name.starts_with(PAST_PREFIX) {
@@ -246,49 +261,40 @@ impl BackendExecutionContext for OnnxContext {
             if name == "input_ids" {
                 batch = tensor.dims.first().copied().unwrap_or(1) as i64;
             }
-            feed.push((name, to_ort(tensor)?.into()));
+            feed.push((Cow::Owned(name), to_ort(tensor)?.into()));
         }
         if self.past.is_none() {
             self.past = Some(self.empty_caches(batch)?);
         }
         let past = self.past.as_ref().expect("caches initialised above");
+        // Per token: the cache names are borrowed, not copied, and found by name without allocating.
         for (cache, value) in self.caches.iter().zip(past) {
-            feed.push((cache.name.clone(), value.into()));
+            feed.push((Cow::Borrowed(cache.name.as_str()), value.into()));
         }
 
         let mut session = self
             .session
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let outputs = session
+        let mut outputs = session
             .run(feed)
             .map_err(|e| BackendError::Runtime(e.to_string()))?;
-
-        let mut results = Vec::new();
         let mut present = Vec::with_capacity(self.caches.len());
-        let mut by_name: Vec<(String, DynValue)> = outputs
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
         for cache in self.caches.iter() {
-            let wanted = format!("{PRESENT_PREFIX}{}", &cache.name[PAST_PREFIX.len()..]);
-            let index = by_name
-                .iter()
-                .position(|(name, _)| *name == wanted)
-                .ok_or_else(|| {
-                    BackendError::Runtime(format!(
-                        "the model has no output {wanted} for its input {}",
-                        cache.name
-                    ))
-                })?;
-            present.push(by_name.swap_remove(index).1);
+            let value = outputs.remove(&cache.present).ok_or_else(|| {
+                BackendError::Runtime(format!("the model returned no {}", cache.present))
+            })?;
+            present.push(value);
         }
+        let rest: Vec<(String, DynValue)> = outputs
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), value))
+            .collect();
         drop(session);
-        for (name, value) in by_name {
-            results.push((name, from_ort(&value)?));
-        }
         self.past = Some(present);
-        Ok(results)
+        rest.into_iter()
+            .map(|(name, value)| Ok((name, from_ort(&value)?)))
+            .collect()
     }
 }
 
