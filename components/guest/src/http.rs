@@ -137,21 +137,29 @@ fn finish(body: OutgoingBody, stream: OutputStream) {
 
 /// Sends a complete JSON response.
 pub fn send_json(out: ResponseOutparam, status: u16, value: &impl Serialize) {
-    let bytes = serde_json::to_vec(value).expect("response values serialize");
-    let (body, stream) = start(out, status, &[("content-type", "application/json")]);
-    write_all(&stream, &bytes);
-    finish(body, stream);
+    send_json_with(out, status, value, &[]);
 }
 
 /// Sends an error as JSON with its status (and `Retry-After` when it has one).
 pub fn send_error(out: ResponseOutparam, error: &ApiError) {
-    let bytes = serde_json::to_vec(&error.body()).expect("error bodies serialize");
     let retry_after = error.retry_after.map(|s| s.to_string());
+    let extra: Vec<(&str, &str)> = retry_after
+        .iter()
+        .map(|s| ("retry-after", s.as_str()))
+        .collect();
+    send_json_with(out, error.status, &error.body(), &extra);
+}
+
+fn send_json_with(
+    out: ResponseOutparam,
+    status: u16,
+    value: &impl Serialize,
+    extra: &[(&str, &str)],
+) {
+    let bytes = serde_json::to_vec(value).expect("response values serialize");
     let mut headers = vec![("content-type", "application/json")];
-    if let Some(seconds) = &retry_after {
-        headers.push(("retry-after", seconds.as_str()));
-    }
-    let (body, stream) = start(out, error.status, &headers);
+    headers.extend_from_slice(extra);
+    let (body, stream) = start(out, status, &headers);
     write_all(&stream, &bytes);
     finish(body, stream);
 }

@@ -48,29 +48,44 @@ impl Usage {
     }
 }
 
+/// The fields every object of one completion starts with, borrowed so a stream copies nothing per chunk.
 #[derive(Serialize)]
-pub struct ChatCompletion {
-    id: String,
+struct Head<'a> {
+    id: &'a str,
     object: &'static str,
     created: u64,
-    model: String,
+    model: &'a str,
     system_fingerprint: &'static str,
+}
+
+impl Completion {
+    fn head(&self, object: &'static str) -> Head<'_> {
+        Head {
+            id: &self.id,
+            object,
+            created: self.created,
+            model: &self.model,
+            system_fingerprint: SYSTEM_FINGERPRINT,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct ChatCompletion<'a> {
+    #[serde(flatten)]
+    head: Head<'a>,
     choices: Vec<Value>,
     usage: Value,
 }
 
-impl ChatCompletion {
-    pub fn new(completion: &Completion, choices: Vec<(String, Outcome)>) -> Self {
+impl<'a> ChatCompletion<'a> {
+    pub fn new(completion: &'a Completion, choices: Vec<(String, Outcome)>) -> Self {
         let usage = Usage {
             prompt_tokens: choices.first().map_or(0, |(_, o)| o.prompt_tokens),
             completion_tokens: choices.iter().map(|(_, o)| o.completion_tokens).sum(),
         };
         Self {
-            id: completion.id.clone(),
-            object: "chat.completion",
-            created: completion.created,
-            model: completion.model.clone(),
-            system_fingerprint: SYSTEM_FINGERPRINT,
+            head: completion.head("chat.completion"),
             choices: choices
                 .into_iter()
                 .enumerate()
@@ -89,32 +104,25 @@ impl ChatCompletion {
 }
 
 #[derive(Serialize)]
-pub struct ChatChunk {
-    id: String,
-    object: &'static str,
-    created: u64,
-    model: String,
-    system_fingerprint: &'static str,
+pub struct ChatChunk<'a> {
+    #[serde(flatten)]
+    head: Head<'a>,
     choices: Vec<Value>,
     /// Present (null until the last chunk) only when the client asked for usage.
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<Value>,
 }
 
-impl ChatChunk {
+impl<'a> ChatChunk<'a> {
     pub fn new(
-        completion: &Completion,
+        completion: &'a Completion,
         index: u32,
         delta: Value,
         finish_reason: Option<&str>,
         include_usage: bool,
     ) -> Self {
         Self {
-            id: completion.id.clone(),
-            object: "chat.completion.chunk",
-            created: completion.created,
-            model: completion.model.clone(),
-            system_fingerprint: SYSTEM_FINGERPRINT,
+            head: completion.head("chat.completion.chunk"),
             choices: vec![
                 json!({ "index": index, "delta": delta, "logprobs": null, "finish_reason": finish_reason }),
             ],
@@ -123,13 +131,9 @@ impl ChatChunk {
     }
 
     /// The extra last chunk of `stream_options.include_usage`: no choices, the usage.
-    pub fn usage(completion: &Completion, usage: &Usage) -> Self {
+    pub fn usage(completion: &'a Completion, usage: &Usage) -> Self {
         Self {
-            id: completion.id.clone(),
-            object: "chat.completion.chunk",
-            created: completion.created,
-            model: completion.model.clone(),
-            system_fingerprint: SYSTEM_FINGERPRINT,
+            head: completion.head("chat.completion.chunk"),
             choices: Vec::new(),
             usage: Some(usage.json()),
         }
