@@ -25,9 +25,9 @@ class Host:
         return self.url + "/v1"
 
 
-def start_host(manifest: Path, *args: str, wait: str = "ready") -> Host:
+def start_host(manifest: Path, *args: str, wait: str = "ready", env: dict | None = None) -> Host:
     """Starts `nnspin up` on a free port; returns once it prints `nnspin listening` (wait="listening")
-    or `nnspin ready` (wait="ready")."""
+    or `nnspin ready` (wait="ready"). `env` adds environment variables."""
     binary = ROOT / "target" / "debug" / "nnspin"
     assert binary.exists(), "build the host first (tools/setup.sh)"
     process = subprocess.Popen(
@@ -39,7 +39,7 @@ def start_host(manifest: Path, *args: str, wait: str = "ready") -> Host:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")},
+        env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info"), **(env or {})},
     )
     lines: "queue.Queue[str]" = queue.Queue()
     log: list[str] = []

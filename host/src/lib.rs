@@ -5,6 +5,7 @@
 //! state), [`nn`] (wasi-nn over resident models and its backends) and [`text`] (tokenizers and chat
 //! templates behind `nnspin:llm/text`).
 
+pub mod api_keys;
 pub mod app;
 pub mod bindings;
 pub mod component_cache;
@@ -20,6 +21,7 @@ pub mod rate_limit;
 pub mod serve;
 pub mod system;
 pub mod text;
+pub mod vocabulary;
 
 /// The wasmtime version this binary embeds.
 pub const WASMTIME_VERSION: &str = env!("NNSPIN_WASMTIME_VERSION");

@@ -6,17 +6,27 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::api_keys::ApiKeys;
 use crate::app::App;
 
 /// What every request sees of the process: the app once it has loaded, and the activity counters.
 #[derive(Default)]
 pub struct Server {
+    /// Checked before anything else, also while the app loads.
+    pub api_keys: ApiKeys,
     app: OnceLock<Arc<App>>,
     in_flight: AtomicUsize,
     last_activity: Mutex<Option<Instant>>,
 }
 
 impl Server {
+    pub fn new(api_keys: ApiKeys) -> Self {
+        Self {
+            api_keys,
+            ..Self::default()
+        }
+    }
+
     /// The app, or `None` while it is still loading.
     pub fn app(&self) -> Option<&Arc<App>> {
         self.app.get()

@@ -2,8 +2,10 @@
 
 use std::time::{Duration, Instant};
 
+use nnspin::api_keys::ApiKeys;
 use nnspin::lifecycle::{self, Server};
 use nnspin::{app, nn, serve};
+use wasmtime::error::Context;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -78,6 +80,10 @@ struct UpArgs {
     /// milliseconds; past it the request is stopped with 504.
     #[arg(long, default_value_t = 30_000)]
     max_instance_cpu_ms: u64,
+    /// A file of API keys (one per line); with it, or with NNSPIN_API_KEYS (comma-separated), requests
+    /// need `Authorization: Bearer <key>`.
+    #[arg(long)]
+    api_keys_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -101,6 +107,7 @@ fn main() -> wasmtime::Result<()> {
 }
 
 fn up(args: UpArgs) -> wasmtime::Result<()> {
+    let api_keys = api_keys(&args)?;
     let config = app::AppConfig {
         manifest: args.manifest,
         models_dir: args.models_dir,
@@ -123,7 +130,7 @@ fn up(args: UpArgs) -> wasmtime::Result<()> {
         let listener = tokio::net::TcpListener::bind(&args.listen).await?;
         // Tests and scripts wait for these lines.
         println!("nnspin listening on http://{}", listener.local_addr()?);
-        let server = Arc::new(Server::default());
+        let server = Arc::new(Server::new(api_keys));
         let idle_timeout = args.idle_timeout_secs.map(Duration::from_secs);
         let stop = lifecycle::stop_signal(server.clone(), idle_timeout);
         let grace = Duration::from_secs(args.shutdown_grace_secs);
@@ -146,6 +153,22 @@ fn up(args: UpArgs) -> wasmtime::Result<()> {
         tracing::info!(?reason, "stopped");
         Ok(())
     })
+}
+
+/// Keys from `NNSPIN_API_KEYS` and `--api-keys-file`; none means no key is needed.
+fn api_keys(args: &UpArgs) -> wasmtime::Result<ApiKeys> {
+    let mut text = std::env::var("NNSPIN_API_KEYS").unwrap_or_default();
+    if let Some(file) = &args.api_keys_file {
+        let keys = std::fs::read_to_string(file)
+            .with_context(|| format!("reading API keys from {}", file.display()))?;
+        text.push('\n');
+        text.push_str(&keys);
+    }
+    let keys = ApiKeys::parse(&text);
+    if keys.is_enabled() {
+        tracing::info!("API keys required ({keys:?})");
+    }
+    Ok(keys)
 }
 
 /// `$XDG_CACHE_HOME/nnspin`, else `~/.cache/nnspin`, else `.nnspin-cache`.

@@ -87,19 +87,32 @@ async fn handle(
     }
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let span = tracing::info_span!("request", %id);
-    let (mut response, matched) = match server.app() {
-        Some(app) if method == hyper::Method::GET && path == "/metrics" => {
+    let refused = server.api_keys.check(&path, req.headers()).err();
+    let (mut response, matched) = match (refused, server.app()) {
+        (Some(refusal), _) => {
+            let mut response = error_response(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                refusal.message(),
+            );
+            response.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+            (response, "-".to_string())
+        }
+        (None, Some(app)) if method == hyper::Method::GET && path == "/metrics" => {
             let text = app.metrics.render(server.in_flight());
             let response = text_response(StatusCode::OK, "text/plain; version=0.0.4", text);
             (response, "-".to_string())
         }
-        Some(app) => {
+        (None, Some(app)) => {
             let (response, component) = route(app, peer, req).instrument(span.clone()).await;
             app.metrics
                 .request_finished(&component, response.status().as_u16());
             (response, component)
         }
-        None => {
+        (None, None) => {
             let mut response = error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",

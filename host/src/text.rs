@@ -2,7 +2,7 @@
 //! `nnspin:llm/text` interface.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use minijinja::{Environment, ErrorKind, context};
 use tokenizers::Tokenizer;
@@ -10,6 +10,7 @@ use wasmtime::component::{HasData, Resource, ResourceTable};
 
 use crate::bindings::text::{self, Message, ModelInfo, TextError};
 use crate::models::{Model, ModelAccess};
+use crate::vocabulary::Vocabulary;
 
 /// A model's tokenizer and compiled chat template.
 pub struct TextModel {
@@ -17,6 +18,7 @@ pub struct TextModel {
     templates: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    vocabulary: OnceLock<Vocabulary>,
 }
 
 const CHAT_TEMPLATE: &str = "chat";
@@ -58,6 +60,7 @@ impl TextModel {
             templates,
             bos_token: token("bos_token"),
             eos_token: token("eos_token"),
+            vocabulary: OnceLock::new(),
         })
     }
 
@@ -92,6 +95,12 @@ impl TextModel {
         self.tokenizer
             .decode(ids, skip_special_tokens)
             .unwrap_or_default()
+    }
+
+    /// Built on first use (about 20 ms for 49k tokens) and kept.
+    pub fn vocabulary(&self) -> &Vocabulary {
+        self.vocabulary
+            .get_or_init(|| Vocabulary::of(&self.tokenizer))
     }
 
     pub fn vocab_size(&self) -> u32 {
@@ -186,6 +195,17 @@ impl text::HostTokenizer for TextView<'_> {
             .0
             .text
             .apply_chat_template(&messages, add_generation_prompt))
+    }
+
+    async fn vocabulary(
+        &mut self,
+        tokenizer: Resource<TokenizerHandle>,
+    ) -> wasmtime::Result<text::Vocabulary> {
+        let vocabulary = self.table.get(&tokenizer)?.0.text.vocabulary();
+        Ok(text::Vocabulary {
+            bytes: vocabulary.bytes.clone(),
+            ends: vocabulary.ends.clone(),
+        })
     }
 
     async fn detokenizer(

@@ -343,3 +343,32 @@ async fn text_interface_templates_encodes_and_streams_utf8_whole() {
     }
     assert_eq!(streamed, sentence);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vocabulary_bytes_reassemble_encoded_text() {
+    let mut fixture = Fixture::new();
+    let mut text = fixture.text();
+    let tok = HostTokenizer::open(&mut text, MODEL.into())
+        .await
+        .unwrap()
+        .unwrap();
+    let vocabulary = HostTokenizer::vocabulary(&mut text, Resource::new_borrow(tok.rep()))
+        .await
+        .unwrap();
+    assert_eq!(vocabulary.ends.len(), 49152);
+    let token = |id: u32| {
+        let start = match id {
+            0 => 0,
+            _ => vocabulary.ends[id as usize - 1] as usize,
+        };
+        &vocabulary.bytes[start..vocabulary.ends[id as usize] as usize]
+    };
+    assert!(token(2).is_empty(), "special tokens have no bytes");
+    let sentence = "Déjà vu: {\"answer\": 42} 🦀\n\tnaïve";
+    let ids = HostTokenizer::encode(&mut text, Resource::new_borrow(tok.rep()), sentence.into())
+        .await
+        .unwrap()
+        .unwrap();
+    let joined: Vec<u8> = ids.iter().flat_map(|&id| token(id).to_vec()).collect();
+    assert_eq!(String::from_utf8(joined).unwrap(), sentence);
+}
