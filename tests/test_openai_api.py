@@ -136,10 +136,12 @@ def assert_json_error(response: httpx.Response, status: int) -> dict:
     "body, status, param",
     [
         (b'{"messages": [', 400, None),
-        (b"[1, 2]", 422, None),
-        (json.dumps({"model": DEFAULT_MODEL}).encode(), 422, None),
-        (json.dumps({"messages": "hi"}).encode(), 422, None),
-        (json.dumps({"messages": []}).encode(), 422, "messages"),
+        (b"[1, 2]", 400, None),
+        (json.dumps({"model": DEFAULT_MODEL}).encode(), 400, None),
+        (json.dumps({"messages": "hi"}).encode(), 400, None),
+        (json.dumps({"messages": []}).encode(), 400, "messages"),
+        (json.dumps({"messages": [{"role": "user"}, 3]}).encode(), 400, None),
+        (json.dumps({"messages": [{"content": "no role"}]}).encode(), 400, None),
         (json.dumps({"messages": [{"role": "wizard", "content": "x"}]}).encode(), 400, "messages[0].role"),
         (json.dumps({"messages": [{"role": "user", "content": "x"}], "temperature": 5}).encode(), 400, "temperature"),
         (json.dumps({"messages": [{"role": "user", "content": "x"}], "model": "gpt-9"}).encode(), 404, "model"),
@@ -228,3 +230,18 @@ def test_invalid_generation_settings_name_their_parameter(host, extra, param):
     body = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, **extra}
     error = assert_json_error(httpx.post(host.openai_url + "/chat/completions", json=body), 400)
     assert error["error"]["param"] == param
+
+
+def test_context_length_errors_state_both_numbers(host, client):
+    context = next(m for m in httpx.get(host.openai_url + "/models").json()["data"] if m["id"] == TINY_MODEL)[
+        "context_length"]
+    messages = [{"role": "user", "content": "hello"}]
+    prompt_tokens = client.chat.completions.create(model=TINY_MODEL, messages=messages, max_tokens=1).usage.prompt_tokens
+    body = {"model": TINY_MODEL, "messages": messages, "max_tokens": context}
+    error = assert_json_error(httpx.post(host.openai_url + "/chat/completions", json=body), 400)
+    assert error["error"]["code"] == "context_length_exceeded"
+    message = error["error"]["message"]
+    assert str(context) in message and str(prompt_tokens) in message and str(context + prompt_tokens) in message
+    long = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "word " * (context + 10)}]}
+    error = assert_json_error(httpx.post(host.openai_url + "/chat/completions", json=long), 400)
+    assert error["error"]["code"] == "context_length_exceeded"

@@ -12,6 +12,31 @@ pub struct ChatMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
+    /// Calls an assistant turn made (OpenAI's tool calling), shown to the model as the JSON it wrote.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCall>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolCall {
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionCall {
+    pub name: String,
+    /// A JSON text, as OpenAI sends it.
+    #[serde(default)]
+    pub arguments: String,
+}
+
+impl ToolCall {
+    /// The call as the model writes one: `{"name": ..., "arguments": {...}}`.
+    pub fn as_model_output(&self) -> String {
+        let arguments: serde_json::Value = serde_json::from_str(&self.function.arguments)
+            .unwrap_or_else(|_| serde_json::Value::String(self.function.arguments.clone()));
+        serde_json::json!({ "name": self.function.name, "arguments": arguments }).to_string()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,7 +77,13 @@ pub fn template_messages(messages: &[ChatMessage]) -> Result<Vec<Message>, ApiEr
                 .with_param(format!("messages[{i}].role")));
             }
             let content = match &m.content {
-                None => String::new(),
+                None => m
+                    .tool_calls
+                    .iter()
+                    .flatten()
+                    .map(ToolCall::as_model_output)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
                 Some(Content::Text(text)) => text.clone(),
                 Some(Content::Parts(parts)) => {
                     let mut text = String::new();
@@ -100,6 +131,15 @@ mod tests {
         let e = template_messages(&parse(r#"[{"role":"wizard","content":"x"}]"#)).unwrap_err();
         assert_eq!(e.status, 400);
         assert_eq!(e.param.as_deref(), Some("messages[0].role"));
+    }
+
+    #[test]
+    fn tool_calls_are_shown_as_the_json_the_model_wrote() {
+        let m = template_messages(&parse(
+            r#"[{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"x\": 1}"}}]}]"#,
+        ))
+        .unwrap();
+        assert_eq!(m[0].content, r#"{"name":"f","arguments":{"x":1}}"#);
     }
 
     #[test]

@@ -9,14 +9,18 @@ use crate::bindings::wasi::nn::errors::{Error as NnError, ErrorCode};
 use crate::bindings::wasi::nn::graph::{self, Graph};
 use crate::bindings::wasi::nn::inference::GraphExecutionContext;
 use crate::bindings::wasi::nn::tensor::{Tensor, TensorType};
-use crate::sampling::{Penalties, PenaltyParams, Sampler, SamplingParams};
+use crate::sampling::{self, Penalties, PenaltyParams, Sampler, SamplingParams, TokenLogprob};
 use crate::stop::StopFilter;
+use crate::structured::{Constraint, Structure};
+use crate::vocabulary::Vocabulary;
+use std::cell::OnceCell;
 
 /// A model a component may use: its graph and its tokenizer.
 pub struct Model {
     pub info: ModelInfo,
     tokenizer: Tokenizer,
     graph: Graph,
+    vocabulary: OnceCell<Vocabulary>,
 }
 
 /// The models this component may use, the first being the default.
@@ -35,7 +39,29 @@ impl Model {
             info: tokenizer.info(),
             tokenizer,
             graph,
+            vocabulary: OnceCell::new(),
         })
+    }
+
+    /// Each token's bytes, fetched from the host on first use.
+    pub fn vocabulary(&self) -> &Vocabulary {
+        self.vocabulary
+            .get_or_init(|| self.tokenizer.vocabulary().into())
+    }
+
+    /// Renders the chat template so that the model continues the last message, an assistant turn the
+    /// client started (a prefill), instead of opening a new turn.
+    pub fn continuation_prompt(&self, messages: &[Message]) -> Result<Vec<u32>, ApiError> {
+        let prompt = self
+            .tokenizer
+            .apply_chat_template(messages, false)
+            .map_err(text_error)?;
+        let last = messages.last().map_or("", |m| m.content.as_str());
+        let end = match prompt.rfind(last) {
+            Some(at) if !last.is_empty() => at + last.len(),
+            _ => prompt.len(),
+        };
+        self.encode(&prompt[..end])
     }
 
     /// Renders the chat template and tokenizes the prompt.
@@ -91,6 +117,9 @@ impl FinishReason {
 #[derive(Debug, Clone)]
 pub struct GenerationParams {
     pub max_tokens: u32,
+    /// The `max_tokens` the client asked for, before the cap: when prompt and it exceed the context the
+    /// request is refused rather than given a shorter completion.
+    pub requested_max_tokens: Option<u32>,
     pub sampling: SamplingParams,
     pub penalties: PenaltyParams,
     /// Added to the logits of these tokens before sampling.
@@ -99,6 +128,10 @@ pub struct GenerationParams {
     pub stop: Vec<String>,
     /// Stop generating (finish reason `length`) once this much time has passed.
     pub time_limit: Option<std::time::Duration>,
+    /// Output held to a JSON schema by constrained decoding.
+    pub structure: Option<Structure>,
+    /// Report each token's log-probability and this many alternatives (0-20).
+    pub logprobs: Option<usize>,
 }
 
 /// Largest number of new tokens a request may ask for, unless `NNSPIN_MAX_TOKENS_CAP` (a component's
@@ -119,6 +152,15 @@ pub struct Outcome {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub finish_reason: FinishReason,
+    /// The output is JSON held to the requested structure.
+    pub structured: bool,
+}
+
+/// Text that is ready to send, with the log-probabilities of the tokens generated since the last piece
+/// (when asked for).
+pub struct Piece<'a> {
+    pub text: &'a str,
+    pub logprobs: &'a [TokenLogprob],
 }
 
 /// Checks a generation against the model before anything runs (so a streaming API can still answer
@@ -134,6 +176,16 @@ pub fn check(model: &Model, prompt: &[u32], params: &GenerationParams) -> Result
             prompt.len()
         )));
     }
+    if let Some(requested) = params.requested_max_tokens
+        && prompt.len() + requested as usize > context
+    {
+        return Err(ApiError::context_length_exceeded(format!(
+            "the model's context length is {context} tokens, but {} were requested: {} in the prompt \
+             and {requested} for the completion",
+            prompt.len() + requested as usize,
+            prompt.len(),
+        )));
+    }
     let vocab = model.info.vocab_size;
     if let Some(&(token, _)) = params.logit_bias.iter().find(|(token, _)| *token >= vocab) {
         return Err(ApiError::bad_request(format!(
@@ -144,13 +196,13 @@ pub fn check(model: &Model, prompt: &[u32], params: &GenerationParams) -> Result
     Ok((params.max_tokens as usize).min(context - prompt.len()))
 }
 
-/// Generates a completion of `prompt`, handing each piece of text to `on_text` as soon as it is
-/// complete; `on_text` returns false to stop (the client disconnected).
+/// Generates a completion of `prompt`, handing each piece of text to `on_piece` as soon as it is
+/// complete; `on_piece` returns false to stop (the client disconnected).
 pub fn generate(
     model: &Model,
     prompt: &[u32],
     params: &GenerationParams,
-    mut on_text: impl FnMut(&str) -> bool,
+    mut on_piece: impl FnMut(Piece<'_>) -> bool,
 ) -> Result<Outcome, ApiError> {
     let budget = check(model, prompt, params)?;
     let execution = model
@@ -164,6 +216,8 @@ pub fn generate(
     if penalties.is_active() {
         prompt.iter().for_each(|&t| penalties.observe_prompt(t));
     }
+    let mut constraint = params.structure.clone().map(Constraint::new);
+    let mut logprobs = Vec::new();
     let mut stops = StopFilter::new(&params.stop);
     let eos = &model.info.eos_token_ids;
     let started = wasip2::clocks::monotonic_clock::now();
@@ -178,58 +232,84 @@ pub fn generate(
         prompt_tokens: prompt.len() as u32,
         completion_tokens: 0,
         finish_reason: FinishReason::Length,
+        structured: false,
     };
     let mut logits = step(&execution, prompt, 0)?;
     let mut position = prompt.len();
-    while (outcome.completion_tokens as usize) < budget {
+    let finished = loop {
+        if (outcome.completion_tokens as usize) >= budget || out_of_time() {
+            break FinishReason::Length;
+        }
         let row = last_row(&mut logits, vocab);
         penalties.apply(row);
         for &(token, bias) in &params.logit_bias {
             row[token as usize] += bias;
         }
+        if let Some(constraint) = &mut constraint {
+            constraint.mask(row, model.vocabulary(), eos)?;
+        }
         let token = sampler.sample(row);
         if eos.contains(&token) {
-            outcome.finish_reason = FinishReason::Stop;
-            break;
+            break FinishReason::Stop;
+        }
+        if let Some(top_n) = params.logprobs {
+            logprobs.push(sampling::logprobs(row, token, top_n));
         }
         outcome.completion_tokens += 1;
         penalties.observe_generated(token);
+        if let Some(constraint) = &mut constraint {
+            constraint.observe(model.vocabulary().token(token));
+            outcome.structured = constraint.is_json();
+        }
         let piece = detokenizer.push(token);
         let (text, stopped) = stops.push(&piece);
-        if !text.is_empty() && !on_text(&text) {
-            outcome.finish_reason = FinishReason::Cancelled;
-            return Ok(outcome);
+        if !text.is_empty() {
+            if !on_piece(Piece {
+                text: &text,
+                logprobs: &logprobs,
+            }) {
+                outcome.finish_reason = FinishReason::Cancelled;
+                return Ok(outcome);
+            }
+            logprobs.clear();
         }
-        if stopped {
-            outcome.finish_reason = FinishReason::Stop;
-            return Ok(outcome);
+        if stopped || constraint.as_ref().is_some_and(Constraint::is_complete) {
+            break FinishReason::Stop;
         }
-        if (outcome.completion_tokens as usize) == budget || out_of_time() {
-            break;
+        if (outcome.completion_tokens as usize) < budget {
+            logits = step(&execution, &[token], position)?;
+            position += 1;
         }
-        logits = step(&execution, &[token], position)?;
-        position += 1;
-    }
+    };
+    outcome.finish_reason = finished;
     // Text held back as a possible stop sequence's start turned out not to be one.
     let rest = stops.flush();
-    if !rest.is_empty() && !on_text(&rest) {
+    if (!rest.is_empty() || !logprobs.is_empty())
+        && !on_piece(Piece {
+            text: &rest,
+            logprobs: &logprobs,
+        })
+    {
         outcome.finish_reason = FinishReason::Cancelled;
     }
     Ok(outcome)
 }
 
-/// Generates the whole completion at once (no streaming) and returns its text.
+/// Generates the whole completion at once (no streaming): its text, and its tokens' log-probabilities
+/// when asked for.
 pub fn complete(
     model: &Model,
     prompt: &[u32],
     params: &GenerationParams,
-) -> Result<(String, Outcome), ApiError> {
+) -> Result<(String, Vec<TokenLogprob>, Outcome), ApiError> {
     let mut text = String::new();
+    let mut logprobs = Vec::new();
     let outcome = generate(model, prompt, params, |piece| {
-        text.push_str(piece);
+        text.push_str(piece.text);
+        logprobs.extend_from_slice(piece.logprobs);
         true
     })?;
-    Ok((text, outcome))
+    Ok((text, logprobs, outcome))
 }
 
 /// Runs the model on `tokens` placed after `past` cached positions; returns the logits bytes decoded.

@@ -16,8 +16,12 @@ pub mod chat;
 pub mod error;
 pub mod generate;
 pub mod http;
+pub mod json_grammar;
+pub mod json_schema;
 pub mod request;
 pub mod sampling;
 pub mod stop;
+pub mod structured;
+pub mod vocabulary;
 
 pub use error::ApiError;

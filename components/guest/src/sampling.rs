@@ -214,6 +214,37 @@ impl Penalties {
     }
 }
 
+/// A chosen token's log-probability and the most likely tokens of its step, best first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Log-probabilities of the distribution `logits` define (after penalties, biases and structure, before
+/// temperature): the chosen token's and the `top_n` best.
+pub fn logprobs(logits: &[f32], token: u32, top_n: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let log_total = max + sum.ln() as f32;
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(top_n + 1);
+    if top_n > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if best.len() < top_n || l > best[best.len() - 1].1 {
+                let at = best.partition_point(|&(_, b)| b >= l);
+                best.insert(at, (i as u32, l));
+                best.truncate(top_n);
+            }
+        }
+    }
+    TokenLogprob {
+        token,
+        logprob: logits[token as usize] - log_total,
+        top: best.into_iter().map(|(t, l)| (t, l - log_total)).collect(),
+    }
+}
+
 /// Index of the largest logit; the lowest index wins a tie, so greedy decoding is deterministic.
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -275,6 +306,26 @@ mod tests {
         penalties.apply(&mut logits);
         assert_eq!(logits, vec![5.0, 2.5, 5.0]);
         assert!(!Penalties::new(PenaltyParams::default(), 3).is_active());
+    }
+
+    #[test]
+    fn logprobs_are_normalised_and_ranked() {
+        let l = vec![
+            (0.5f32).ln(),
+            (0.25f32).ln(),
+            (0.25f32).ln(),
+            f32::NEG_INFINITY,
+        ];
+        let lp = logprobs(&l, 1, 2);
+        assert!((lp.logprob - (0.25f32).ln()).abs() < 1e-6);
+        assert_eq!(lp.top.len(), 2);
+        assert_eq!(
+            (lp.top[0].0, lp.top[1].0),
+            (0, 1),
+            "ties keep the lower id first"
+        );
+        assert!((lp.top[0].1 - (0.5f32).ln()).abs() < 1e-6);
+        assert!(logprobs(&l, 0, 0).top.is_empty());
     }
 
     #[test]

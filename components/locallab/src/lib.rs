@@ -59,7 +59,8 @@ impl wasip2::exports::http::incoming_handler::Guest for LocalLab {
 /// What a route answers once the request is validated.
 enum Reply {
     Json(Value),
-    Stream(StreamJob),
+    /// Boxed: a job holds the model and its settings, far larger than a JSON value.
+    Stream(Box<StreamJob>),
 }
 
 /// LocalLab reports input beyond the model's context as 413.
@@ -134,16 +135,16 @@ impl StreamJob {
         };
         let model_id = self.model.info.id.clone();
         let mut events = EventStream::start(out, framing);
-        let result =
-            generate::generate(&self.model, &self.prompt, &self.params, |piece| {
-                match self.kind {
+        let result = generate::generate(&self.model, &self.prompt, &self.params, |piece| {
+            let piece = piece.text;
+            match self.kind {
             StreamKind::Text => events.send(&piece.replace('\r', "\\r").replace('\n', "\\n")),
             StreamKind::Chat(_) => events.send_json(&json!({
                 "model": model_id,
                 "choices": [{ "index": 0, "delta": { "content": piece }, "finish_reason": null }],
             })),
         }
-            });
+        });
         match (&self.kind, result) {
             (StreamKind::Text, Ok(_)) => {}
             (StreamKind::Text, Err(error)) => {
@@ -194,14 +195,14 @@ fn generate_text(body: &[u8]) -> Result<Reply, ApiError> {
     let prompt = prompt_tokens(&model, request.system_prompt.as_deref(), &request.prompt)?;
     if request.settings.stream {
         generate::check(&model, &prompt, &params)?;
-        return Ok(Reply::Stream(StreamJob {
+        return Ok(Reply::Stream(Box::new(StreamJob {
             model,
             prompt,
             params,
             kind: StreamKind::Text,
-        }));
+        })));
     }
-    let (text, outcome) = generate::complete(&model, &prompt, &params)?;
+    let (text, _, outcome) = generate::complete(&model, &prompt, &params)?;
     Ok(Reply::Json(json!({
         "response": text,
         "text": text,
@@ -218,14 +219,14 @@ fn chat_completion(body: &[u8], head: &RequestHead) -> Result<Reply, ApiError> {
     if request.settings.stream {
         generate::check(&model, &prompt, &params)?;
         let kind = StreamKind::Chat(chat_framing(head));
-        return Ok(Reply::Stream(StreamJob {
+        return Ok(Reply::Stream(Box::new(StreamJob {
             model,
             prompt,
             params,
             kind,
-        }));
+        })));
     }
-    let (text, outcome) = generate::complete(&model, &prompt, &params)?;
+    let (text, _, outcome) = generate::complete(&model, &prompt, &params)?;
     Ok(Reply::Json(json!({
         "model": model.info.id,
         "choices": [{
@@ -256,7 +257,7 @@ fn generate_batch(body: &[u8]) -> Result<Reply, ApiError> {
     let mut responses = Vec::with_capacity(prompts.len());
     let (mut prompt_total, mut completion_total) = (0, 0);
     for prompt in &prompts {
-        let (text, outcome) = generate::complete(&model, prompt, &params)?;
+        let (text, _, outcome) = generate::complete(&model, prompt, &params)?;
         prompt_total += outcome.prompt_tokens;
         completion_total += outcome.completion_tokens;
         responses.push(text);

@@ -98,6 +98,8 @@ impl Settings {
         let greedy = self.do_sample == Some(false);
         GenerationParams {
             max_tokens: generate::max_new_tokens(self.requested_tokens(), DEFAULT_MAX_TOKENS),
+            // LocalLab shortens the completion to what the context leaves.
+            requested_max_tokens: None,
             sampling: SamplingParams {
                 temperature: if greedy {
                     0.0
@@ -117,6 +119,8 @@ impl Settings {
             logit_bias: Vec::new(),
             stop: Vec::new(),
             time_limit: self.max_time.map(std::time::Duration::from_secs_f32),
+            structure: None,
+            logprobs: None,
         }
     }
 }

@@ -4,26 +4,27 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use serde_json::Value;
 
 use nnspin_guest::ApiError;
 use nnspin_guest::chat::ChatMessage;
 use nnspin_guest::generate::{self, GenerationParams};
+use nnspin_guest::json_schema::Schema;
 use nnspin_guest::request::{check_range, parse_body};
 use nnspin_guest::sampling::{PenaltyParams, SamplingParams};
+use nnspin_guest::structured::Structure;
 
-/// `max_tokens` when the request gives none.
+/// `max_tokens` of a chat completion when the request gives none.
 const DEFAULT_MAX_TOKENS: u32 = 128;
 
-/// Fields of OpenAI's request that nnspin acts on; unknown fields are ignored, as OpenAI does.
+/// The sampling and streaming fields chat and legacy completions share; unknown fields are ignored, as
+/// OpenAI does.
 #[derive(Debug, Deserialize)]
-pub struct ChatRequest {
-    pub messages: Vec<ChatMessage>,
+pub struct SamplingFields {
     #[serde(default)]
     pub model: Option<String>,
     #[serde(default)]
     pub max_tokens: Option<u32>,
-    #[serde(default)]
-    pub max_completion_tokens: Option<u32>,
     #[serde(default)]
     pub temperature: Option<f32>,
     #[serde(default)]
@@ -50,6 +51,27 @@ pub struct ChatRequest {
     pub n: Option<u32>,
 }
 
+/// A chat completion request.
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+    #[serde(default)]
+    pub max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    pub logprobs: bool,
+    #[serde(default)]
+    pub top_logprobs: Option<u32>,
+    /// Checked by [`ChatRequest::structure`], so each mistake gets its own message.
+    #[serde(default)]
+    pub response_format: Option<Value>,
+    #[serde(default)]
+    pub tools: Option<Value>,
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+}
+
 /// `stop` is a string or a list of up to four strings.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -61,6 +83,8 @@ pub enum Stop {
 /// Most sequences `stop` may list, and most choices `n` may ask for.
 const MAX_STOP: usize = 4;
 const MAX_CHOICES: u32 = 8;
+/// Most alternatives `top_logprobs` may ask for.
+const MAX_TOP_LOGPROBS: u32 = 20;
 
 #[derive(Debug, Deserialize)]
 pub struct StreamOptions {
@@ -68,16 +92,96 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
+/// OpenAI answers every invalid request with 400 (the shared parser says 422 for JSON of the wrong
+/// shape, as LocalLab's FastAPI does).
+pub fn openai_status(mut error: ApiError) -> ApiError {
+    if error.status == 422 {
+        error.status = 400;
+    }
+    error
+}
+
+/// Parses an OpenAI request body: 400 for malformed JSON or the wrong shape.
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    parse_body(body).map_err(openai_status)
+}
+
 impl ChatRequest {
-    /// 400 for malformed JSON, 422 for JSON of the wrong shape, 400 naming the parameter for values
-    /// out of range.
+    /// 400 for malformed JSON, JSON of the wrong shape, and values out of range (naming the parameter).
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let request: Self = parse_body(body)?;
-        request.validate()?;
+        let request: Self = parse(body)?;
+        request.sampling.validate()?;
+        if let Some(0) = request.max_completion_tokens {
+            return Err(
+                ApiError::bad_request("`max_completion_tokens` must be at least 1")
+                    .with_param("max_completion_tokens"),
+            );
+        }
+        if let Some(top) = request.top_logprobs {
+            if top > MAX_TOP_LOGPROBS {
+                return Err(ApiError::bad_request(format!(
+                    "`top_logprobs` must be between 0 and {MAX_TOP_LOGPROBS}, got {top}"
+                ))
+                .with_param("top_logprobs"));
+            }
+            if !request.logprobs {
+                return Err(
+                    ApiError::bad_request("`top_logprobs` needs `logprobs` set to true")
+                        .with_param("top_logprobs"),
+                );
+            }
+        }
         Ok(request)
     }
 
-    fn validate(&self) -> Result<(), ApiError> {
+    /// `top_logprobs` alternatives per token, when `logprobs` is on.
+    pub fn logprobs(&self) -> Option<usize> {
+        self.logprobs
+            .then(|| self.top_logprobs.unwrap_or(0) as usize)
+    }
+
+    /// What `response_format` asks of the output; 400 naming it for anything malformed.
+    pub fn response_structure(&self) -> Result<Option<Structure>, ApiError> {
+        let invalid =
+            |message: String| ApiError::bad_request(message).with_param("response_format");
+        let Some(format) = &self.response_format else {
+            return Ok(None);
+        };
+        match format.get("type").and_then(Value::as_str) {
+            Some("text") => Ok(None),
+            Some("json_object") => Ok(Some(Structure::Json(Schema::any_object()))),
+            Some("json_schema") => {
+                let schema = format
+                    .get("json_schema")
+                    .and_then(|s| s.get("schema"))
+                    .ok_or_else(|| {
+                        invalid("`response_format.json_schema.schema` is required".into())
+                    })?;
+                let schema = Schema::compile(schema)
+                    .map_err(|e| invalid(format!("`response_format.json_schema`: {e}")))?;
+                Ok(Some(Structure::Json(schema)))
+            }
+            Some(other) => Err(invalid(format!(
+                "`response_format.type` must be text, json_object or json_schema, got {other:?}"
+            ))),
+            None => Err(invalid(
+                "`response_format` must be an object with a `type`".into(),
+            )),
+        }
+    }
+
+    /// Generation settings for choice `index`.
+    pub fn generation_params(&self, index: u32) -> GenerationParams {
+        let mut params =
+            self.sampling
+                .generation_params(index, self.max_completion_tokens, DEFAULT_MAX_TOKENS);
+        params.logprobs = self.logprobs();
+        params
+    }
+}
+
+impl SamplingFields {
+    pub fn validate(&self) -> Result<(), ApiError> {
         check_range("temperature", self.temperature, 0.0, 2.0)?;
         check_range("top_p", self.top_p, 0.0, 1.0)?;
         check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)?;
@@ -97,14 +201,9 @@ impl ChatRequest {
             .with_param("n"));
         }
         self.logit_bias()?;
-        if let Some(0) = self.max_tokens.or(self.max_completion_tokens) {
-            let param = if self.max_tokens.is_some() {
-                "max_tokens"
-            } else {
-                "max_completion_tokens"
-            };
+        if let Some(0) = self.max_tokens {
             return Err(
-                ApiError::bad_request(format!("`{param}` must be at least 1")).with_param(param),
+                ApiError::bad_request("`max_tokens` must be at least 1").with_param("max_tokens")
             );
         }
         Ok(())
@@ -156,14 +255,21 @@ impl ChatRequest {
             .collect()
     }
 
-    /// Generation settings for choice `index` (each choice samples with its own seed).
-    pub fn generation_params(&self, index: u32) -> GenerationParams {
-        let requested = self.max_completion_tokens.or(self.max_tokens);
+    /// Generation settings for choice `index` (each choice samples with its own seed); `max_tokens`
+    /// unless `newer_max` (chat's `max_completion_tokens`) is given, else `default_max`.
+    pub fn generation_params(
+        &self,
+        index: u32,
+        newer_max: Option<u32>,
+        default_max: u32,
+    ) -> GenerationParams {
+        let requested = newer_max.or(self.max_tokens);
         let seed = self
             .seed
             .unwrap_or_else(wasip2::random::random::get_random_u64);
         GenerationParams {
-            max_tokens: generate::max_new_tokens(requested, DEFAULT_MAX_TOKENS),
+            max_tokens: generate::max_new_tokens(requested, default_max),
+            requested_max_tokens: requested,
             sampling: SamplingParams {
                 temperature: self.temperature.unwrap_or(1.0),
                 top_p: self.top_p.unwrap_or(1.0),
@@ -178,6 +284,8 @@ impl ChatRequest {
             logit_bias: self.logit_bias().unwrap_or_default(),
             stop: self.stop_sequences(),
             time_limit: None,
+            structure: None,
+            logprobs: None,
         }
     }
 }
@@ -195,9 +303,9 @@ mod tests {
     }
 
     #[test]
-    fn missing_messages_is_422() {
+    fn missing_messages_is_400() {
         let e = ChatRequest::parse(br#"{"model": "x"}"#).unwrap_err();
-        assert_eq!(e.status, 422);
+        assert_eq!(e.status, 400);
         assert!(e.message.contains("messages"), "{}", e.message);
     }
 

@@ -1,10 +1,14 @@
-//! OpenAI's response shapes: `chat.completion`, `chat.completion.chunk` and `model`.
+//! OpenAI's response shapes: `chat.completion`, `chat.completion.chunk`, `text_completion`, `model`,
+//! and the two shapes of `logprobs`.
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use nnspin_guest::ApiError;
 use nnspin_guest::bindings::nnspin::llm::text::ModelInfo;
-use nnspin_guest::generate::Outcome;
+use nnspin_guest::http::EventStream;
+use nnspin_guest::sampling::TokenLogprob;
+use nnspin_guest::vocabulary::Vocabulary;
 
 const SYSTEM_FINGERPRINT: &str = concat!("nnspin-", env!("CARGO_PKG_VERSION"));
 
@@ -16,7 +20,8 @@ pub struct Completion {
 }
 
 impl Completion {
-    pub fn new(model: &str) -> Self {
+    /// `prefix` is `chatcmpl` or `cmpl`, as OpenAI's ids begin.
+    pub fn new(prefix: &str, model: &str) -> Self {
         let random = wasip2::random::random::get_random_bytes(12);
         let id = random
             .iter()
@@ -24,7 +29,7 @@ impl Completion {
             .collect::<String>();
         let created = wasip2::clocks::wall_clock::now().seconds;
         Self {
-            id: format!("chatcmpl-{id}"),
+            id: format!("{prefix}-{id}"),
             created,
             model: model.to_string(),
         }
@@ -70,74 +75,124 @@ impl Completion {
     }
 }
 
+/// A response object: a whole completion, or one chunk of a stream.
 #[derive(Serialize)]
-pub struct ChatCompletion<'a> {
+pub struct Response<'a> {
     #[serde(flatten)]
     head: Head<'a>,
     choices: Vec<Value>,
-    usage: Value,
-}
-
-impl<'a> ChatCompletion<'a> {
-    pub fn new(completion: &'a Completion, choices: Vec<(String, Outcome)>) -> Self {
-        let usage = Usage {
-            prompt_tokens: choices.first().map_or(0, |(_, o)| o.prompt_tokens),
-            completion_tokens: choices.iter().map(|(_, o)| o.completion_tokens).sum(),
-        };
-        Self {
-            head: completion.head("chat.completion"),
-            choices: choices
-                .into_iter()
-                .enumerate()
-                .map(|(index, (content, outcome))| {
-                    json!({
-                        "index": index,
-                        "message": { "role": "assistant", "content": content },
-                        "logprobs": null,
-                        "finish_reason": outcome.finish_reason.as_str(),
-                    })
-                })
-                .collect(),
-            usage: usage.json(),
-        }
-    }
-}
-
-#[derive(Serialize)]
-pub struct ChatChunk<'a> {
-    #[serde(flatten)]
-    head: Head<'a>,
-    choices: Vec<Value>,
-    /// Present (null until the last chunk) only when the client asked for usage.
+    /// In streams, present (null until the last chunk) only when the client asked for usage.
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<Value>,
 }
 
-impl<'a> ChatChunk<'a> {
-    pub fn new(
+impl<'a> Response<'a> {
+    pub fn whole(
         completion: &'a Completion,
-        index: u32,
-        delta: Value,
-        finish_reason: Option<&str>,
+        object: &'static str,
+        choices: Vec<Value>,
+        usage: &Usage,
+    ) -> Self {
+        Self {
+            head: completion.head(object),
+            choices,
+            usage: Some(usage.json()),
+        }
+    }
+
+    pub fn chunk(
+        completion: &'a Completion,
+        object: &'static str,
+        choice: Value,
         include_usage: bool,
     ) -> Self {
         Self {
-            head: completion.head("chat.completion.chunk"),
-            choices: vec![
-                json!({ "index": index, "delta": delta, "logprobs": null, "finish_reason": finish_reason }),
-            ],
+            head: completion.head(object),
+            choices: vec![choice],
             usage: include_usage.then_some(Value::Null),
         }
     }
 
     /// The extra last chunk of `stream_options.include_usage`: no choices, the usage.
-    pub fn usage(completion: &'a Completion, usage: &Usage) -> Self {
+    pub fn usage_chunk(completion: &'a Completion, object: &'static str, usage: &Usage) -> Self {
         Self {
-            head: completion.head("chat.completion.chunk"),
+            head: completion.head(object),
             choices: Vec::new(),
             usage: Some(usage.json()),
         }
     }
+}
+
+/// Ends a stream: the usage chunk when the client asked for one, then `[DONE]`.
+pub fn end_stream(
+    mut events: EventStream,
+    completion: &Completion,
+    object: &'static str,
+    usage: Option<&Usage>,
+) {
+    if let Some(usage) = usage {
+        events.send_json(&Response::usage_chunk(completion, object, usage));
+    }
+    events.send("[DONE]");
+    events.finish();
+}
+
+/// Ends a stream that failed after it started (its status already sent): the error is its last event.
+pub fn fail_stream(mut events: EventStream, error: &ApiError) {
+    events.send_json(&error.body());
+    events.send("[DONE]");
+    events.finish();
+}
+
+/// A token as logprobs show it: its text (lossy where it holds part of a character) and its bytes.
+pub fn token_text(vocabulary: &Vocabulary, token: u32) -> (String, &[u8]) {
+    let bytes = vocabulary.token(token);
+    (String::from_utf8_lossy(bytes).into_owned(), bytes)
+}
+
+/// Chat's `logprobs.content`: one entry per token with its `top_logprobs`.
+pub fn chat_logprobs(vocabulary: &Vocabulary, logprobs: &[TokenLogprob]) -> Value {
+    let entry = |token: u32, logprob: f32| {
+        let (text, bytes) = token_text(vocabulary, token);
+        json!({ "token": text, "logprob": logprob, "bytes": bytes })
+    };
+    let content: Vec<Value> = logprobs
+        .iter()
+        .map(|lp| {
+            let mut e = entry(lp.token, lp.logprob);
+            e["top_logprobs"] = lp.top.iter().map(|&(t, l)| entry(t, l)).collect();
+            e
+        })
+        .collect();
+    json!({ "content": content, "refusal": null })
+}
+
+/// The legacy completions' `logprobs`: parallel lists, offsets counted from `offset` in the text.
+pub fn legacy_logprobs(vocabulary: &Vocabulary, logprobs: &[TokenLogprob], offset: usize) -> Value {
+    let mut tokens = Vec::with_capacity(logprobs.len());
+    let mut token_logprobs = Vec::with_capacity(logprobs.len());
+    let mut top = Vec::with_capacity(logprobs.len());
+    let mut offsets = Vec::with_capacity(logprobs.len());
+    let mut at = offset;
+    for lp in logprobs {
+        let (text, _) = token_text(vocabulary, lp.token);
+        offsets.push(at);
+        at += text.len();
+        tokens.push(text);
+        token_logprobs.push(lp.logprob);
+        let alternatives: serde_json::Map<String, Value> = lp
+            .top
+            .iter()
+            .map(|&(t, l)| (token_text(vocabulary, t).0, json!(l)))
+            .collect();
+        top.push(alternatives);
+    }
+    json!({
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": top,
+        "text_offset": offsets,
+    })
 }
 
 pub fn model_object(model: &ModelInfo) -> Value {

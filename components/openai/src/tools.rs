@@ -1,0 +1,309 @@
+//! Tool calling: the functions of `tools` are described to the model in the system prompt, and a call
+//! is written as `{"name": ..., "arguments": {...}}`, held by constrained decoding to the schema of the
+//! chosen function. `tool_choice` decides whether the model may (`auto`), must (`required`, a named
+//! function) or may not (`none`) call one; with `auto` the model's first token decides.
+
+use serde_json::{Map, Value, json};
+
+use nnspin_guest::ApiError;
+use nnspin_guest::bindings::nnspin::llm::text::Message;
+use nnspin_guest::json_schema::Schema;
+use nnspin_guest::structured::Structure;
+
+/// A function the model may call.
+#[derive(Debug, Clone)]
+pub struct Function {
+    pub name: String,
+    pub description: Option<String>,
+    pub parameters: Value,
+}
+
+/// The tools a request offers and what it asks of the model.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    /// The functions the model may call now (all of them, or the one `tool_choice` names).
+    callable: Vec<Function>,
+    /// The model must call one.
+    required: bool,
+}
+
+fn invalid(param: &str, message: impl Into<String>) -> ApiError {
+    ApiError::bad_request(message).with_param(param)
+}
+
+impl Tools {
+    /// Reads `tools` and `tool_choice`; `None` when no function may be called.
+    pub fn from_request(
+        tools: Option<&Value>,
+        tool_choice: Option<&Value>,
+    ) -> Result<Option<Self>, ApiError> {
+        let functions = match tools {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(tools)) => tools
+                .iter()
+                .enumerate()
+                .map(|(i, tool)| function(i, tool))
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(invalid("tools", "`tools` must be an array")),
+        };
+        let choice = match tool_choice {
+            None | Some(Value::Null) => "auto",
+            Some(Value::String(choice)) => match choice.as_str() {
+                "auto" | "none" | "required" => choice.as_str(),
+                other => {
+                    return Err(invalid(
+                        "tool_choice",
+                        format!(
+                            "`tool_choice` must be auto, none, required or a function, got {other:?}"
+                        ),
+                    ));
+                }
+            },
+            Some(Value::Object(named)) => {
+                let name = named
+                    .get("function")
+                    .and_then(|f| f.get("name"))
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        invalid(
+                            "tool_choice",
+                            "`tool_choice` must name a function: {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                        )
+                    })?;
+                let Some(chosen) = functions.iter().find(|f| f.name == name) else {
+                    return Err(invalid(
+                        "tool_choice",
+                        format!("`tool_choice` names {name:?}, which is not in `tools`"),
+                    ));
+                };
+                return Ok(Some(Self {
+                    callable: vec![chosen.clone()],
+                    required: true,
+                }));
+            }
+            Some(_) => {
+                return Err(invalid(
+                    "tool_choice",
+                    "`tool_choice` must be a string or an object",
+                ));
+            }
+        };
+        if choice == "required" && functions.is_empty() {
+            return Err(invalid(
+                "tool_choice",
+                "`tool_choice` is required but `tools` is empty",
+            ));
+        }
+        if choice == "none" || functions.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            callable: functions,
+            required: choice == "required",
+        }))
+    }
+
+    /// Tells the model about the functions: added to the system message (or as one, first).
+    pub fn describe(&self, messages: &mut Vec<Message>) {
+        let listing: Vec<String> = self
+            .callable
+            .iter()
+            .map(|f| {
+                json!({"name": f.name, "description": f.description, "parameters": f.parameters})
+                    .to_string()
+            })
+            .collect();
+        let instruction = if self.required {
+            "Call one of them: reply with only a JSON object of the form"
+        } else {
+            "To call one, reply with only a JSON object of the form"
+        };
+        let text = format!(
+            "You can call these functions:\n{}\n{instruction} {{\"name\": <function name>, \"arguments\": <arguments object>}}.",
+            listing.join("\n")
+        );
+        match messages.first_mut() {
+            Some(first) if first.role == "system" => {
+                first.content = format!("{}\n\n{text}", first.content);
+            }
+            _ => messages.insert(
+                0,
+                Message {
+                    role: "system".into(),
+                    content: text,
+                },
+            ),
+        }
+    }
+
+    /// The output's structure: a call of one of the callable functions, or (with `auto`) text instead.
+    pub fn structure(&self) -> Result<Structure, ApiError> {
+        let mut definitions = Map::new();
+        let calls: Vec<Value> = self
+            .callable
+            .iter()
+            .map(|f| {
+                // `$ref`s inside parameters point at their own `$defs`; gather them at the root.
+                for key in ["$defs", "definitions"] {
+                    if let Some(Value::Object(defs)) = f.parameters.get(key) {
+                        let target = definitions
+                            .entry(key)
+                            .or_insert_with(|| Value::Object(Map::new()));
+                        if let Value::Object(target) = target {
+                            target.extend(defs.clone());
+                        }
+                    }
+                }
+                json!({
+                    "type": "object",
+                    "properties": {"name": {"const": f.name}, "arguments": f.parameters},
+                    "required": ["name", "arguments"],
+                })
+            })
+            .collect();
+        let mut schema = json!({ "anyOf": calls });
+        if let Value::Object(root) = &mut schema {
+            root.extend(definitions);
+        }
+        let schema = Schema::compile(&schema)
+            .map_err(|e| invalid("tools", format!("a function's `parameters`: {e}")))?;
+        Ok(if self.required {
+            Structure::Json(schema)
+        } else {
+            Structure::JsonOrText(schema)
+        })
+    }
+}
+
+fn function(index: usize, tool: &Value) -> Result<Function, ApiError> {
+    let param = format!("tools[{index}]");
+    if tool.get("type").and_then(Value::as_str) != Some("function") {
+        return Err(invalid(
+            &param,
+            format!("`{param}.type` must be \"function\""),
+        ));
+    }
+    let f = tool
+        .get("function")
+        .ok_or_else(|| invalid(&param, format!("`{param}.function` is required")))?;
+    let name = f
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| {
+            !n.is_empty()
+                && n.len() <= 64
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        })
+        .ok_or_else(|| {
+            invalid(
+                &param,
+                format!("`{param}.function.name` must be 1-64 letters, digits, _ or -"),
+            )
+        })?;
+    let parameters = match f.get("parameters") {
+        None | Some(Value::Null) => json!({"type": "object", "properties": {}}),
+        Some(p @ Value::Object(_)) => p.clone(),
+        Some(_) => {
+            return Err(invalid(
+                &param,
+                format!("`{param}.function.parameters` must be a JSON Schema object"),
+            ));
+        }
+    };
+    Schema::compile(&parameters)
+        .map_err(|e| invalid(&param, format!("`{param}.function.parameters`: {e}")))?;
+    Ok(Function {
+        name: name.to_string(),
+        description: f
+            .get("description")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        parameters,
+    })
+}
+
+/// A call the model wrote: the function's name and its arguments as a JSON text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub name: String,
+    pub arguments: String,
+}
+
+impl Call {
+    /// Reads a structured output as a call; `None` if it is not one (such as a cut-off output).
+    pub fn parse(output: &str) -> Option<Self> {
+        let value: Value = serde_json::from_str(output).ok()?;
+        Some(Self {
+            name: value.get("name")?.as_str()?.to_string(),
+            arguments: value.get("arguments")?.to_string(),
+        })
+    }
+
+    /// OpenAI's `tool_calls` entry, with a fresh id.
+    pub fn to_json(&self) -> Value {
+        let random = wasip2::random::random::get_random_bytes(12);
+        let id: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        json!({
+            "id": format!("call_{id}"),
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tools() -> Value {
+        json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}])
+    }
+
+    #[test]
+    fn tool_choice_is_validated() {
+        let t = tools();
+        assert!(Tools::from_request(Some(&t), None).unwrap().is_some());
+        assert!(
+            Tools::from_request(Some(&t), Some(&json!("none")))
+                .unwrap()
+                .is_none()
+        );
+        for (tools, choice) in [
+            (
+                t.clone(),
+                json!({"type": "function", "function": {"name": "nope"}}),
+            ),
+            (t.clone(), json!("sometimes")),
+            (json!([]), json!("required")),
+            (
+                json!([{"type": "function", "function": {"name": "bad name"}}]),
+                json!("auto"),
+            ),
+            (json!({"not": "a list"}), json!("auto")),
+        ] {
+            let e = Tools::from_request(Some(&tools), Some(&choice)).unwrap_err();
+            assert_eq!(e.status, 400, "{tools} {choice}");
+        }
+    }
+
+    #[test]
+    fn described_in_the_system_message_and_parsed_back() {
+        let tools = Tools::from_request(Some(&tools()), Some(&json!("required")))
+            .unwrap()
+            .unwrap();
+        let mut messages = vec![Message {
+            role: "user".into(),
+            content: "hi".into(),
+        }];
+        tools.describe(&mut messages);
+        assert_eq!(messages[0].role, "system");
+        assert!(messages[0].content.contains("get_weather"));
+        assert!(matches!(tools.structure().unwrap(), Structure::Json(_)));
+        let call =
+            Call::parse(r#"{"name": "get_weather", "arguments": {"city": "Paris"}}"#).unwrap();
+        assert_eq!(call.arguments, r#"{"city":"Paris"}"#);
+        assert!(Call::parse(r#"{"name": "get_weather", "argu"#).is_none());
+    }
+}

@@ -1,0 +1,192 @@
+"""Structured output, tool calling and logprobs on the real default model, through the official SDK:
+outputs are held to their schema by constrained decoding, so they must parse and validate."""
+
+import json
+
+import httpx
+import jsonschema
+import openai
+import pytest
+
+from conftest import DEFAULT_MODEL, TINY_MODEL
+from test_openai_api import assert_json_error
+
+CITY = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 40},
+        "country": {"type": "string", "maxLength": 40},
+        "population": {"type": "integer"},
+        "landmarks": {"type": "array", "items": {"type": "string", "maxLength": 40}, "maxItems": 3},
+        "capital": {"type": "boolean"},
+    },
+    "required": ["name", "country", "population", "landmarks", "capital"],
+    "additionalProperties": False,
+}
+CITY_FORMAT = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY, "strict": True}}
+CITY_QUESTION = [{"role": "user", "content": "Describe Paris as JSON: name, country, population, landmarks."}]
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "Get the local time in a time zone",
+        "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]},
+    },
+}
+WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def client(host):
+    return openai.OpenAI(base_url=host.openai_url, api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.mark.parametrize("temperature, seed", [(0, None), (1.0, 3), (1.0, 11)])
+def test_json_schema_output_parses_and_validates(client, temperature, seed):
+    completion = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=CITY_QUESTION, response_format=CITY_FORMAT,
+        temperature=temperature, seed=seed, max_tokens=200,
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "stop", choice.message.content
+    jsonschema.validate(json.loads(choice.message.content), CITY)
+
+
+def test_json_schema_streams_the_same_valid_output(client):
+    kwargs = dict(model=DEFAULT_MODEL, messages=CITY_QUESTION, response_format=CITY_FORMAT, temperature=0,
+                  max_tokens=200)
+    whole = client.chat.completions.create(**kwargs).choices[0].message.content
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kwargs)
+                       if c.choices)
+    assert streamed == whole
+    jsonschema.validate(json.loads(streamed), CITY)
+
+
+def test_json_object_mode_returns_an_object(client):
+    completion = client.chat.completions.create(
+        model=DEFAULT_MODEL, temperature=0, max_tokens=120, response_format={"type": "json_object"},
+        messages=[{"role": "user", "content": 'Reply with a JSON object with one key, "capital", giving the capital of France.'}],
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "stop"
+    assert isinstance(json.loads(choice.message.content), dict)
+
+
+def test_required_tool_choice_returns_a_valid_call(client):
+    completion = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=WEATHER_QUESTION, tools=[WEATHER, TIME], tool_choice="required",
+        temperature=0,
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.id.startswith("call_") and call.type == "function"
+    tool = {"get_weather": WEATHER, "get_time": TIME}[call.function.name]
+    jsonschema.validate(json.loads(call.function.arguments), tool["function"]["parameters"])
+
+
+def test_named_tool_choice_calls_that_function(client):
+    completion = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=WEATHER_QUESTION, tools=[WEATHER, TIME],
+        tool_choice={"type": "function", "function": {"name": "get_time"}}, temperature=0,
+    )
+    (call,) = completion.choices[0].message.tool_calls
+    assert call.function.name == "get_time"
+    jsonschema.validate(json.loads(call.function.arguments), TIME["function"]["parameters"])
+
+
+def test_streamed_tool_call_accumulates_like_openai(client):
+    stream = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=WEATHER_QUESTION, tools=[WEATHER], tool_choice="required",
+        temperature=0, stream=True,
+    )
+    name, arguments, finish = "", "", None
+    for chunk in stream:
+        delta = chunk.choices[0].delta
+        for call in delta.tool_calls or []:
+            assert call.index == 0
+            name += call.function.name or ""
+            arguments += call.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert (name, finish) == ("get_weather", "tool_calls")
+    jsonschema.validate(json.loads(arguments), WEATHER["function"]["parameters"])
+
+
+def test_tool_results_come_back_as_tool_messages(client):
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": json.dumps({"city": "Paris", "unit": "celsius"})}}
+    messages = WEATHER_QUESTION + [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": json.dumps({"temperature": 21, "sky": "sunny"})},
+    ]
+    completion = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=messages, tools=[WEATHER], tool_choice="none", temperature=0, max_tokens=40,
+    )
+    choice = completion.choices[0]
+    assert choice.message.tool_calls is None
+    assert choice.message.content
+
+
+def test_auto_tool_choice_lets_the_model_answer_in_text(client):
+    completion = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=[{"role": "user", "content": "Write a haiku about the sea."}],
+        tools=[WEATHER], temperature=0, max_tokens=40,
+    )
+    choice = completion.choices[0]
+    assert choice.message.tool_calls is None and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+
+
+def test_logprobs_tokens_concatenate_to_the_content(client):
+    kwargs = dict(model=DEFAULT_MODEL, messages=[{"role": "user", "content": "Name three colours."}],
+                  temperature=0, max_tokens=24, logprobs=True, top_logprobs=3)
+    choice = client.chat.completions.create(**kwargs).choices[0]
+    entries = choice.logprobs.content
+    assert "".join(e.token for e in entries) == choice.message.content
+    for e in entries:
+        assert e.logprob <= 0 and len(e.top_logprobs) == 3
+        assert [t.logprob for t in e.top_logprobs] == sorted((t.logprob for t in e.top_logprobs), reverse=True)
+        # Greedy decoding picks the most likely token.
+        assert e.top_logprobs[0].token == e.token and e.top_logprobs[0].logprob == pytest.approx(e.logprob)
+        assert bytes(e.bytes).decode("utf-8", "replace") == e.token
+    streamed = [e for c in client.chat.completions.create(stream=True, **kwargs) if c.choices and c.choices[0].logprobs
+                for e in c.choices[0].logprobs.content]
+    assert [e.token for e in streamed] == [e.token for e in entries]
+
+
+@pytest.mark.parametrize(
+    "extra, param",
+    [
+        ({"response_format": {"type": "xml"}}, "response_format"),
+        ({"response_format": "json"}, "response_format"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+            "type": "string", "pattern": "^a$"}}}}, "response_format"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+        ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice"),
+        ({"tools": "get_weather"}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "has space"}}]}, "tools[0]"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens"),
+    ],
+)
+def test_invalid_structure_tools_and_logprobs_are_400(host, extra, param):
+    body = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, **extra}
+    error = assert_json_error(httpx.post(host.openai_url + "/chat/completions", json=body), 400)
+    assert error["error"]["param"] == param
