@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Single-stream figures of a running nnspin host, measured from the client side over HTTP.
+"""Single-stream figures of nnspin, measured from the client side over HTTP, per inference backend.
 
-    bench/serve.py                       # starts target/debug/nnspin with spin.toml on a free port
+    bench/serve.py                       # starts target/debug/nnspin with spin.toml on each backend in turn
+    bench/serve.py --backends openvino   # one backend
     bench/serve.py --url http://host:port
 
-Prints: per-request latency of a cold-started handler (GET /health: a fresh component instance each time),
-time to first token for prompts of several lengths, and single-stream decode tokens/s (greedy, streamed).
+Prints, per backend: per-request latency of a cold-started handler (GET /health: a fresh component
+instance each time), time to first token for prompts of several lengths, and single-stream decode
+tokens/s (greedy, streamed); then a side-by-side table with each backend's ratio to the first one.
 Each figure is the median of --repeat runs, since the machine is noisy.
 """
 
@@ -22,9 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 FILLER = "The quick brown fox jumps over the lazy dog. "
 
 
-def start_host() -> tuple[subprocess.Popen, str]:
+def start_host(backend: str) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
-        [str(ROOT / "target/debug/nnspin"), "up", "--listen", "127.0.0.1:0"],
+        [str(ROOT / "target/debug/nnspin"), "up", "--listen", "127.0.0.1:0", "--backend", backend],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     url = None
@@ -72,32 +74,52 @@ def stream(url: str, model: str, prompt: str, max_tokens: int) -> tuple[float, i
     return first - started, tokens, rate, usage["prompt_tokens"]
 
 
+def measure(url: str, model: str, repeat: int) -> dict[str, float]:
+    """Runs every figure against one host; returns them by name, printing as it goes."""
+    figures = {}
+    stream(url, model, "Hi", 4)  # warm up
+    health = sorted(health_latency(url, 500))
+    figures["GET /health p50, us"] = 1e6 * health[len(health) // 2]
+    figures["GET /health p99, us"] = 1e6 * health[int(len(health) * 0.99)]
+    for words in (4, 60, 300):
+        prompt = (FILLER * (words // 9 + 1))[: words * 6] + " Summarize."
+        runs = [stream(url, model, prompt, 1) for _ in range(repeat)]
+        figures[f"TTFT {runs[0][3]}-token prompt, ms"] = 1000 * statistics.median(r[0] for r in runs)
+    runs = [stream(url, model, "Write a long story about a dragon and a knight.", 128) for _ in range(repeat)]
+    figures[f"decode {runs[0][1]} tokens, tok/s"] = statistics.median(r[2] for r in runs)
+    for name, value in figures.items():
+        print(f"  {name}: {value:.1f}", flush=True)
+    return figures
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--url")
+    p.add_argument("--url", help="measure a running host instead of starting one per backend")
+    p.add_argument("--backends", default="onnxruntime,openvino")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
-    process = None
-    url = args.url
-    if not url:
-        process, url = start_host()
-    try:
-        stream(url, args.model, "Hi", 4)  # warm up
-        health = sorted(health_latency(url, 500))
-        print(f"GET /health (fresh instance per request): p50 {1e6 * health[len(health) // 2]:.0f} us, "
-              f"p99 {1e6 * health[int(len(health) * 0.99)]:.0f} us")
-        for words in (4, 60, 300):
-            prompt = (FILLER * (words // 9 + 1))[: words * 6] + " Summarize."
-            runs = [stream(url, args.model, prompt, 1) for _ in range(args.repeat)]
-            ttft = statistics.median(r[0] for r in runs)
-            print(f"time to first token, {runs[0][3]:4d}-token prompt: {1000 * ttft:.0f} ms")
-        runs = [stream(url, args.model, "Write a long story about a dragon and a knight.", 128)
-                for _ in range(args.repeat)]
-        print(f"decode, single stream, {runs[0][1]} tokens: {statistics.median(r[2] for r in runs):.1f} tokens/s")
-    finally:
-        if process:
+    if args.url:
+        measure(args.url, args.model, args.repeat)
+        return
+    results = {}
+    for backend in args.backends.split(","):
+        print(f"{backend}:", flush=True)
+        process, url = start_host(backend)
+        try:
+            results[backend] = measure(url, args.model, args.repeat)
+        finally:
             process.terminate()
+            process.wait()
+    backends = list(results)
+    names = list(results[backends[0]])
+    print("\n| figure | " + " | ".join(backends) + " | " + " | ".join(f"{b} / {backends[0]}" for b in backends[1:]) + " |")
+    print("|---|" + "---|" * (2 * len(backends) - 1))
+    for name in names:
+        values = [results[b].get(name, float("nan")) for b in backends]
+        ratios = [v / values[0] if values[0] else float("nan") for v in values[1:]]
+        print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in values) + " | "
+              + " | ".join(f"{r:.2f}" for r in ratios) + " |")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ class Host:
         self.process = process
         self.url = url
         self.log = log
+        self.backend = "onnxruntime"
 
     @property
     def openai_url(self) -> str:
@@ -89,8 +90,12 @@ ai_models = [{listed}]
     return manifest
 
 
-@pytest.fixture(scope="session")
-def host(tmp_path_factory) -> Host:
+# Every test of the shared host runs on each backend, on the same model files.
+BACKENDS = ["onnxruntime", "openvino"]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def host(request, tmp_path_factory) -> Host:
     components = ROOT / "target" / "wasm32-wasip2" / "release"
     assert (components / "nnspin_locallab.wasm").exists(), "build the components first (tools/setup.sh)"
     manifest = tmp_path_factory.mktemp("app") / "spin.toml"
@@ -141,7 +146,8 @@ files = [{{ source = "{granted}", destination = "/data" }}]
 """
     )
     # Short enough that the endless-loop test ends quickly.
-    started = start_host(manifest, "--max-instance-cpu-ms", "2000")
+    started = start_host(manifest, "--max-instance-cpu-ms", "2000", "--backend", request.param)
+    started.backend = request.param
     yield started
     alive = started.process.poll() is None
     started.process.terminate()

@@ -37,6 +37,11 @@ def test_health(host):
     assert response.json() == {"ok": True}
 
 
+def test_models_report_their_backend_and_device(host):
+    for model in httpx.get(host.openai_url + "/models").json()["data"]:
+        assert (model["backend"], model["device"]) == (host.backend, "cpu")
+
+
 def test_models_lists_every_model_of_the_component(client):
     ids = [m.id for m in client.models.list().data]
     assert ids == [DEFAULT_MODEL, TINY_MODEL]

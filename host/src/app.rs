@@ -14,7 +14,7 @@ use crate::instance::{EPOCH_TICK, InstanceState, Sandbox, linker};
 use crate::manifest::{FileMount, Manifest, Router};
 use crate::metrics::Metrics;
 use crate::models::{ContextLimits, ModelAccess, ModelRegistry};
-use crate::nn::backend::{Backend, LoadOptions};
+use crate::models::{ModelSettings, Placement};
 use crate::outbound::OutboundPolicy;
 use crate::rate_limit::RateLimiter;
 
@@ -25,7 +25,10 @@ pub struct AppConfig {
     pub models_dir: PathBuf,
     /// Where compiled components are cached; `None` compiles at every start.
     pub cache_dir: Option<PathBuf>,
-    pub threads: usize,
+    /// Backend, device, threads and format of models spin.toml does not place otherwise.
+    pub model_defaults: ModelSettings,
+    /// Load a model on the CPU when its GPU fails, instead of refusing to start.
+    pub cpu_fallback: bool,
     /// Most concurrent instances the pooling allocator reserves room for.
     pub max_instances: u32,
     /// Linear memory one instance may grow to.
@@ -54,20 +57,21 @@ pub struct App {
 }
 
 impl App {
-    pub fn load(config: &AppConfig, backend: Arc<dyn Backend>) -> wasmtime::Result<Self> {
+    pub fn load(config: &AppConfig) -> wasmtime::Result<Self> {
         let manifest = Manifest::load(&config.manifest)?;
         let base = config.manifest.parent().unwrap_or(Path::new("."));
         let engine = engine(config)?;
 
         // Models and components are independent: load the models while Cranelift compiles.
-        let options = LoadOptions {
-            threads: config.threads,
+        let placement = Placement {
+            defaults: config.model_defaults.clone(),
+            overrides: manifest.model.clone(),
+            cpu_fallback: config.cpu_fallback,
         };
         let metrics = Arc::new(Metrics::default());
         let registry = Arc::new(ModelRegistry::new(
             &config.models_dir,
-            backend,
-            options,
+            placement,
             config.context_limits,
             metrics.clone(),
         ));

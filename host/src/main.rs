@@ -4,7 +4,10 @@ use std::time::{Duration, Instant};
 
 use nnspin::api_keys::ApiKeys;
 use nnspin::lifecycle::{self, Server};
-use nnspin::{app, nn, serve};
+use nnspin::models::ModelSettings;
+use nnspin::nn::backend::{Device, WeightFormat};
+use nnspin::nn::backends::BackendKind;
+use nnspin::{app, serve};
 use wasmtime::error::Context;
 
 use std::path::PathBuf;
@@ -45,12 +48,21 @@ struct UpArgs {
     /// Directory holding one model directory per name listed in the components' `ai_models`.
     #[arg(long, default_value = "models", env = "NNSPIN_MODELS_DIR")]
     models_dir: PathBuf,
-    /// Inference backend for the models.
-    #[arg(long, value_enum, default_value_t = Backend::Onnxruntime, env = "NNSPIN_BACKEND")]
-    backend: Backend,
+    /// Inference backend for models spin.toml does not place (`[model.NAME] backend = ...`).
+    #[arg(long, value_enum, default_value_t = BackendKind::Onnxruntime, env = "NNSPIN_BACKEND")]
+    backend: BackendKind,
+    /// Device for those models: cpu, gpu (ONNX Runtime CUDA or OpenVINO GPU) or tensorrt.
+    #[arg(long, default_value = "cpu", env = "NNSPIN_DEVICE")]
+    device: Device,
+    /// Model files for those models; by default OpenVINO prefers an IR when the directory has one.
+    #[arg(long, value_enum, env = "NNSPIN_FORMAT")]
+    format: Option<WeightFormat>,
     /// Inference threads per model (0: the backend's default, one per core).
     #[arg(long, default_value_t = 0, env = "NNSPIN_THREADS")]
     threads: usize,
+    /// When a model's GPU cannot be used, load it on the CPU (with a warning) instead of failing.
+    #[arg(long)]
+    cpu_fallback: bool,
     /// Concurrent component instances the pooling allocator reserves room for.
     #[arg(long, default_value_t = 256)]
     max_instances: u32,
@@ -86,13 +98,7 @@ struct UpArgs {
     api_keys_file: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Backend {
-    /// ONNX Runtime, loaded from the `onnxruntime` wheel or ORT_DYLIB_PATH.
-    Onnxruntime,
-}
-
-fn main() -> wasmtime::Result<()> {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -101,8 +107,16 @@ fn main() -> wasmtime::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
+    let result = match Cli::parse().command {
         Command::Up(args) => up(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // One line, causes included, so a failed start says what is missing where operators look.
+        Err(e) => {
+            eprintln!("nnspin: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
@@ -112,7 +126,13 @@ fn up(args: UpArgs) -> wasmtime::Result<()> {
         manifest: args.manifest,
         models_dir: args.models_dir,
         cache_dir: (!args.no_cache).then(|| args.cache_dir.unwrap_or_else(default_cache_dir)),
-        threads: args.threads,
+        model_defaults: ModelSettings {
+            backend: args.backend,
+            device: args.device,
+            threads: args.threads,
+            format: args.format,
+        },
+        cpu_fallback: args.cpu_fallback,
         max_instances: args.max_instances,
         max_instance_memory: args.max_instance_memory_mib << 20,
         max_instance_cpu: Duration::from_millis(args.max_instance_cpu_ms),
@@ -137,14 +157,7 @@ fn up(args: UpArgs) -> wasmtime::Result<()> {
         let serving = tokio::spawn(serve::serve(server.clone(), listener, stop, grace));
 
         let started = Instant::now();
-        let backend = args.backend;
-        let app = tokio::task::spawn_blocking(move || {
-            let backend: Arc<dyn nn::backend::Backend> = match backend {
-                Backend::Onnxruntime => Arc::new(nn::onnxruntime::OnnxRuntime::new()?),
-            };
-            app::App::load(&config, backend)
-        })
-        .await??;
+        let app = tokio::task::spawn_blocking(move || app::App::load(&config)).await??;
         server.set_app(Arc::new(app));
         tracing::info!(ms = started.elapsed().as_millis() as u64, "app ready");
         println!("nnspin ready");

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::models::ModelOverrides;
 use crate::rate_limit::RateLimit;
 use wasmtime::error::Context;
 
@@ -16,6 +17,9 @@ pub struct Manifest {
     pub trigger: Triggers,
     #[serde(default)]
     pub component: BTreeMap<String, ComponentSpec>,
+    /// Per-model placement (`[model.NAME]`: backend, device, threads, format). nnspin's extension.
+    #[serde(default)]
+    pub model: BTreeMap<String, ModelOverrides>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -22,14 +22,20 @@ impl HasData for ModelManagement {
 
 impl ManagementView<'_> {
     fn status(&self, id: &str, model: Option<&Arc<Model>>) -> ModelStatus {
-        let registry = self.models.registry();
+        let (backend, device) = match model {
+            Some(m) => (m.backend, m.device),
+            None => {
+                let settings = self.models.registry().settings(id);
+                (settings.backend.as_str(), settings.device)
+            }
+        };
         ModelStatus {
             id: id.to_string(),
             loaded: model.is_some(),
             current: self.models.current().as_deref() == Some(id),
             info: model.map(|m| m.info.clone()),
-            backend: registry.backend().name().to_string(),
-            device: registry.device().to_string(),
+            backend: backend.to_string(),
+            device: device.as_str().to_string(),
         }
     }
 

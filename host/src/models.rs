@@ -9,13 +9,15 @@ use wasmtime::error::Context;
 
 use crate::bindings::text::ModelInfo;
 use crate::metrics::Metrics;
-use crate::nn::backend::{Backend, BackendGraph, LoadOptions};
+use crate::nn::backend::{Backend, BackendGraph, Device, LoadOptions, WeightFormat};
+use crate::nn::backends::{BackendKind, Backends};
 use crate::text::TextModel;
 
 /// A resident model: its graph in a backend, its tokenizer and what components are told about it.
 pub struct Model {
     pub info: ModelInfo,
     pub backend: &'static str,
+    pub device: Device,
     pub graph: Arc<dyn BackendGraph>,
     pub text: TextModel,
     /// Admission control for the model's execution contexts.
@@ -122,10 +124,14 @@ impl Model {
             })?;
         let text =
             TextModel::load(dir).with_context(|| format!("model {id:?}: loading its tokenizer"))?;
-        let graph = backend
-            .load(dir, options)
-            .with_context(|| format!("model {id:?}"))?;
-        let created = std::fs::metadata(dir.join("model.onnx"))
+        let graph = backend.load(dir, options).with_context(|| {
+            format!(
+                "model {id:?} on {} ({})",
+                backend.name(),
+                options.device.as_str()
+            )
+        })?;
+        let created = std::fs::metadata(dir.join("config.json"))
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
@@ -139,10 +145,13 @@ impl Model {
             eos_token_ids,
             created,
             owned_by: "nnspin".to_string(),
+            backend: backend.name().to_string(),
+            device: options.device.as_str().to_string(),
         };
         Ok(Self {
             info,
             backend: backend.name(),
+            device: options.device,
             graph,
             text,
             slots: ContextSlots::new(limits),
@@ -160,11 +169,53 @@ fn token_ids(value: &serde_json::Value) -> Option<Vec<u32>> {
     }
 }
 
+/// Where and how one model runs: the command line's defaults, overridden per model in spin.toml.
+#[derive(Debug, Clone)]
+pub struct ModelSettings {
+    pub backend: BackendKind,
+    pub device: Device,
+    /// Intra-op threads; 0 lets the backend choose.
+    pub threads: usize,
+    pub format: Option<WeightFormat>,
+}
+
+/// A model's overrides in spin.toml (`[model.NAME]`, nnspin's extension); unset fields keep the defaults.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelOverrides {
+    pub backend: Option<BackendKind>,
+    pub device: Option<Device>,
+    pub threads: Option<usize>,
+    pub format: Option<WeightFormat>,
+}
+
+impl ModelSettings {
+    fn with(&self, overrides: Option<&ModelOverrides>) -> Self {
+        let Some(o) = overrides else {
+            return self.clone();
+        };
+        Self {
+            backend: o.backend.unwrap_or(self.backend),
+            device: o.device.unwrap_or(self.device),
+            threads: o.threads.unwrap_or(self.threads),
+            format: o.format.or(self.format),
+        }
+    }
+}
+
+/// How the registry places models.
+pub struct Placement {
+    pub defaults: ModelSettings,
+    pub overrides: BTreeMap<String, ModelOverrides>,
+    /// Load on the CPU, with a warning, a model whose GPU fails (only when the operator asks).
+    pub cpu_fallback: bool,
+}
+
 /// The models of the app: those resident, and the means to load more on demand.
 pub struct ModelRegistry {
     models_dir: PathBuf,
-    backend: Arc<dyn Backend>,
-    options: LoadOptions,
+    backends: Backends,
+    placement: Placement,
     limits: ContextLimits,
     metrics: Arc<Metrics>,
     resident: RwLock<BTreeMap<String, Arc<Model>>>,
@@ -175,15 +226,14 @@ pub struct ModelRegistry {
 impl ModelRegistry {
     pub fn new(
         models_dir: &Path,
-        backend: Arc<dyn Backend>,
-        options: LoadOptions,
+        placement: Placement,
         limits: ContextLimits,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             models_dir: models_dir.to_path_buf(),
-            backend,
-            options,
+            backends: Backends::default(),
+            placement,
             limits,
             metrics,
             resident: RwLock::default(),
@@ -217,7 +267,14 @@ impl ModelRegistry {
 
     /// Whether `models_dir/<name>` holds a model that [`Self::load`] could load.
     pub fn exists(&self, name: &str) -> bool {
-        is_plain_name(name) && self.models_dir.join(name).join("model.onnx").is_file()
+        is_plain_name(name) && self.models_dir.join(name).join("config.json").is_file()
+    }
+
+    /// Where and how a model runs (or would run, once loaded).
+    pub fn settings(&self, name: &str) -> ModelSettings {
+        self.placement
+            .defaults
+            .with(self.placement.overrides.get(name))
     }
 
     /// Makes a model resident, loading it unless it already is (blocking: call off the async workers).
@@ -234,15 +291,25 @@ impl ModelRegistry {
         }
         let started = std::time::Instant::now();
         let dir = self.models_dir.join(name);
-        let model = Arc::new(Model::load(
-            name,
-            &dir,
-            self.backend.as_ref(),
-            &self.options,
-            self.limits,
-        )?);
+        let settings = self.settings(name);
+        let backend = self.backends.get(settings.backend)?;
+        let mut options = LoadOptions {
+            threads: settings.threads,
+            device: settings.device,
+            format: settings.format,
+        };
+        let loaded = Model::load(name, &dir, backend.as_ref(), &options, self.limits);
+        let model = Arc::new(match loaded {
+            Err(e) if options.device != Device::Cpu && self.placement.cpu_fallback => {
+                tracing::warn!(model = %name, "{e:#}; falling back to the CPU as --cpu-fallback allows");
+                options.device = Device::Cpu;
+                Model::load(name, &dir, backend.as_ref(), &options, self.limits)?
+            }
+            other => other?,
+        });
         self.metrics.model_loaded(name, started.elapsed());
-        tracing::info!(model = %name, backend = model.backend, ms = started.elapsed().as_millis() as u64, "model loaded");
+        tracing::info!(model = %name, backend = model.backend, device = model.device.as_str(),
+            ms = started.elapsed().as_millis() as u64, "model loaded");
         self.resident
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -268,12 +335,9 @@ impl ModelRegistry {
         &self.metrics
     }
 
-    pub fn backend(&self) -> &dyn Backend {
-        self.backend.as_ref()
-    }
-
-    pub fn device(&self) -> &'static str {
-        "cpu"
+    /// The inference engines started so far.
+    pub fn backends(&self) -> Vec<Arc<dyn Backend>> {
+        self.backends.started()
     }
 }
 

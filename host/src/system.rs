@@ -39,7 +39,17 @@ fn proc_kib(file: &str, key: &str) -> u64 {
 
 impl system::Host for SystemView<'_> {
     async fn info(&mut self) -> wasmtime::Result<SystemInfo> {
-        let backend = self.models.registry().backend();
+        let mut versions = vec![
+            ("nnspin".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+            ("wasmtime".to_string(), crate::WASMTIME_VERSION.to_string()),
+        ];
+        versions.extend(
+            self.models
+                .registry()
+                .backends()
+                .iter()
+                .map(|backend| (backend.name().to_string(), backend.version())),
+        );
         Ok(SystemInfo {
             host_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|name| name.trim().to_string())
@@ -51,11 +61,7 @@ impl system::Host for SystemView<'_> {
             memory_available_bytes: proc_kib("/proc/meminfo", "MemAvailable:"),
             process_memory_bytes: proc_kib("/proc/self/status", "VmRSS:"),
             uptime_seconds: self.started.elapsed().as_secs(),
-            versions: vec![
-                ("nnspin".to_string(), env!("CARGO_PKG_VERSION").to_string()),
-                ("wasmtime".to_string(), crate::WASMTIME_VERSION.to_string()),
-                (backend.name().to_string(), backend.version()),
-            ],
+            versions,
         })
     }
 }

@@ -1,5 +1,7 @@
 //! The host's wasi-nn and text implementations, driven directly on the tiny random-weight model that
-//! `tools/export_model.py --tiny` writes (the test script prepares it under `models/tiny-random`).
+//! `tools/export_model.py --tiny` writes (the test script prepares it under `models/tiny-random`), on
+//! both backends.
+#![cfg(all(feature = "onnxruntime", feature = "openvino"))]
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -10,9 +12,11 @@ use nnspin::bindings::inference::HostGraphExecutionContext;
 use nnspin::bindings::tensor::{HostTensor, TensorType};
 use nnspin::bindings::text::{HostDetokenizer, HostTokenizer, Message, TextError};
 use nnspin::metrics::Metrics;
-use nnspin::models::{ContextLimits, ModelAccess, ModelRegistry};
-use nnspin::nn::backend::LoadOptions;
+use nnspin::models::{ContextLimits, ModelAccess, ModelRegistry, ModelSettings, Placement};
+use nnspin::nn::backend::{Backend, Device, LoadOptions};
+use nnspin::nn::backends::BackendKind;
 use nnspin::nn::onnxruntime::OnnxRuntime;
+use nnspin::nn::openvino::OpenVino;
 use nnspin::nn::{ExecutionContext, NnView, Tensor};
 use nnspin::text::TextView;
 use wasmtime::component::{Resource, ResourceTable};
@@ -25,23 +29,26 @@ fn models_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"))
 }
 
-/// The registry is loaded once for all tests, as the host does.
-fn access() -> ModelAccess {
-    static REGISTRY: OnceLock<Arc<ModelRegistry>> = OnceLock::new();
-    let registry = REGISTRY.get_or_init(|| {
-        let backend = Arc::new(OnnxRuntime::new().expect("ONNX Runtime loads"));
+/// One registry per backend, loaded once for all tests, as the host does.
+fn access_on(backend: BackendKind) -> ModelAccess {
+    static REGISTRIES: [OnceLock<Arc<ModelRegistry>>; 2] = [OnceLock::new(), OnceLock::new()];
+    let registry = REGISTRIES[backend as usize].get_or_init(|| {
         let limits = ContextLimits {
             max_active: 4,
             max_queued: 4,
         };
+        let placement = Placement {
+            defaults: ModelSettings {
+                backend,
+                device: Device::Cpu,
+                threads: 1,
+                format: None,
+            },
+            overrides: Default::default(),
+            cpu_fallback: false,
+        };
         let metrics = Arc::new(Metrics::default());
-        let registry = ModelRegistry::new(
-            &models_dir(),
-            backend,
-            LoadOptions { threads: 1 },
-            limits,
-            metrics,
-        );
+        let registry = ModelRegistry::new(&models_dir(), placement, limits, metrics);
         registry.preload(&[MODEL.to_string()]).expect(
             "the tiny model loads (run tools/export_model.py --tiny --out models/tiny-random)",
         );
@@ -56,10 +63,17 @@ struct Fixture {
     table: ResourceTable,
 }
 
+/// Both backends serve the same model directory; behaviour tests run on each.
+const BACKENDS: [BackendKind; 2] = [BackendKind::Onnxruntime, BackendKind::Openvino];
+
 impl Fixture {
     fn new() -> Self {
+        Self::on(BackendKind::Onnxruntime)
+    }
+
+    fn on(backend: BackendKind) -> Self {
         Self {
-            access: access(),
+            access: access_on(backend),
             table: ResourceTable::new(),
         }
     }
@@ -209,7 +223,13 @@ async fn loading_raw_model_bytes_is_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn named_outputs_exclude_the_kv_cache() {
-    let mut fixture = Fixture::new();
+    for backend in BACKENDS {
+        named_outputs_exclude_the_kv_cache_on(backend).await;
+    }
+}
+
+async fn named_outputs_exclude_the_kv_cache_on(backend: BackendKind) {
+    let mut fixture = Fixture::on(backend);
     let mut nn = fixture.nn();
     let ctx = context(&mut nn).await;
     let (names, logits) = step(&mut nn, &ctx, &[1, 2, 3], 0).await.unwrap();
@@ -223,7 +243,13 @@ async fn named_outputs_exclude_the_kv_cache() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kv_cache_is_kept_across_compute_calls() {
-    let mut fixture = Fixture::new();
+    for backend in BACKENDS {
+        kv_cache_is_kept_on(backend).await;
+    }
+}
+
+async fn kv_cache_is_kept_on(backend: BackendKind) {
+    let mut fixture = Fixture::on(backend);
     let mut nn = fixture.nn();
     let tokens = [1, 9906, 11, 1265, 30];
 
@@ -236,7 +262,7 @@ async fn kv_cache_is_kept_across_compute_calls() {
     let (_, stepwise) = step(&mut nn, &incremental, &tokens[4..], 4).await.unwrap();
     assert!(
         max_difference(&all_at_once, &stepwise) < 1e-3,
-        "{}",
+        "{backend:?}: {}",
         max_difference(&all_at_once, &stepwise)
     );
 
@@ -248,7 +274,13 @@ async fn kv_cache_is_kept_across_compute_calls() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cache_inputs_from_the_guest_are_refused_and_the_context_survives() {
-    let mut fixture = Fixture::new();
+    for backend in BACKENDS {
+        cache_inputs_are_refused_on(backend).await;
+    }
+}
+
+async fn cache_inputs_are_refused_on(backend: BackendKind) {
+    let mut fixture = Fixture::on(backend);
     let mut nn = fixture.nn();
     let ctx = context(&mut nn).await;
     let bogus = tensor(&mut nn, vec![1], i64_bytes([0])).await;
@@ -371,4 +403,52 @@ async fn vocabulary_bytes_reassemble_encoded_text() {
         .unwrap();
     let joined: Vec<u8> = ids.iter().flat_map(|&id| token(id).to_vec()).collect();
     assert_eq!(String::from_utf8(joined).unwrap(), sentence);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_backends_compute_the_same_logits() {
+    let tokens = [1, 9906, 11, 1265, 30];
+    let mut logits = Vec::new();
+    for backend in BACKENDS {
+        let mut fixture = Fixture::on(backend);
+        let mut nn = fixture.nn();
+        let ctx = context(&mut nn).await;
+        step(&mut nn, &ctx, &tokens[..4], 0).await.unwrap();
+        logits.push(step(&mut nn, &ctx, &tokens[4..], 4).await.unwrap().1);
+    }
+    let difference = max_difference(&logits[0], &logits[1]);
+    assert!(difference < 1e-3, "{difference}");
+}
+
+fn load_error(backend: &dyn Backend, device: Device) -> String {
+    let options = LoadOptions {
+        threads: 1,
+        device,
+        format: None,
+    };
+    match backend.load(&models_dir().join(MODEL), &options) {
+        Ok(_) => panic!(
+            "{} loaded on {device:?}, which this machine lacks",
+            backend.name()
+        ),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn gpu_devices_without_a_gpu_fail_with_a_clear_message() {
+    let onnxruntime = OnnxRuntime::new().unwrap();
+    for device in [Device::Gpu, Device::Tensorrt] {
+        let message = load_error(&onnxruntime, device);
+        assert!(
+            message.contains("ExecutionProvider") && message.contains(device.as_str()),
+            "{message}"
+        );
+    }
+    let openvino = OpenVino::new().unwrap();
+    let message = load_error(&openvino, Device::Gpu);
+    assert!(message.contains("no GPU device"), "{message}");
+    assert!(load_error(&openvino, Device::Tensorrt).contains("tensorrt"));
+    let refused = "tpu".parse::<Device>().unwrap_err();
+    assert!(refused.contains("not supported"), "{refused}");
 }

@@ -202,5 +202,7 @@ pub fn model_object(model: &ModelInfo) -> Value {
         "created": model.created,
         "owned_by": model.owned_by,
         "context_length": model.context_length,
+        "backend": model.backend,
+        "device": model.device,
     })
 }

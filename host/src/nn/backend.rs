@@ -23,6 +23,18 @@ impl Tensor {
     pub fn element_count(&self) -> usize {
         self.dims.iter().map(|&d| d as usize).product()
     }
+
+    /// A guest's tensor must hold exactly as many bytes as its dimensions and type say.
+    pub fn check_size(&self) -> Result<(), BackendError> {
+        if self.data.len() != self.element_count() * element_size(self.ty) {
+            return Err(BackendError::InvalidArgument(format!(
+                "tensor of dimensions {:?} holds {} bytes",
+                self.dims,
+                self.data.len()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Size of one element of a wasi-nn tensor type.
@@ -58,11 +70,78 @@ impl BackendError {
     }
 }
 
+/// Where a graph runs: wasi-nn's execution targets, with the GPU flavours the backends offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum Device {
+    Cpu,
+    /// ONNX Runtime's CUDA execution provider, or OpenVINO's `GPU` device.
+    Gpu,
+    /// ONNX Runtime's TensorRT execution provider.
+    Tensorrt,
+}
+
+impl Device {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Gpu => "gpu",
+            Self::Tensorrt => "tensorrt",
+        }
+    }
+}
+
+impl TryFrom<String> for Device {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "gpu" | "cuda" => Ok(Self::Gpu),
+            "tensorrt" => Ok(Self::Tensorrt),
+            "tpu" => Err("device tpu is not supported: no nnspin backend runs on TPUs".into()),
+            other => Err(format!(
+                "unknown device {other:?}: use cpu, gpu (cuda) or tensorrt"
+            )),
+        }
+    }
+}
+
 /// How a graph should be placed and run.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     /// Intra-op threads for one inference; 0 lets the backend choose.
     pub threads: usize,
+    pub device: Device,
+    /// Which files to read; `None` lets the backend pick from what the directory holds.
+    pub format: Option<WeightFormat>,
+}
+
+/// The files a model directory serves a backend from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum WeightFormat {
+    /// `model.onnx` (the project's export, or any Optimum ONNX export).
+    Onnx,
+    /// `openvino_model.xml` + `.bin` (OpenVINO only; optimum-intel's stateful export included).
+    OpenvinoIr,
+}
+
+impl WeightFormat {
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Self::Onnx => "model.onnx",
+            Self::OpenvinoIr => "openvino_model.xml",
+        }
+    }
 }
 
 /// An inference engine that can load models from a directory.

@@ -5,8 +5,12 @@
 //! request. `compute` runs on tokio's blocking pool so inference never stalls the HTTP workers.
 
 pub mod backend;
+pub mod backends;
+mod library;
 #[cfg(feature = "onnxruntime")]
 pub mod onnxruntime;
+#[cfg(feature = "openvino")]
+pub mod openvino;
 
 use std::sync::Arc;
 use std::time::Instant;

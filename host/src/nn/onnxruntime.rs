@@ -6,15 +6,18 @@
 //! `past_key_values.*` on the next `compute`, so the guest only ever sends the new tokens.
 
 use std::borrow::Cow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use ort::ep::{CUDA, ExecutionProvider, ExecutionProviderDispatch, TensorRT};
 use ort::session::{Session, SessionInputValue, builder::GraphOptimizationLevel};
 use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
 
 use super::backend::{
-    Backend, BackendError, BackendExecutionContext, BackendGraph, LoadOptions, Tensor,
+    Backend, BackendError, BackendExecutionContext, BackendGraph, Device, LoadOptions, Tensor,
+    WeightFormat,
 };
+use super::library::{WheelLibrary, version_of};
 use crate::bindings::tensor::TensorType;
 
 /// Prefix of the cache inputs the context fills itself, and of the outputs it keeps.
@@ -34,12 +37,9 @@ impl OnnxRuntime {
         static ENVIRONMENT: OnceLock<Loaded> = OnceLock::new();
         let (environment, version) = ENVIRONMENT
             .get_or_init(|| {
-                let lib = locate_library().map_err(|e| e.to_string())?;
+                let lib = LIBRARY.locate().map_err(|e| e.to_string())?;
                 tracing::info!(library = %lib.display(), "loading ONNX Runtime");
-                let version = lib
-                    .file_name()
-                    .and_then(|name| name.to_str()?.split(".so.").nth(1).map(String::from))
-                    .unwrap_or_else(|| "unknown".into());
+                let version = version_of(&lib).unwrap_or_else(|| "unknown".into());
                 ort::init_from(&lib)
                     .map_err(|e| format!("cannot load {}: {e}", lib.display()))?
                     .with_name("nnspin")
@@ -56,41 +56,47 @@ impl OnnxRuntime {
     }
 }
 
-/// `ORT_DYLIB_PATH`, else the `onnxruntime` wheel of the active virtualenv or of a `.venv` in the current
-/// directory or one above it.
-fn locate_library() -> wasmtime::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
-        return Ok(PathBuf::from(path));
-    }
-    let mut roots = Vec::new();
-    if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
-        roots.push(PathBuf::from(venv));
-    }
-    if let Ok(cwd) = std::env::current_dir() {
-        roots.extend(cwd.ancestors().map(|dir| dir.join(".venv")));
-    }
-    for root in roots {
-        let Ok(entries) = std::fs::read_dir(root.join("lib")) else {
-            continue;
-        };
-        for python in entries.flatten() {
-            let capi = python.path().join("site-packages/onnxruntime/capi");
-            let Ok(files) = std::fs::read_dir(&capi) else {
-                continue;
-            };
-            for file in files.flatten() {
-                let name = file.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with("libonnxruntime.so") {
-                    return Ok(file.path());
-                }
+/// ONNX Runtime as the `onnxruntime` wheel ships it (`onnxruntime-gpu` adds the CUDA and TensorRT
+/// providers).
+const LIBRARY: WheelLibrary = WheelLibrary {
+    env: "ORT_DYLIB_PATH",
+    package_dir: "onnxruntime/capi",
+    file_prefix: "libonnxruntime.so",
+    hint: "pip install onnxruntime, or onnxruntime-gpu for CUDA, ships it in onnxruntime/capi/",
+};
+
+impl OnnxRuntime {
+    /// The execution providers a device needs, each failing loudly rather than falling back to the CPU.
+    fn execution_providers(
+        &self,
+        device: Device,
+    ) -> Result<Vec<ExecutionProviderDispatch>, BackendError> {
+        fn require<E: ExecutionProvider>(
+            device: Device,
+            package: &str,
+        ) -> Result<(), BackendError> {
+            match E::is_available() {
+                Ok(true) => Ok(()),
+                _ => Err(BackendError::Load(format!(
+                    "device {} needs ONNX Runtime's {}, which the loaded library was not built with \
+                     (install {package} and point ORT_DYLIB_PATH at its libonnxruntime.so)",
+                    device.as_str(),
+                    E::NAME
+                ))),
             }
         }
+        Ok(match device {
+            Device::Cpu => Vec::new(),
+            Device::Gpu => {
+                require::<CUDA>(device, "onnxruntime-gpu")?;
+                vec![CUDA::default().build().error_on_failure()]
+            }
+            Device::Tensorrt => {
+                require::<TensorRT>(device, "onnxruntime-gpu with TensorRT")?;
+                vec![TensorRT::default().build().error_on_failure()]
+            }
+        })
     }
-    wasmtime::bail!(
-        "ONNX Runtime library not found: set ORT_DYLIB_PATH to libonnxruntime.so \
-         (pip install onnxruntime ships it in onnxruntime/capi/)"
-    )
 }
 
 impl Backend for OnnxRuntime {
@@ -107,7 +113,13 @@ impl Backend for OnnxRuntime {
         model_dir: &Path,
         options: &LoadOptions,
     ) -> Result<Arc<dyn BackendGraph>, BackendError> {
-        let path = model_dir.join("model.onnx");
+        if options.format == Some(WeightFormat::OpenvinoIr) {
+            return Err(BackendError::Load(
+                "ONNX Runtime reads ONNX models only (format onnx); OpenVINO IR needs backend openvino"
+                    .into(),
+            ));
+        }
+        let path = model_dir.join(WeightFormat::Onnx.file_name());
         if !path.is_file() {
             return Err(BackendError::Load(format!(
                 "{} does not exist",
@@ -126,6 +138,16 @@ impl Backend for OnnxRuntime {
             builder = builder
                 .with_intra_threads(options.threads)
                 .map_err(|e| load(e.into()))?;
+        }
+        let providers = self.execution_providers(options.device)?;
+        if !providers.is_empty() {
+            builder = builder.with_execution_providers(providers).map_err(|e| {
+                BackendError::Load(format!(
+                    "device {}: ONNX Runtime could not start its execution provider (is a GPU \
+                         with its driver present?): {e}",
+                    options.device.as_str()
+                ))
+            })?;
         }
         let session = builder.commit_from_file(&path).map_err(load)?;
         Ok(Arc::new(OnnxGraph::new(session)?))
@@ -299,13 +321,7 @@ impl BackendExecutionContext for OnnxContext {
 }
 
 fn to_ort(tensor: Tensor) -> Result<DynValue, BackendError> {
-    if tensor.data.len() != tensor.element_count() * super::backend::element_size(tensor.ty) {
-        return Err(BackendError::InvalidArgument(format!(
-            "tensor of dimensions {:?} holds {} bytes",
-            tensor.dims,
-            tensor.data.len()
-        )));
-    }
+    tensor.check_size()?;
     let dims: Vec<i64> = tensor.dims.iter().map(|&d| d as i64).collect();
     let bad = |e: ort::Error| BackendError::InvalidArgument(e.to_string());
     Ok(match tensor.ty {

@@ -1,0 +1,372 @@
+//! OpenVINO backend, through the `openvino` crate with the runtime library loaded at start (the
+//! `openvino` wheel ships `libopenvino_c.so.<version>`, the CPU and GPU plugins and the ONNX frontend).
+//!
+//! It reads the same model directory as ONNX Runtime (`model.onnx`, contrib operators included), or an
+//! OpenVINO IR (`openvino_model.xml` + `.bin`). Two KV-cache styles are served:
+//! - explicit `past_key_values.*` inputs and `present.*` outputs (the Optimum ONNX layout): the context
+//!   hands each `present.*` tensor back as the next step's input, by reference (OpenVINO allocates fresh
+//!   outputs for every inference of a dynamic-shaped model, so nothing is copied or overwritten);
+//! - a stateful IR (optimum-intel's export, cache held in the infer request's internal state, with a
+//!   `beam_idx` input): each context owns its infer request, so its state is its sequence's cache.
+//!
+//! CPU inference runs with fp32 activations and no dynamic quantization, so answers match ONNX Runtime's
+//! and the fp32 model's (int8 activations turn the default model's near tie the other way).
+//!
+//! OpenVINO's model cache (`CACHE_DIR`) is not used: with OpenVINO 2026.4 a model imported from its
+//! cached blob returns NaN logits for these ONNX exports, so each start compiles (about 2.4 s for the
+//! default model).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use openvino::{CompiledModel, Core, DeviceType, ElementType, InferRequest, RwPropertyKey, Shape};
+
+use super::backend::{
+    Backend, BackendError, BackendExecutionContext, BackendGraph, Device, LoadOptions, Tensor,
+    WeightFormat,
+};
+use super::library::{WheelLibrary, version_of};
+use crate::bindings::tensor::TensorType;
+
+const PAST_PREFIX: &str = "past_key_values.";
+const PRESENT_PREFIX: &str = "present.";
+const BEAM_IDX: &str = "beam_idx";
+
+const LIBRARY: WheelLibrary = WheelLibrary {
+    env: "OPENVINO_LIB_PATH",
+    package_dir: "openvino/libs",
+    file_prefix: "libopenvino_c.so",
+    hint: "pip install openvino ships it in openvino/libs/",
+};
+
+pub struct OpenVino {
+    core: Mutex<Core>,
+    version: String,
+}
+
+impl OpenVino {
+    /// Loads the OpenVINO C library (once per process) and creates a core.
+    pub fn new() -> wasmtime::Result<Self> {
+        static LOADED: OnceLock<Result<String, String>> = OnceLock::new();
+        let version = LOADED
+            .get_or_init(|| {
+                let lib = LIBRARY.locate().map_err(|e| e.to_string())?;
+                tracing::info!(library = %lib.display(), "loading OpenVINO");
+                openvino_sys::library::load_from(&lib)
+                    .map_err(|e| format!("cannot load {}: {e}", lib.display()))?;
+                // `2026.4.1-22982-…` is more telling than the library's `.so.2641`.
+                let build = openvino::version().build_number;
+                Ok(build
+                    .split('-')
+                    .next()
+                    .map(str::to_string)
+                    .or_else(|| version_of(&lib))
+                    .unwrap_or(build))
+            })
+            .clone()
+            .map_err(wasmtime::Error::msg)?;
+        let core = Core::new().map_err(|e| wasmtime::format_err!("cannot start OpenVINO: {e}"))?;
+        Ok(Self {
+            core: Mutex::new(core),
+            version,
+        })
+    }
+}
+
+fn load_error(context: &str) -> impl Fn(openvino::InferenceError) -> BackendError + '_ {
+    move |e| BackendError::Load(format!("{context}: {e}"))
+}
+
+impl Backend for OpenVino {
+    fn name(&self) -> &'static str {
+        "openvino"
+    }
+
+    fn version(&self) -> String {
+        self.version.clone()
+    }
+
+    fn load(
+        &self,
+        model_dir: &Path,
+        options: &LoadOptions,
+    ) -> Result<Arc<dyn BackendGraph>, BackendError> {
+        let device = match options.device {
+            Device::Cpu => DeviceType::CPU,
+            Device::Gpu => DeviceType::GPU,
+            Device::Tensorrt => {
+                return Err(BackendError::Load(
+                    "device tensorrt is an ONNX Runtime execution provider; OpenVINO offers cpu and gpu"
+                        .into(),
+                ));
+            }
+        };
+        let ir = model_dir.join(WeightFormat::OpenvinoIr.file_name());
+        let format = options.format.unwrap_or(if ir.is_file() {
+            WeightFormat::OpenvinoIr
+        } else {
+            WeightFormat::Onnx
+        });
+        let model_path = model_dir.join(format.file_name());
+        let weights_path = match format {
+            WeightFormat::OpenvinoIr => model_path.with_extension("bin"),
+            WeightFormat::Onnx => Default::default(),
+        };
+        if !model_path.is_file() {
+            return Err(BackendError::Load(format!(
+                "{} does not exist",
+                model_path.display()
+            )));
+        }
+        let described = model_path.display().to_string();
+        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let available = core.available_devices().map_err(load_error(&described))?;
+        if !available.contains(&device) {
+            let names: Vec<&str> = available.iter().map(|d| d.as_ref()).collect();
+            return Err(BackendError::Load(format!(
+                "device {}: OpenVINO found no {} device (available: {})",
+                options.device.as_str(),
+                device.as_ref(),
+                names.join(", ")
+            )));
+        }
+        let mut properties = vec![
+            // Exact activations: see the module documentation.
+            (
+                RwPropertyKey::Other("DYNAMIC_QUANTIZATION_GROUP_SIZE".into()),
+                "0".to_string(),
+            ),
+            (
+                RwPropertyKey::Other("INFERENCE_PRECISION_HINT".into()),
+                "f32".to_string(),
+            ),
+            (RwPropertyKey::HintPerformanceMode, "LATENCY".to_string()),
+        ];
+        if options.threads > 0 && device == DeviceType::CPU {
+            properties.push((
+                RwPropertyKey::InferenceNumThreads,
+                options.threads.to_string(),
+            ));
+        }
+        for (key, value) in &properties {
+            core.set_property(&device, key, value)
+                .map_err(load_error(&described))?;
+        }
+        let model = core
+            .read_model_from_file(&described, &weights_path.to_string_lossy())
+            .map_err(load_error(&described))?;
+        let compiled = core
+            .compile_model(&model, device)
+            .map_err(load_error(&described))?;
+        drop(core);
+        Ok(Arc::new(OpenVinoGraph::new(compiled)?))
+    }
+}
+
+/// A cache input and its zero-length shape for a sequence's first step.
+struct CacheInput {
+    name: String,
+    present: String,
+    /// Dimensions with the batch at 0 and the past length at 2 filled in per sequence.
+    dims: Vec<i64>,
+}
+
+struct OpenVinoGraph {
+    /// Creating infer requests needs `&mut`; inference itself runs on each context's own request.
+    compiled: Mutex<CompiledModel>,
+    caches: Arc<[CacheInput]>,
+    /// A stateful model's `beam_idx` input: which cache row each batch row continues.
+    beam_idx: bool,
+}
+
+impl OpenVinoGraph {
+    fn new(compiled: CompiledModel) -> Result<Self, BackendError> {
+        let fail = load_error("reading the compiled model");
+        let mut inputs = Vec::new();
+        for i in 0..compiled.get_input_size().map_err(&fail)? {
+            let port = compiled.get_input_by_index(i).map_err(&fail)?;
+            inputs.push((port.get_name().map_err(&fail)?, port));
+        }
+        let mut outputs = Vec::new();
+        for i in 0..compiled.get_output_size().map_err(&fail)? {
+            outputs.push(
+                compiled
+                    .get_output_by_index(i)
+                    .and_then(|port| port.get_name())
+                    .map_err(&fail)?,
+            );
+        }
+        let mut caches = Vec::new();
+        for (name, port) in &inputs {
+            let Some(suffix) = name.strip_prefix(PAST_PREFIX) else {
+                continue;
+            };
+            let present = format!("{PRESENT_PREFIX}{suffix}");
+            if !outputs.contains(&present) {
+                return Err(BackendError::Load(format!(
+                    "the model has no output {present} for its input {name}"
+                )));
+            }
+            if port.get_element_type().map_err(&fail)? != ElementType::F32 {
+                return Err(BackendError::Unsupported(format!(
+                    "cache input {name} is not fp32"
+                )));
+            }
+            let shape = port.get_partial_shape().map_err(&fail)?;
+            let dims = shape
+                .get_dimensions()
+                .iter()
+                .map(|d| if d.is_dynamic() { 1 } else { d.get_min() })
+                .collect();
+            caches.push(CacheInput {
+                name: name.clone(),
+                present,
+                dims,
+            });
+        }
+        let beam_idx = inputs.iter().any(|(name, _)| name == BEAM_IDX);
+        Ok(Self {
+            compiled: Mutex::new(compiled),
+            caches: caches.into(),
+            beam_idx,
+        })
+    }
+}
+
+impl BackendGraph for OpenVinoGraph {
+    fn init_execution_context(&self) -> Result<Box<dyn BackendExecutionContext>, BackendError> {
+        let request = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .create_infer_request()
+            .map_err(|e| BackendError::Runtime(e.to_string()))?;
+        Ok(Box::new(OpenVinoContext {
+            request,
+            caches: self.caches.clone(),
+            beam_idx: self.beam_idx,
+            started: false,
+        }))
+    }
+}
+
+struct OpenVinoContext {
+    request: InferRequest,
+    caches: Arc<[CacheInput]>,
+    beam_idx: bool,
+    /// Whether the caches hold this sequence's past (set after the first step).
+    started: bool,
+}
+
+fn runtime(e: openvino::InferenceError) -> BackendError {
+    BackendError::Runtime(e.to_string())
+}
+
+impl BackendExecutionContext for OpenVinoContext {
+    fn compute(
+        &mut self,
+        inputs: Vec<(String, Tensor)>,
+    ) -> Result<Vec<(String, Tensor)>, BackendError> {
+        let mut batch = 1;
+        for (name, tensor) in inputs {
+            if name.starts_with(PAST_PREFIX) || name == BEAM_IDX {
+                return Err(BackendError::InvalidArgument(format!(
+                    "{name} is kept by the execution context; send only the new tokens"
+                )));
+            }
+            if name == "input_ids" {
+                batch = tensor.dims.first().copied().unwrap_or(1) as i64;
+            }
+            let tensor = to_openvino(tensor)?;
+            self.request
+                .set_tensor(&name, &tensor)
+                .map_err(|e| BackendError::InvalidArgument(format!("{name}: {e}")))?;
+        }
+        if !self.started {
+            for cache in self.caches.iter() {
+                let mut dims = cache.dims.clone();
+                dims[0] = batch;
+                dims[2] = 0;
+                let empty =
+                    openvino::Tensor::new(ElementType::F32, &Shape::new(&dims).map_err(runtime)?)
+                        .map_err(runtime)?;
+                self.request
+                    .set_tensor(&cache.name, &empty)
+                    .map_err(runtime)?;
+            }
+        }
+        if self.beam_idx {
+            let mut rows =
+                openvino::Tensor::new(ElementType::I32, &Shape::new(&[batch]).map_err(runtime)?)
+                    .map_err(runtime)?;
+            for (i, row) in rows
+                .get_data_mut::<i32>()
+                .map_err(runtime)?
+                .iter_mut()
+                .enumerate()
+            {
+                *row = i as i32;
+            }
+            self.request.set_tensor(BEAM_IDX, &rows).map_err(runtime)?;
+        }
+        self.request.infer().map_err(runtime)?;
+        self.started = true;
+        for cache in self.caches.iter() {
+            let present = self.request.get_tensor(&cache.present).map_err(runtime)?;
+            self.request
+                .set_tensor(&cache.name, &present)
+                .map_err(runtime)?;
+        }
+        let logits = self.request.get_tensor("logits").map_err(runtime)?;
+        Ok(vec![("logits".to_string(), from_openvino(&logits)?)])
+    }
+}
+
+fn to_openvino(tensor: Tensor) -> Result<openvino::Tensor, BackendError> {
+    tensor.check_size()?;
+    let ty = match tensor.ty {
+        TensorType::I64 => ElementType::I64,
+        TensorType::I32 => ElementType::I32,
+        TensorType::Fp32 => ElementType::F32,
+        TensorType::U8 => ElementType::U8,
+        other => {
+            return Err(BackendError::Unsupported(format!(
+                "input tensor type {other:?}"
+            )));
+        }
+    };
+    let dims: Vec<i64> = tensor.dims.iter().map(|&d| d as i64).collect();
+    let bad = |e: openvino::InferenceError| BackendError::InvalidArgument(e.to_string());
+    let mut out = openvino::Tensor::new(ty, &Shape::new(&dims).map_err(bad)?).map_err(bad)?;
+    // wasi-nn bytes are little-endian, as OpenVINO's are on every platform it runs on.
+    out.get_raw_data_mut()
+        .map_err(bad)?
+        .copy_from_slice(&tensor.data);
+    Ok(out)
+}
+
+fn from_openvino(tensor: &openvino::Tensor) -> Result<Tensor, BackendError> {
+    let ty = match tensor.get_element_type().map_err(runtime)? {
+        ElementType::F32 => TensorType::Fp32,
+        ElementType::I64 => TensorType::I64,
+        ElementType::I32 => TensorType::I32,
+        ElementType::U8 => TensorType::U8,
+        other => {
+            return Err(BackendError::Unsupported(format!(
+                "output tensor type {other:?}"
+            )));
+        }
+    };
+    let dims = tensor
+        .get_shape()
+        .map_err(runtime)?
+        .get_dimensions()
+        .iter()
+        .map(|&d| d as u32)
+        .collect();
+    Ok(Tensor {
+        dims,
+        ty,
+        data: tensor.get_raw_data().map_err(runtime)?.to_vec(),
+    })
+}

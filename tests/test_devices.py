@@ -1,0 +1,60 @@
+"""Backends and devices chosen in configuration: GPU paths are wired and fail at start with one clear
+line where no GPU is present, `tpu` is refused, and a per-model `[model.NAME]` table places one model
+on another backend than the command line's default."""
+
+import subprocess
+
+import httpx
+
+from conftest import ROOT, TINY_MODEL, openai_app, start_host
+
+
+def failed_start(manifest, *args):
+    """Runs `nnspin up` expecting it to exit non-zero; returns what it wrote from its first error on."""
+    result = subprocess.run(
+        [str(ROOT / "target" / "debug" / "nnspin"), "up", "--from", str(manifest), "--listen", "127.0.0.1:0",
+         "--models-dir", str(ROOT / "models"), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode != 0, result.stdout + result.stderr
+    return result.stderr[result.stderr.index("error:"):]
+
+
+def test_gpu_without_a_gpu_fails_the_start_with_one_clear_line(tmp_path):
+    manifest = openai_app(tmp_path, [TINY_MODEL])
+    error = failed_start(manifest, "--device", "gpu")
+    (line,) = error.strip().splitlines()
+    assert "CUDAExecutionProvider" in line and "onnxruntime-gpu" in line
+    line = failed_start(manifest, "--device", "tensorrt")
+    assert "TensorrtExecutionProvider" in line
+    line = failed_start(manifest, "--backend", "openvino", "--device", "gpu")
+    assert "OpenVINO found no GPU device" in line
+    line = failed_start(manifest, "--device", "tpu")
+    assert "tpu is not supported" in line
+
+
+def test_cpu_fallback_only_when_asked(tmp_path):
+    host = start_host(openai_app(tmp_path, [TINY_MODEL]), "--device", "gpu", "--cpu-fallback")
+    try:
+        (model,) = httpx.get(host.openai_url + "/models").json()["data"]
+        assert model["device"] == "cpu"
+        assert "falling back to the CPU" in "".join(host.log)
+    finally:
+        host.process.terminate()
+        host.process.wait(timeout=30)
+
+
+def test_spin_toml_places_models_per_model(tmp_path):
+    manifest = openai_app(tmp_path, [TINY_MODEL])
+    with manifest.open("a") as toml:
+        toml.write(f'\n[model.{TINY_MODEL}]\nbackend = "openvino"\ndevice = "cpu"\nthreads = 1\nformat = "onnx"\n')
+    host = start_host(manifest)  # the command line's default backend is onnxruntime
+    try:
+        (model,) = httpx.get(host.openai_url + "/models").json()["data"]
+        assert (model["backend"], model["device"]) == ("openvino", "cpu")
+    finally:
+        host.process.terminate()
+        host.process.wait(timeout=30)
+    with manifest.open("a") as toml:
+        toml.write('tpu = "yes"\n')
+    assert "unknown field `tpu`" in failed_start(manifest)
