@@ -15,6 +15,8 @@ if ! command -v npm >/dev/null; then
   fi
 fi
 npm ci --prefix tests/node --no-audit --no-fund --silent
+# The stateful OpenVINO IR of the host's backend tests.
+.venv/bin/python host/tests/fixtures/stateful_ir.py target/test-fixtures/stateful-ir
 # The deliberately misbehaving component of the isolation tests.
 cargo build --release --target wasm32-wasip2 -p nnspin-test-faults
 

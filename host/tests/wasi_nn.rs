@@ -452,3 +452,61 @@ fn gpu_devices_without_a_gpu_fail_with_a_clear_message() {
     let refused = "tpu".parse::<Device>().unwrap_err();
     assert!(refused.contains("not supported"), "{refused}");
 }
+
+/// Runs `steps` (token chunks) through one context of the graph in `dir`, calling the backend directly;
+/// returns the last step's logits.
+fn direct_logits(backend: &dyn Backend, dir: &std::path::Path, steps: &[&[i64]]) -> Vec<f32> {
+    let options = LoadOptions {
+        threads: 1,
+        device: Device::Cpu,
+        format: None,
+    };
+    let graph = backend.load(dir, &options).unwrap();
+    let mut context = graph.init_execution_context().unwrap();
+    let mut past = 0;
+    let mut logits = Vec::new();
+    for tokens in steps {
+        let n = tokens.len();
+        let tensor = |values: Vec<i64>| Tensor {
+            dims: vec![1, values.len() as u32],
+            ty: TensorType::I64,
+            data: i64_bytes(values),
+        };
+        let inputs = vec![
+            ("input_ids".to_string(), tensor(tokens.to_vec())),
+            ("attention_mask".to_string(), tensor(vec![1; past + n])),
+            (
+                "position_ids".to_string(),
+                tensor((past as i64..(past + n) as i64).collect()),
+            ),
+        ];
+        let outputs = context.compute(inputs).unwrap();
+        let (_, out) = outputs
+            .into_iter()
+            .find(|(name, _)| name == "logits")
+            .unwrap();
+        logits = out
+            .data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        past += n;
+    }
+    logits
+}
+
+#[test]
+fn a_stateful_openvino_ir_keeps_its_cache_in_the_request_state() {
+    // An IR shaped like optimum-intel's (state instead of past/present, a `beam_idx` input), written by
+    // host/tests/fixtures/stateful_ir.py (tests/run.sh runs it).
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-fixtures/stateful-ir");
+    let openvino = OpenVino::new().unwrap();
+    let stepwise = direct_logits(&openvino, &dir, &[&[1, 2, 3], &[4]]);
+    let whole = direct_logits(&openvino, &dir, &[&[1, 2, 3, 4]]);
+    assert!(max_difference(&stepwise, &whole) < 1e-4);
+    let alone = direct_logits(&openvino, &dir, &[&[4]]);
+    assert!(
+        max_difference(&stepwise, &alone) > 1e-2,
+        "a fresh context starts from an empty state"
+    );
+}
