@@ -69,6 +69,19 @@ def start_host(manifest: Path, *args: str, wait: str = "ready", env: dict | None
             raise RuntimeError("the host exited:\n" + "".join(log))
 
 
+def failed_start(manifest: Path, *args: str, models_dir: Path = ROOT / "models") -> str:
+    """Runs `nnspin up` expecting it to exit non-zero; returns what it wrote from its error on (the
+    host's own `nnspin: error:` line, or the command line parser's `error:`)."""
+    result = subprocess.run(
+        [str(ROOT / "target" / "debug" / "nnspin"), "up", "--from", str(manifest), "--listen", "127.0.0.1:0",
+         "--models-dir", str(models_dir), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode != 0, result.stdout + result.stderr
+    start = result.stderr.find("nnspin: error:")
+    return result.stderr[start if start >= 0 else result.stderr.index("error:"):]
+
+
 def openai_app(directory: Path, models: list[str]) -> Path:
     """Writes a spin.toml serving only the OpenAI component at /..., with `models`."""
     wasm = ROOT / "target" / "wasm32-wasip2" / "release" / "nnspin_openai.wasm"
@@ -142,11 +155,13 @@ rate_limit = {{ requests_per_minute = 60, burst = 10 }}
 # Misbehaves on request; granted one directory only.
 [component.faults]
 source = "{components / "nnspin_test_faults.wasm"}"
+ai_models = ["{TINY_MODEL}"]
 files = [{{ source = "{granted}", destination = "/data" }}]
 """
     )
-    # Short enough that the endless-loop test ends quickly.
-    started = start_host(manifest, "--max-instance-cpu-ms", "2000", "--backend", request.param)
+    # Short enough that the endless-loop and slow-client tests end quickly.
+    started = start_host(manifest, "--max-instance-cpu-ms", "2000", "--client-timeout-secs", "2",
+                         "--backend", request.param)
     started.backend = request.param
     yield started
     alive = started.process.poll() is None

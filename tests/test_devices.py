@@ -2,22 +2,9 @@
 line where no GPU is present, `tpu` is refused, and a per-model `[model.NAME]` table places one model
 on another backend than the command line's default."""
 
-import subprocess
-
 import httpx
 
-from conftest import ROOT, TINY_MODEL, openai_app, start_host
-
-
-def failed_start(manifest, *args):
-    """Runs `nnspin up` expecting it to exit non-zero; returns what it wrote from its first error on."""
-    result = subprocess.run(
-        [str(ROOT / "target" / "debug" / "nnspin"), "up", "--from", str(manifest), "--listen", "127.0.0.1:0",
-         "--models-dir", str(ROOT / "models"), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=180,
-    )
-    assert result.returncode != 0, result.stdout + result.stderr
-    return result.stderr[result.stderr.index("error:"):]
+from conftest import TINY_MODEL, failed_start, openai_app, start_host
 
 
 def test_gpu_without_a_gpu_fails_the_start_with_one_clear_line(tmp_path):

@@ -92,6 +92,10 @@ struct UpArgs {
     /// milliseconds; past it the request is stopped with 504.
     #[arg(long, default_value_t = 30_000)]
     max_instance_cpu_ms: u64,
+    /// A client that takes longer than this to send its headers, or pauses this long while sending its
+    /// body, is cut off (408 for a body), so slow clients cannot hold instances.
+    #[arg(long, default_value_t = 30)]
+    client_timeout_secs: u64,
     /// A file of API keys (one per line); with it, or with NNSPIN_API_KEYS (comma-separated), requests
     /// need `Authorization: Bearer <key>`.
     #[arg(long)]
@@ -154,7 +158,14 @@ fn up(args: UpArgs) -> wasmtime::Result<()> {
         let idle_timeout = args.idle_timeout_secs.map(Duration::from_secs);
         let stop = lifecycle::stop_signal(server.clone(), idle_timeout);
         let grace = Duration::from_secs(args.shutdown_grace_secs);
-        let serving = tokio::spawn(serve::serve(server.clone(), listener, stop, grace));
+        let client_timeout = Duration::from_secs(args.client_timeout_secs.max(1));
+        let serving = tokio::spawn(serve::serve(
+            server.clone(),
+            listener,
+            stop,
+            grace,
+            client_timeout,
+        ));
 
         let started = Instant::now();
         let app = tokio::task::spawn_blocking(move || app::App::load(&config)).await??;

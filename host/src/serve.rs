@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tracing::Instrument;
@@ -19,16 +20,19 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::app::App;
+use crate::client_timeout::{BodyTimedOut, IdleTimeout};
 use crate::instance::{CpuBudgetExceeded, new_store};
 use crate::lifecycle::{Server, Stop};
 
 /// Serves until `stop` resolves, then stops accepting and gives in-flight requests up to `grace` to
-/// finish.
+/// finish. A client that takes longer than `client_timeout` to send its headers, or pauses that long
+/// while sending its body, is cut off.
 pub async fn serve(
     server: Arc<Server>,
     listener: TcpListener,
     stop: impl Future<Output = Stop>,
     grace: Duration,
+    client_timeout: Duration,
 ) -> wasmtime::Result<Stop> {
     let connections = GracefulShutdown::new();
     tokio::pin!(stop);
@@ -48,10 +52,16 @@ pub async fn serve(
         let server = server.clone();
         let service = hyper::service::service_fn(move |req| {
             let server = server.clone();
+            let (parts, body) = req.into_parts();
+            let (body, timed_out) = IdleTimeout::new(body, client_timeout);
+            let mut req = Request::from_parts(parts, body);
+            req.extensions_mut().insert(timed_out);
             async move { Ok::<_, std::convert::Infallible>(handle(server, peer, req).await) }
         });
         let connection = http1::Builder::new()
             .keep_alive(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(client_timeout)
             .serve_connection(TokioIo::new(stream), service);
         let connection = connections.watch(connection);
         tokio::spawn(async move {
@@ -74,10 +84,13 @@ pub async fn serve(
     Ok(reason)
 }
 
+/// A request body as components read it.
+type ClientBody = IdleTimeout<hyper::body::Incoming>;
+
 async fn handle(
     server: Arc<Server>,
     peer: SocketAddr,
-    mut req: Request<hyper::body::Incoming>,
+    mut req: Request<ClientBody>,
 ) -> Response<HyperOutgoingBody> {
     let in_flight = server.begin_request();
     let started = Instant::now();
@@ -167,7 +180,7 @@ fn request_id(headers: &hyper::HeaderMap) -> String {
 async fn route(
     app: &App,
     peer: SocketAddr,
-    mut req: Request<hyper::body::Incoming>,
+    mut req: Request<ClientBody>,
 ) -> (Response<HyperOutgoingBody>, String) {
     let path = req.uri().path().to_string();
     let Some((component, path_info, route)) = app.router.route(&path).and_then(|m| {
@@ -230,8 +243,9 @@ async fn route(
 async fn run_component(
     app: &App,
     component: &crate::app::ComponentRuntime,
-    req: Request<hyper::body::Incoming>,
+    req: Request<ClientBody>,
 ) -> wasmtime::Result<Response<HyperOutgoingBody>> {
+    let timed_out = req.extensions().get::<BodyTimedOut>().cloned();
     let mut store = new_store(&app.engine, &component.sandbox, app.started)?;
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let req = store
@@ -261,7 +275,26 @@ async fn run_component(
     // stops the handler, freeing its instance and execution context. Once the response has started,
     // a disconnect surfaces to the handler as a failed write instead.
     let mut cancel = AbortOnDrop(Some(task.abort_handle()));
-    match receiver.await {
+    let body_timed_out = async {
+        match &timed_out {
+            Some(BodyTimedOut(notify)) => notify.notified().await,
+            None => std::future::pending().await,
+        }
+    };
+    let sent = tokio::select! {
+        biased;
+        // The client stopped sending its body: the guard stops the handler (which may have answered
+        // the read error already; the timeout is the truth).
+        () = body_timed_out => {
+            return Ok(error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "the request body stopped arriving before it was complete",
+            ));
+        }
+        sent = receiver => sent,
+    };
+    match sent {
         Ok(Ok(response)) => {
             cancel.0 = None;
             Ok(response)

@@ -316,6 +316,26 @@ async fn malformed_tensors_are_invalid_arguments() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn token_ids_and_positions_outside_the_model_are_refused_before_inference() {
+    for backend in BACKENDS {
+        let mut fixture = Fixture::on(backend);
+        let mut nn = fixture.nn();
+        let ctx = context(&mut nn).await;
+        for (tokens, past) in [
+            (&[1, 1_000_000_000][..], 0),
+            (&[1, -3][..], 0),
+            (&[1][..], 1 << 20),
+        ] {
+            let (code, message) = step(&mut nn, &ctx, tokens, past).await.unwrap_err();
+            assert_eq!(code, ErrorCode::InvalidArgument, "{message}");
+            assert!(message.contains("outside 0.."), "{message}");
+        }
+        // Nothing ran: the context still computes.
+        step(&mut nn, &ctx, &[1, 2], 0).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn text_interface_templates_encodes_and_streams_utf8_whole() {
     let mut fixture = Fixture::new();
     let mut text = fixture.text();

@@ -85,7 +85,8 @@ fn text_error(e: TextError) -> ApiError {
     }
 }
 
-fn nn_error(e: &NnError) -> ApiError {
+/// The API error for a wasi-nn failure.
+pub fn nn_error(e: &NnError) -> ApiError {
     match e.code() {
         ErrorCode::NotFound => ApiError::not_found(e.data()),
         ErrorCode::InvalidArgument => ApiError::bad_request(e.data()),

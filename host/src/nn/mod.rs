@@ -157,6 +157,48 @@ impl graph::HostGraph for NnView<'_> {
 
 impl inference::Host for NnView<'_> {}
 
+/// Token ids and positions index tables inside the engines, and some kernels do not check their bounds
+/// (ONNX Runtime's `GatherBlockQuantized` reads past its table for an id beyond the vocabulary): a
+/// component must not be able to make the host read memory it does not own, so they are checked here.
+fn check_indices(
+    inputs: &[(String, Tensor)],
+    vocab_size: u32,
+    context_length: u32,
+) -> Result<(), BackendError> {
+    for (name, tensor) in inputs {
+        let limit = match name.as_str() {
+            "input_ids" => vocab_size,
+            "position_ids" => context_length,
+            _ => continue,
+        };
+        tensor.check_size()?;
+        let out_of_range = |v: i64| !(0..i64::from(limit)).contains(&v);
+        let bad = match tensor.ty {
+            TensorType::I64 => tensor
+                .data
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .find(|&v| out_of_range(v)),
+            TensorType::I32 => tensor
+                .data
+                .chunks_exact(4)
+                .map(|b| i64::from(i32::from_le_bytes(b.try_into().expect("4 bytes"))))
+                .find(|&v| out_of_range(v)),
+            other => {
+                return Err(BackendError::InvalidArgument(format!(
+                    "{name} must be i64 or i32, not {other:?}"
+                )));
+            }
+        };
+        if let Some(value) = bad {
+            return Err(BackendError::InvalidArgument(format!(
+                "{name} holds {value}, outside 0..{limit}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl inference::HostGraphExecutionContext for NnView<'_> {
     async fn compute(
         &mut self,
@@ -172,6 +214,10 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             .iter()
             .find(|(name, _)| name == "input_ids")
             .map_or(0, |(_, t)| t.element_count() as u64);
+        let info = &self.table.get(&context)?.model.info;
+        if let Err(e) = check_indices(&named, info.vocab_size, info.context_length) {
+            return self.fail(e.code(), e.to_string());
+        }
         let Some(mut backend) = self.table.get_mut(&context)?.backend.take() else {
             return self.fail(
                 ErrorCode::RuntimeError,

@@ -73,8 +73,16 @@ impl OpenVino {
     }
 }
 
+/// OpenVINO's messages span lines (nested exceptions); a load error is reported as one line.
 fn load_error(context: &str) -> impl Fn(openvino::InferenceError) -> BackendError + '_ {
-    move |e| BackendError::Load(format!("{context}: {e}"))
+    move |e| {
+        let message = e
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        BackendError::Load(format!("{context}: {message}"))
+    }
 }
 
 impl Backend for OpenVino {

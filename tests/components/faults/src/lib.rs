@@ -1,8 +1,12 @@
 //! A component that misbehaves on request, so tests can show the host contains it: it traps, loops
-//! forever, exhausts its memory, and tries to reach files, sockets and hosts it was not granted.
+//! forever, exhausts its memory, tries to reach files, sockets and hosts it was not granted, and makes
+//! the inference engine fail mid-generation.
 
 use std::io::Read;
 
+use nnspin_guest::bindings::wasi::nn::graph;
+use nnspin_guest::bindings::wasi::nn::tensor::{Tensor, TensorType};
+use nnspin_guest::generate;
 use nnspin_guest::http::{self, RequestHead};
 use serde_json::json;
 use wasip2::http::outgoing_handler;
@@ -56,9 +60,42 @@ impl wasip2::exports::http::incoming_handler::Guest for Faults {
                 let port = query_port(&head.query);
                 http::send_json(out, 200, &attempt(outbound(port)));
             }
+            "/compute-error" => match compute_error() {
+                Ok(()) => http::send_json(out, 200, &json!({ "computed": true })),
+                Err(error) => http::send_error(out, &error),
+            },
             _ => http::send_json(out, 404, &json!({ "detail": "no such fault" })),
         }
     }
+}
+
+/// Makes the inference engine fail inside `compute`: an attention mask longer than the sequence passes
+/// the host's checks (it indexes nothing) but ONNX Runtime's attention kernel rejects it.
+fn compute_error() -> Result<(), nnspin_guest::ApiError> {
+    let graph = graph::load_by_name("tiny-random").map_err(|e| generate::nn_error(&e))?;
+    let context = graph
+        .init_execution_context()
+        .map_err(|e| generate::nn_error(&e))?;
+    let i64s =
+        |values: &[i64]| -> Vec<u8> { values.iter().flat_map(|v| v.to_le_bytes()).collect() };
+    let inputs = vec![
+        (
+            "input_ids".to_string(),
+            Tensor::new(&[1, 2], TensorType::I64, &i64s(&[1, 2])),
+        ),
+        (
+            "attention_mask".to_string(),
+            Tensor::new(&[1, 5], TensorType::I64, &i64s(&[1; 5])),
+        ),
+        (
+            "position_ids".to_string(),
+            Tensor::new(&[1, 2], TensorType::I64, &i64s(&[0, 1])),
+        ),
+    ];
+    context
+        .compute(inputs)
+        .map(drop)
+        .map_err(|e| generate::nn_error(&e))
 }
 
 fn query_port(query: &str) -> u16 {
