@@ -168,7 +168,9 @@ def test_unknown_model_through_the_sdk(client):
 
 def test_unknown_routes_and_methods(host):
     assert_json_error(httpx.get(host.url + "/v1/nothing-here"), 404)
-    assert_json_error(httpx.get(host.openai_url + "/chat/completions"), 405)
+    wrong_method = httpx.get(host.openai_url + "/chat/completions")
+    assert_json_error(wrong_method, 405)
+    assert wrong_method.headers["allow"] == "POST"
     assert_json_error(httpx.get(host.openai_url + "/models/gpt-9"), 404)
 
 

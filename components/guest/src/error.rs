@@ -17,6 +17,8 @@ pub struct ApiError {
     pub code: Option<&'static str>,
     /// Seconds after which a retry may succeed, sent as `Retry-After`.
     pub retry_after: Option<u32>,
+    /// The methods the path accepts, sent as `Allow` with a 405 (RFC 9110).
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -28,6 +30,7 @@ impl ApiError {
             param: None,
             code: None,
             retry_after: None,
+            allow: None,
         }
     }
 
@@ -83,12 +86,15 @@ impl ApiError {
         e
     }
 
-    pub fn method_not_allowed(method: &str, path: &str) -> Self {
-        Self::new(
+    /// 405 for a known path asked with a method it does not take; `allow` lists those it does.
+    pub fn method_not_allowed(method: &str, path: &str, allow: &'static str) -> Self {
+        let mut e = Self::new(
             405,
             "invalid_request_error",
-            format!("{method} is not allowed on {path}"),
-        )
+            format!("{method} is not allowed on {path} (use {allow})"),
+        );
+        e.allow = Some(allow);
+        e
     }
 
     pub fn payload_too_large(limit: usize) -> Self {

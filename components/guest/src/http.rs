@@ -62,6 +62,14 @@ impl RequestHead {
         }
     }
 
+    /// Where the component is mounted: the path before [`Self::route_path`] (`/locallab`), empty at
+    /// the root or on an exact route.
+    pub fn mount(&self) -> &str {
+        self.path
+            .strip_suffix(self.route_path.as_str())
+            .unwrap_or_default()
+    }
+
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
@@ -140,12 +148,27 @@ pub fn send_json(out: ResponseOutparam, status: u16, value: &impl Serialize) {
     send_json_with(out, status, value, &[]);
 }
 
-/// Sends an error as JSON with its status (and `Retry-After` when it has one).
+/// A component's OpenAPI document (embedded JSON) with `servers` naming `server_url`, so tools
+/// resolve its paths against where spin.toml mounted the component.
+pub fn openapi_document(document: &str, server_url: &str) -> serde_json::Value {
+    let mut document: serde_json::Value =
+        serde_json::from_str(document).expect("the embedded OpenAPI document is JSON");
+    let url = if server_url.is_empty() {
+        "/"
+    } else {
+        server_url
+    };
+    document["servers"] = serde_json::json!([{ "url": url }]);
+    document
+}
+
+/// Sends an error as JSON with its status (and `Retry-After` or `Allow` when it has one).
 pub fn send_error(out: ResponseOutparam, error: &ApiError) {
     let retry_after = error.retry_after.map(|s| s.to_string());
     let extra: Vec<(&str, &str)> = retry_after
         .iter()
         .map(|s| ("retry-after", s.as_str()))
+        .chain(error.allow.map(|methods| ("allow", methods)))
         .collect();
     send_json_with(out, error.status, &error.body(), &extra);
 }

@@ -1,7 +1,8 @@
 //! The validation layer both APIs share: request bodies parsed into typed requests, ranges checked,
 //! every failure an [`ApiError`] with the status clients expect.
 
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
 
 use crate::ApiError;
 
@@ -35,6 +36,32 @@ pub fn check_range(param: &str, value: Option<f32>, lo: f32, hi: f32) -> Result<
     }
 }
 
+/// Deserializes an optional count, seed or token id: a non-negative JSON integer, also written with a
+/// zero fraction (`100.0`). JSON Schema counts `100.0` as an integer and Python servers (pydantic)
+/// accept it, so clients that compute their settings as floats keep working.
+pub fn whole_number<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    /// 2^64: the first float past `u64::MAX`.
+    const LIMIT: f64 = 18_446_744_073_709_551_616.0;
+    number
+        .as_u64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..LIMIT).contains(f))
+                .map(|f| f as u64)
+        })
+        .and_then(|whole| T::try_from(whole).ok())
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("expected a whole number in range, got {number}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +84,30 @@ mod tests {
             422
         );
         assert!(parse_body::<Probe>(br#"{"needed": 1, "extra": true}"#).is_ok());
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Counts {
+        #[serde(default, deserialize_with = "whole_number")]
+        n: Option<u32>,
+    }
+
+    #[test]
+    fn counts_may_be_written_as_whole_floats() {
+        let n = |body: &str| parse_body::<Counts>(body.as_bytes()).map(|c| c.n);
+        assert_eq!(n(r#"{"n": 3}"#), Ok(Some(3)));
+        assert_eq!(n(r#"{"n": 3.0}"#), Ok(Some(3)));
+        assert_eq!(n(r#"{"n": null}"#), Ok(None));
+        assert_eq!(n("{}"), Ok(None));
+        for bad in [
+            r#"{"n": 3.5}"#,
+            r#"{"n": -1}"#,
+            r#"{"n": 4294967296}"#,
+            r#"{"n": 1e300}"#,
+            r#"{"n": "3"}"#,
+        ] {
+            assert_eq!(n(bad).unwrap_err().status, 422, "{bad}");
+        }
     }
 
     #[test]

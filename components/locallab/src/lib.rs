@@ -24,6 +24,9 @@ impl wasip2::exports::http::incoming_handler::Guest for LocalLab {
         let head = RequestHead::of(&request);
         let result = match (head.method.as_str(), head.route_path.trim_end_matches('/')) {
             ("GET", "/health") => Ok(Reply::Json(json!({ "status": "healthy" }))),
+            ("GET", "/openapi.json") => {
+                Ok(Reply::Json(http::openapi_document(OPENAPI, head.mount())))
+            }
             ("GET", "/system/info") => Ok(Reply::Json(system_info())),
             ("GET", "/models/available") => Ok(Reply::Json(available_models())),
             ("GET", "/models/current") => Ok(Reply::Json(current_model())),
@@ -40,9 +43,20 @@ impl wasip2::exports::http::incoming_handler::Guest for LocalLab {
             }
             (
                 _,
-                "/health" | "/system/info" | "/models/available" | "/models/current"
-                | "/models/load" | "/models/unload" | "/generate" | "/generate/batch" | "/chat",
-            ) => Err(ApiError::method_not_allowed(&head.method, &head.path)),
+                "/health" | "/openapi.json" | "/system/info" | "/models/available"
+                | "/models/current",
+            ) => Err(ApiError::method_not_allowed(
+                &head.method,
+                &head.path,
+                "GET",
+            )),
+            (_, "/models/load" | "/models/unload" | "/generate" | "/generate/batch" | "/chat") => {
+                Err(ApiError::method_not_allowed(
+                    &head.method,
+                    &head.path,
+                    "POST",
+                ))
+            }
             _ => Err(ApiError::not_found(format!(
                 "no route for {} {}",
                 head.method, head.path
@@ -55,6 +69,9 @@ impl wasip2::exports::http::incoming_handler::Guest for LocalLab {
         }
     }
 }
+
+/// The OpenAPI 3.1 description of this API (paths relative to the mount), served at `/openapi.json`.
+const OPENAPI: &str = include_str!("../openapi.json");
 
 /// What a route answers once the request is validated.
 enum Reply {

@@ -5,8 +5,8 @@ use serde::Deserialize;
 use nnspin_guest::ApiError;
 use nnspin_guest::chat::ChatMessage;
 use nnspin_guest::generate::{self, GenerationParams};
-use nnspin_guest::request::check_range;
 pub use nnspin_guest::request::parse_body as parse;
+use nnspin_guest::request::{check_range, whole_number};
 use nnspin_guest::sampling::{PenaltyParams, SamplingParams};
 
 /// New tokens when the request names no length.
@@ -22,17 +22,17 @@ pub struct Settings {
     pub model_id: Option<String>,
     #[serde(default)]
     pub stream: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub max_length: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub max_tokens: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub max_new_tokens: Option<u32>,
     #[serde(default)]
     pub temperature: Option<f32>,
     #[serde(default)]
     pub top_p: Option<f32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub top_k: Option<u32>,
     #[serde(default)]
     pub repetition_penalty: Option<f32>,
@@ -41,7 +41,7 @@ pub struct Settings {
     /// Seconds the server may spend generating.
     #[serde(default)]
     pub max_time: Option<f32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub seed: Option<u64>,
 }
 
@@ -82,10 +82,17 @@ impl Settings {
         check_range("top_p", self.top_p, 0.0, 1.0)?;
         check_range("repetition_penalty", self.repetition_penalty, 0.01, 10.0)?;
         check_range("max_time", self.max_time, 0.0, 3600.0)?;
-        if self.requested_tokens() == Some(0) {
-            return Err(
-                ApiError::bad_request("`max_length` must be at least 1").with_param("max_length")
-            );
+        for (param, value) in [
+            ("max_length", self.max_length),
+            ("max_tokens", self.max_tokens),
+            ("max_new_tokens", self.max_new_tokens),
+        ] {
+            if value == Some(0) {
+                return Err(
+                    ApiError::bad_request(format!("`{param}` must be at least 1"))
+                        .with_param(param),
+                );
+            }
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 use nnspin_guest::ApiError;
 use nnspin_guest::generate::{self, GenerationParams, Model, Piece};
 use nnspin_guest::http::{self, EventStream, Framing};
+use nnspin_guest::request::whole_number;
 use nnspin_guest::sampling::TokenLogprob;
 
 use crate::request::{SamplingFields, parse};
@@ -26,13 +27,13 @@ struct CompletionRequest {
     prompt: Value,
     #[serde(flatten)]
     sampling: SamplingFields,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     logprobs: Option<u32>,
     #[serde(default)]
     echo: bool,
     #[serde(default)]
     suffix: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     best_of: Option<u32>,
 }
 

@@ -22,15 +22,29 @@ impl wasip2::exports::http::incoming_handler::Guest for OpenAi {
         let head = RequestHead::of(&request);
         match (head.method.as_str(), head.path.trim_end_matches('/')) {
             ("GET", "/health") => http::send_json(out, 200, &serde_json::json!({ "ok": true })),
+            // Paths in the document are whole paths: this component routes on them.
+            ("GET", "/openapi.json") => {
+                http::send_json(out, 200, &http::openapi_document(OPENAPI, "/"))
+            }
             ("GET", "/v1/models") => list_models(out),
             ("GET", path) if path.starts_with(MODEL_PREFIX) => {
                 get_model(&path[MODEL_PREFIX.len()..], out)
             }
             ("POST", "/v1/chat/completions") => chat::chat_completions(request, out),
             ("POST", "/v1/completions") => completions::completions(request, out),
-            (_, "/health" | "/v1/models" | "/v1/chat/completions" | "/v1/completions") => {
-                http::send_error(out, &ApiError::method_not_allowed(&head.method, &head.path))
+            (_, path)
+                if matches!(path, "/health" | "/openapi.json" | "/v1/models")
+                    || path.starts_with(MODEL_PREFIX) =>
+            {
+                http::send_error(
+                    out,
+                    &ApiError::method_not_allowed(&head.method, &head.path, "GET"),
+                )
             }
+            (_, "/v1/chat/completions" | "/v1/completions") => http::send_error(
+                out,
+                &ApiError::method_not_allowed(&head.method, &head.path, "POST"),
+            ),
             _ => http::send_error(
                 out,
                 &ApiError::not_found(format!("no route for {} {}", head.method, head.path)),
@@ -38,6 +52,9 @@ impl wasip2::exports::http::incoming_handler::Guest for OpenAi {
         }
     }
 }
+
+/// The OpenAPI 3.1 description of this API, served at `/openapi.json`.
+const OPENAPI: &str = include_str!("../openapi.json");
 
 const MODEL_PREFIX: &str = "/v1/models/";
 

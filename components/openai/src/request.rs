@@ -10,7 +10,7 @@ use nnspin_guest::ApiError;
 use nnspin_guest::chat::ChatMessage;
 use nnspin_guest::generate::{self, GenerationParams};
 use nnspin_guest::json_schema::Schema;
-use nnspin_guest::request::{check_range, parse_body};
+use nnspin_guest::request::{check_range, parse_body, whole_number};
 use nnspin_guest::sampling::{PenaltyParams, SamplingParams};
 use nnspin_guest::structured::Structure;
 
@@ -23,15 +23,15 @@ const DEFAULT_MAX_TOKENS: u32 = 128;
 pub struct SamplingFields {
     #[serde(default)]
     pub model: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub max_tokens: Option<u32>,
     #[serde(default)]
     pub temperature: Option<f32>,
     #[serde(default)]
     pub top_p: Option<f32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub top_k: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub seed: Option<u64>,
     #[serde(default)]
     pub stream: bool,
@@ -47,7 +47,7 @@ pub struct SamplingFields {
     #[serde(default)]
     pub logit_bias: Option<BTreeMap<String, f32>>,
     /// Number of choices to generate.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub n: Option<u32>,
 }
 
@@ -57,11 +57,11 @@ pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub max_completion_tokens: Option<u32>,
     #[serde(default)]
     pub logprobs: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub top_logprobs: Option<u32>,
     /// Checked by [`ChatRequest::structure`], so each mistake gets its own message.
     #[serde(default)]
