@@ -14,28 +14,12 @@ Each figure is the median of --repeat runs, since the machine is noisy.
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from host import start_host
+
 FILLER = "The quick brown fox jumps over the lazy dog. "
-
-
-def start_host(backend: str) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(
-        [str(ROOT / "target/debug/nnspin"), "up", "--listen", "127.0.0.1:0", "--backend", backend],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    url = None
-    for line in process.stdout:
-        if "listening on " in line:
-            url = line.split("listening on ", 1)[1].strip()
-        if "nnspin ready" in line and url:
-            return process, url
-    sys.exit("the host did not start")
 
 
 def health_latency(url: str, n: int) -> list[float]:
@@ -105,7 +89,7 @@ def main():
     results = {}
     for backend in args.backends.split(","):
         print(f"{backend}:", flush=True)
-        process, url = start_host(backend)
+        process, url = start_host("--backend", backend)
         try:
             results[backend] = measure(url, args.model, args.repeat)
         finally:

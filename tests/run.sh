@@ -22,6 +22,7 @@ cargo build --release --target wasm32-wasip2 -p nnspin-test-faults
 
 printf '\n==> cargo fmt --check\n'
 cargo fmt --all --check
+cargo fmt --manifest-path tests/fuzz/Cargo.toml --check
 printf '\n==> cargo test\n'
 cargo test --workspace
 printf '\n==> end-to-end tests\n'

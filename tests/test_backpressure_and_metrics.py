@@ -2,10 +2,12 @@
 disconnects, and overload answered with 503 + Retry-After without losing any accepted request."""
 
 import concurrent.futures
+import json
 import re
 import time
 
 import httpx
+import pytest
 
 from conftest import TINY_MODEL, openai_app, start_host
 
@@ -55,12 +57,13 @@ def test_a_client_disconnecting_mid_stream_frees_its_context(host):
         time.sleep(0.05)
 
 
-def test_overload_is_refused_with_retry_after_and_nothing_is_lost(tmp_path):
+@pytest.mark.parametrize("stream", [False, True])
+def test_overload_is_refused_with_retry_after_and_nothing_is_lost(tmp_path, stream):
     manifest = openai_app(tmp_path, [TINY_MODEL])
     host = start_host(manifest, "--max-sequences-per-model", "1", "--max-queue-per-model", "1")
     try:
         body = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "tell"}], "max_tokens": 300,
-                "temperature": 0}
+                "temperature": 0, "stream": stream}
 
         def send(_):
             return httpx.post(host.url + "/v1/chat/completions", json=body, timeout=120)
@@ -76,7 +79,13 @@ def test_overload_is_refused_with_retry_after_and_nothing_is_lost(tmp_path):
             assert r.headers["retry-after"] == "1"
             assert "capacity" in r.json()["detail"]
         for r in served:
-            assert r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+            if stream:
+                # Overload is a status before the stream starts, never an error event inside one.
+                events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+                assert events[-1] == "[DONE]" and all('"error"' not in e for e in events), r.text[-500:]
+                assert json.loads(events[-2])["choices"][0]["finish_reason"] in ("stop", "length")
+            else:
+                assert r.json()["choices"][0]["finish_reason"] in ("stop", "length")
         text = httpx.get(host.url + "/metrics").text
         assert metric(text, "nnspin_rejected_total", model=TINY_MODEL) == len(refused)
         assert metric(text, "nnspin_requests_total", route="/...", status="200") == len(served)

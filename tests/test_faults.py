@@ -123,3 +123,24 @@ def test_prompts_and_answers_are_not_logged(host):
     body = {"model": TINY_MODEL, "messages": [{"role": "user", "content": f"Repeat {marker}"}], "max_tokens": 3}
     assert httpx.post(host.url + CHAT, json=body).status_code == 200
     assert marker not in "".join(host.log)
+
+
+def test_a_response_sent_before_the_body_was_read_closes_the_connection(host):
+    """hyper cannot reuse a connection whose request body is still unread; the response must say so, or
+    the client's next request on that connection is lost."""
+    address = host.url.split("//")[1].rsplit(":", 1)
+    body = b'{"messages": []}'
+    with socket.create_connection((address[0], int(address[1]))) as s:
+        # Headers first; the body comes after the answer (a 404 no handler needed the body for).
+        s.sendall(b"POST /locallab/nothing-here HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                  b"content-length: %d\r\n\r\n" % len(body))
+        head = s.recv(65536).split(b"\r\n\r\n")[0].lower()
+        assert head.startswith(b"http/1.1 404") and b"connection: close" in head, head
+    with socket.create_connection((address[0], int(address[1]))) as s:
+        # A body read to its end keeps the connection open for the next request.
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s"
+                  % (len(body), body))
+        head = s.recv(65536).split(b"\r\n\r\n")[0].lower()
+        assert head.startswith(b"http/1.1 400") and b"connection: close" not in head, head
+        s.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200"), "the connection was kept for the next request"

@@ -8,7 +8,7 @@
 pub mod api_keys;
 pub mod app;
 pub mod bindings;
-pub mod client_timeout;
+pub mod client_body;
 pub mod component_cache;
 pub mod instance;
 pub mod lifecycle;

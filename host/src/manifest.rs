@@ -79,11 +79,13 @@ impl Manifest {
     pub fn load(path: &Path) -> wasmtime::Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let manifest: Self =
-            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        manifest
-            .validate()
-            .with_context(|| format!("in {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Parses and checks a manifest's text (paths in it stay relative to the manifest).
+    pub fn parse(text: &str) -> wasmtime::Result<Self> {
+        let manifest: Self = toml::from_str(text)?;
+        manifest.validate()?;
         Ok(manifest)
     }
 

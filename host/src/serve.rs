@@ -20,7 +20,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::app::App;
-use crate::client_timeout::{BodyTimedOut, IdleTimeout};
+use crate::client_body::{BodyTimedOut, ClientBody};
 use crate::instance::{CpuBudgetExceeded, new_store};
 use crate::lifecycle::{Server, Stop};
 
@@ -53,10 +53,18 @@ pub async fn serve(
         let service = hyper::service::service_fn(move |req| {
             let server = server.clone();
             let (parts, body) = req.into_parts();
-            let (body, timed_out) = IdleTimeout::new(body, client_timeout);
+            let (body, timed_out, ended) = ClientBody::new(body, client_timeout);
             let mut req = Request::from_parts(parts, body);
             req.extensions_mut().insert(timed_out);
-            async move { Ok::<_, std::convert::Infallible>(handle(server, peer, req).await) }
+            async move {
+                let mut response = handle(server, peer, req).await;
+                if !ended.get() {
+                    response
+                        .headers_mut()
+                        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
         let connection = http1::Builder::new()
             .keep_alive(true)
@@ -85,12 +93,12 @@ pub async fn serve(
 }
 
 /// A request body as components read it.
-type ClientBody = IdleTimeout<hyper::body::Incoming>;
+type RequestBody = ClientBody<hyper::body::Incoming>;
 
 async fn handle(
     server: Arc<Server>,
     peer: SocketAddr,
-    mut req: Request<ClientBody>,
+    mut req: Request<RequestBody>,
 ) -> Response<HyperOutgoingBody> {
     let in_flight = server.begin_request();
     let started = Instant::now();
@@ -180,7 +188,7 @@ fn request_id(headers: &hyper::HeaderMap) -> String {
 async fn route(
     app: &App,
     peer: SocketAddr,
-    mut req: Request<ClientBody>,
+    mut req: Request<RequestBody>,
 ) -> (Response<HyperOutgoingBody>, String) {
     let path = req.uri().path().to_string();
     let Some((component, path_info, route)) = app.router.route(&path).and_then(|m| {
@@ -243,7 +251,7 @@ async fn route(
 async fn run_component(
     app: &App,
     component: &crate::app::ComponentRuntime,
-    req: Request<ClientBody>,
+    req: Request<RequestBody>,
 ) -> wasmtime::Result<Response<HyperOutgoingBody>> {
     let timed_out = req.extensions().get::<BodyTimedOut>().cloned();
     let mut store = new_store(&app.engine, &component.sandbox, app.started)?;

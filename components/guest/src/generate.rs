@@ -203,13 +203,63 @@ pub fn generate(
     model: &Model,
     prompt: &[u32],
     params: &GenerationParams,
+    on_piece: impl FnMut(Piece<'_>) -> bool,
+) -> Result<Outcome, ApiError> {
+    Generation::open(model, prompt, params)?.run(on_piece)
+}
+
+/// A checked generation holding its execution context. Opening the context takes the request's place
+/// in the model's queue, or is refused (503, the queue is full): a streaming API opens it before its
+/// response starts, so overload is a status, not an error event inside a 200 stream.
+pub struct Generation<'a> {
+    model: &'a Model,
+    prompt: &'a [u32],
+    params: &'a GenerationParams,
+    budget: usize,
+    execution: GraphExecutionContext,
+}
+
+impl<'a> Generation<'a> {
+    pub fn open(
+        model: &'a Model,
+        prompt: &'a [u32],
+        params: &'a GenerationParams,
+    ) -> Result<Self, ApiError> {
+        let budget = check(model, prompt, params)?;
+        let execution = model
+            .graph
+            .init_execution_context()
+            .map_err(|e| nn_error(&e))?;
+        Ok(Self {
+            model,
+            prompt,
+            params,
+            budget,
+            execution,
+        })
+    }
+
+    /// Runs the generation to its end; see [`generate`].
+    pub fn run(self, on_piece: impl FnMut(Piece<'_>) -> bool) -> Result<Outcome, ApiError> {
+        let Self {
+            model,
+            prompt,
+            params,
+            budget,
+            execution,
+        } = self;
+        decode(model, prompt, params, budget, &execution, on_piece)
+    }
+}
+
+fn decode(
+    model: &Model,
+    prompt: &[u32],
+    params: &GenerationParams,
+    budget: usize,
+    execution: &GraphExecutionContext,
     mut on_piece: impl FnMut(Piece<'_>) -> bool,
 ) -> Result<Outcome, ApiError> {
-    let budget = check(model, prompt, params)?;
-    let execution = model
-        .graph
-        .init_execution_context()
-        .map_err(|e| nn_error(&e))?;
     let detokenizer = model.tokenizer.detokenizer(true);
     let mut sampler = Sampler::new(params.sampling.clone());
     let vocab = model.info.vocab_size as usize;
@@ -235,7 +285,7 @@ pub fn generate(
         finish_reason: FinishReason::Length,
         structured: false,
     };
-    let mut logits = step(&execution, prompt, 0)?;
+    let mut logits = step(execution, prompt, 0)?;
     let mut position = prompt.len();
     let finished = loop {
         if (outcome.completion_tokens as usize) >= budget || out_of_time() {
@@ -278,7 +328,7 @@ pub fn generate(
             break FinishReason::Stop;
         }
         if (outcome.completion_tokens as usize) < budget {
-            logits = step(&execution, &[token], position)?;
+            logits = step(execution, &[token], position)?;
             position += 1;
         }
     };

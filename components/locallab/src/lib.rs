@@ -1,14 +1,18 @@
 //! The LocalLab API as a WASI component: `/generate`, `/generate/batch`, `/chat`, `/models/*`,
 //! `/system/info` and `/health`, over the shared generation loop of `nnspin-guest`.
 
-mod request;
+// Natively nothing calls the handler; the wasm build keeps every lint.
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+
+// Public (with an rlib beside the component) so `tests/fuzz` can drive the validation layer natively.
+pub mod request;
 
 use serde_json::{Value, json};
 
 use nnspin_guest::bindings::nnspin::llm::models::{self, ModelError, ModelStatus};
 use nnspin_guest::bindings::nnspin::llm::system;
 use nnspin_guest::bindings::nnspin::llm::text::Message;
-use nnspin_guest::generate::{self, GenerationParams, Model, Outcome};
+use nnspin_guest::generate::{self, Generation, GenerationParams, Model, Outcome};
 use nnspin_guest::http::{self, EventStream, Framing, RequestHead};
 use nnspin_guest::{ApiError, chat};
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};
@@ -17,6 +21,9 @@ use request::{BatchRequest, ChatRequest, GenerateRequest, ModelRequest, Settings
 
 struct LocalLab;
 
+// Exported in the wasm build only: natively (unit tests, `tests/fuzz`) the crate is a library of its
+// validation layer, and `wasi:http/…` export names are not valid native symbols.
+#[cfg(target_arch = "wasm32")]
 wasip2::http::proxy::export!(LocalLab);
 
 impl wasip2::exports::http::incoming_handler::Guest for LocalLab {
@@ -151,8 +158,13 @@ impl StreamJob {
             StreamKind::Chat(framing) => framing,
         };
         let model_id = self.model.info.id.clone();
+        // Opened before the response starts, so a model at capacity is a 503.
+        let generation = match Generation::open(&self.model, &self.prompt, &self.params) {
+            Ok(generation) => generation,
+            Err(error) => return http::send_error(out, &locallab_status(error)),
+        };
         let mut events = EventStream::start(out, framing);
-        let result = generate::generate(&self.model, &self.prompt, &self.params, |piece| {
+        let result = generation.run(|piece| {
             let piece = piece.text;
             match self.kind {
             StreamKind::Text => events.send(&piece.replace('\r', "\\r").replace('\n', "\\n")),

@@ -4,7 +4,8 @@
 use serde_json::{Value, json};
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
-use nnspin_guest::generate::{self, Model, Outcome, Piece};
+use nnspin_guest::bindings::nnspin::llm::text::Message;
+use nnspin_guest::generate::{self, Generation, GenerationParams, Model, Outcome, Piece};
 use nnspin_guest::http::{self, EventStream, Framing};
 use nnspin_guest::sampling::TokenLogprob;
 use nnspin_guest::structured::Structure;
@@ -16,6 +17,39 @@ use crate::tools::{Call, Tools};
 
 const OBJECT: &str = "chat.completion";
 const CHUNK: &str = "chat.completion.chunk";
+
+/// What a request asks for, checked without a model: the parsed request, the structure its output must
+/// have, and its messages as template input. Every malformed request fails here; public for the fuzz
+/// targets, which hold this layer to arbitrary bodies.
+pub struct Validated {
+    pub request: ChatRequest,
+    pub structure: Option<Structure>,
+    /// The model may answer with a tool call.
+    pub tools: bool,
+    pub messages: Vec<Message>,
+}
+
+impl Validated {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let request = ChatRequest::parse(body)?;
+        let format = request.response_structure()?;
+        let tools = Tools::from_request(request.tools.as_ref(), request.tool_choice.as_ref())?;
+        let structure = match &tools {
+            Some(tools) => Some(tools.structure()?),
+            None => format,
+        };
+        let mut messages = chat::template_messages(&request.messages).map_err(openai_status)?;
+        if let Some(tools) = &tools {
+            tools.describe(&mut messages);
+        }
+        Ok(Self {
+            request,
+            structure,
+            tools: tools.is_some(),
+            messages,
+        })
+    }
+}
 
 /// A validated request, ready to generate.
 struct Prepared {
@@ -31,18 +65,13 @@ impl Prepared {
     /// Validates the request and tokenizes its prompt: every client error surfaces here, before any
     /// response is started.
     fn new(body: &[u8]) -> Result<Self, ApiError> {
-        let request = ChatRequest::parse(body)?;
-        let format = request.response_structure()?;
-        let tools = Tools::from_request(request.tools.as_ref(), request.tool_choice.as_ref())?;
-        let structure = match &tools {
-            Some(tools) => Some(tools.structure()?),
-            None => format,
-        };
+        let Validated {
+            request,
+            structure,
+            tools,
+            messages,
+        } = Validated::parse(body)?;
         let model = Model::open(&request.sampling.resolve_model()?)?;
-        let mut messages = chat::template_messages(&request.messages).map_err(openai_status)?;
-        if let Some(tools) = &tools {
-            tools.describe(&mut messages);
-        }
         // A last assistant message is a prefill: the model continues it.
         let prompt = match messages.last() {
             Some(last) if last.role == "assistant" => model.continuation_prompt(&messages)?,
@@ -53,7 +82,7 @@ impl Prepared {
             model,
             prompt,
             structure,
-            tools: tools.is_some(),
+            tools,
         };
         generate::check(&prepared.model, &prepared.prompt, &prepared.params(0))?;
         Ok(prepared)
@@ -130,12 +159,20 @@ pub fn chat_completions(request: IncomingRequest, out: ResponseOutparam) {
 /// opening with `{` when tools are offered) is held back and sent whole once complete.
 fn stream(out: ResponseOutparam, prepared: &Prepared, completion: &Completion) {
     let include_usage = prepared.request.sampling.include_usage();
+    let params: Vec<GenerationParams> = (0..prepared.request.sampling.choices())
+        .map(|index| prepared.params(index))
+        .collect();
+    // Opened before the response starts, so a model at capacity is a 503 (the others open in turn).
+    let mut first = match Generation::open(&prepared.model, &prepared.prompt, &params[0]) {
+        Ok(generation) => Some(generation),
+        Err(error) => return http::send_error(out, &error),
+    };
     let mut events = EventStream::start(out, Framing::ServerSentEvents);
     let mut usage = Usage {
         prompt_tokens: prepared.prompt.len() as u32,
         completion_tokens: 0,
     };
-    for index in 0..prepared.request.sampling.choices() {
+    for (index, params) in (0u32..).zip(&params) {
         let chunk = |delta: Value, logprobs: Value, finish: Option<&str>| {
             let choice = json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish});
             Response::chunk(completion, CHUNK, choice, include_usage)
@@ -150,12 +187,12 @@ fn stream(out: ResponseOutparam, prepared: &Prepared, completion: &Completion) {
         let mut calling = false;
         let mut held = String::new();
         let mut held_logprobs: Vec<TokenLogprob> = Vec::new();
-        let params = prepared.params(index);
-        let result = generate::generate(
-            &prepared.model,
-            &prepared.prompt,
-            &params,
-            |piece: Piece| {
+        let generation = first.take().map_or_else(
+            || Generation::open(&prepared.model, &prepared.prompt, params),
+            Ok,
+        );
+        let result = generation.and_then(|generation| {
+            generation.run(|piece: Piece| {
                 if deciding || calling {
                     held.push_str(piece.text);
                     held_logprobs.extend_from_slice(piece.logprobs);
@@ -174,8 +211,8 @@ fn stream(out: ResponseOutparam, prepared: &Prepared, completion: &Completion) {
                 }
                 let logprobs = prepared.logprobs(piece.logprobs);
                 events.send_json(&chunk(json!({ "content": piece.text }), logprobs, None))
-            },
-        );
+            })
+        });
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(error) => return response::fail_stream(events, &error),

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
 use nnspin_guest::ApiError;
-use nnspin_guest::generate::{self, GenerationParams, Model, Piece};
+use nnspin_guest::generate::{self, Generation, GenerationParams, Model, Piece};
 use nnspin_guest::http::{self, EventStream, Framing};
 use nnspin_guest::request::whole_number;
 use nnspin_guest::sampling::TokenLogprob;
@@ -21,8 +21,9 @@ const MAX_LOGPROBS: u32 = 5;
 /// Most prompts × choices one request may ask for.
 const MAX_SEQUENCES: usize = 16;
 
+/// A legacy completion request; public for the fuzz targets.
 #[derive(Debug, Deserialize)]
-struct CompletionRequest {
+pub struct CompletionRequest {
     /// A string, a list of strings, a list of token ids, or a list of such lists.
     prompt: Value,
     #[serde(flatten)]
@@ -42,7 +43,9 @@ fn invalid(param: &str, message: impl Into<String>) -> ApiError {
 }
 
 impl CompletionRequest {
-    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+    /// 400 for anything malformed or out of range, naming the field; the prompt's shape is checked
+    /// against the model when its tokens are read.
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
         let request: Self = parse(body)?;
         request.sampling.validate()?;
         if request.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
@@ -237,6 +240,15 @@ pub fn completions(request: IncomingRequest, out: ResponseOutparam) {
 
 fn stream(out: ResponseOutparam, prepared: &Prepared, completion: &Completion) {
     let include_usage = prepared.request.sampling.include_usage();
+    let params: Vec<GenerationParams> = (0..prepared.request.sampling.choices())
+        .map(|j| prepared.request.params(j))
+        .collect();
+    let (_, first_prompt, _) = prepared.sequences().next().expect("a request has a prompt");
+    // Opened before the response starts, so a model at capacity is a 503 (the others open in turn).
+    let mut first = match Generation::open(&prepared.model, &first_prompt.tokens, &params[0]) {
+        Ok(generation) => Some(generation),
+        Err(error) => return http::send_error(out, &error),
+    };
     let mut events = EventStream::start(out, Framing::ServerSentEvents);
     let mut usage = prepared.usage();
     for (index, prompt, j) in prepared.sequences() {
@@ -248,13 +260,17 @@ fn stream(out: ResponseOutparam, prepared: &Prepared, completion: &Completion) {
             send(&mut events, choice(index, echoed, Value::Null, None));
         }
         let mut offset = echoed.len();
-        let params = prepared.request.params(j);
-        let result =
-            generate::generate(&prepared.model, &prompt.tokens, &params, |piece: Piece| {
+        let generation = first.take().map_or_else(
+            || Generation::open(&prepared.model, &prompt.tokens, &params[j as usize]),
+            Ok,
+        );
+        let result = generation.and_then(|generation| {
+            generation.run(|piece: Piece| {
                 let logprobs = prepared.logprobs(piece.logprobs, offset);
                 offset += piece.text.len();
                 send(&mut events, choice(index, piece.text, logprobs, None))
-            });
+            })
+        });
         match result {
             Ok(outcome) => {
                 usage.completion_tokens += outcome.completion_tokens;

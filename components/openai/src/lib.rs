@@ -2,9 +2,13 @@
 //! `/v1/completions` (both with SSE streaming), and `/health`, over the shared generation loop of
 //! `nnspin-guest`.
 
-mod chat;
-mod completions;
-mod request;
+// Natively nothing calls the handler; the wasm build keeps every lint.
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+
+// Public (with an rlib beside the component) so `tests/fuzz` can drive the validation layer natively.
+pub mod chat;
+pub mod completions;
+pub mod request;
 mod response;
 mod tools;
 
@@ -15,6 +19,9 @@ use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
 struct OpenAi;
 
+// Exported in the wasm build only: natively (unit tests, `tests/fuzz`) the crate is a library of its
+// validation layer, and `wasi:http/…` export names are not valid native symbols.
+#[cfg(target_arch = "wasm32")]
 wasip2::http::proxy::export!(OpenAi);
 
 impl wasip2::exports::http::incoming_handler::Guest for OpenAi {

@@ -6,6 +6,8 @@
 
 pub mod backend;
 pub mod backends;
+/// Finds the engines' native libraries; only the engine backends use it.
+#[cfg(any(feature = "onnxruntime", feature = "openvino"))]
 mod library;
 #[cfg(feature = "onnxruntime")]
 pub mod onnxruntime;

@@ -1,10 +1,17 @@
-//! Slow clients: a request body that stops arriving for longer than the client timeout fails with
-//! `connection-read-timeout` and signals the server, which stops the handler and answers 408 itself, so a
-//! slow-loris client cannot hold an instance and its memory. Headers have the same limit through hyper's
-//! header read timeout.
+//! A request body as the host hands it to a component, watched for two things:
+//!
+//! - Slow clients: a body that stops arriving for longer than the client timeout fails with
+//!   `connection-read-timeout` and signals the server, which stops the handler and answers 408 itself, so
+//!   a slow-loris client cannot hold an instance and its memory. Headers have the same limit through
+//!   hyper's header read timeout.
+//! - Whether it was read to its end. A response sent before that (a 429 or 401 refused before any
+//!   instance, a 404 for a path no handler reads) must say `Connection: close`: hyper cannot reuse a
+//!   connection with body bytes still unread and closes it, and a client that was not told would send
+//!   its next request into the closed connection and lose it.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -14,32 +21,45 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 use wasmtime_wasi_http::Error;
 
-/// A request body that fails once no data has arrived for `idle`.
-pub struct IdleTimeout<B> {
+/// A request body that fails once no data has arrived for `idle`, and records when it has ended.
+pub struct ClientBody<B> {
     inner: B,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
     timed_out: Arc<Notify>,
+    ended: Arc<AtomicBool>,
 }
 
 /// Notified when a request's body timed out; travels in the request's extensions.
 #[derive(Clone)]
 pub struct BodyTimedOut(pub Arc<Notify>);
 
-impl<B> IdleTimeout<B> {
-    pub fn new(inner: B, idle: Duration) -> (Self, BodyTimedOut) {
+/// Whether the request body has been read to its end (or had none).
+#[derive(Clone)]
+pub struct BodyEnded(Arc<AtomicBool>);
+
+impl BodyEnded {
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl<B: Body> ClientBody<B> {
+    pub fn new(inner: B, idle: Duration) -> (Self, BodyTimedOut, BodyEnded) {
         let timed_out = Arc::new(Notify::new());
+        let ended = Arc::new(AtomicBool::new(inner.is_end_stream()));
         let body = Self {
             inner,
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
             timed_out: timed_out.clone(),
+            ended: ended.clone(),
         };
-        (body, BodyTimedOut(timed_out))
+        (body, BodyTimedOut(timed_out), BodyEnded(ended))
     }
 }
 
-impl<B> Body for IdleTimeout<B>
+impl<B> Body for ClientBody<B>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<Error>,
@@ -53,6 +73,9 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
+                if frame.is_none() || self.inner.is_end_stream() {
+                    self.ended.store(true, Ordering::Release);
+                }
                 let next = Instant::now() + self.idle;
                 self.deadline.as_mut().reset(next);
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
