@@ -532,6 +532,37 @@ def write_metadata(out: Path, reader, cfg: LlamaConfig, weight_format: str, tiny
                         ("tokenizer_config.json", tok_config), ("tokenizer.json", tokenizer_json(reader))):
         (out / fname).write_text(json.dumps(data, indent=None if fname == "tokenizer.json" else 2,
                                             ensure_ascii=False))
+    write_genai_config(out)
+
+
+def write_genai_config(model_dir: Path):
+    """Writes `genai_config.json`, so onnxruntime-genai (a peer in bench/peers.py) runs the same model
+    directory: the decoder's tensor names and shapes, from config.json and generation_config.json."""
+    config = json.loads((model_dir / "config.json").read_text())
+    generation = json.loads((model_dir / "generation_config.json").read_text())
+    eos = generation["eos_token_id"]
+    genai = {
+        "model": {
+            "type": "llama", "bos_token_id": config["bos_token_id"], "eos_token_id": eos,
+            "pad_token_id": config["pad_token_id"], "vocab_size": config["vocab_size"],
+            "context_length": config["max_position_embeddings"],
+            "decoder": {
+                "filename": "model.onnx", "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "head_size": config["head_dim"], "hidden_size": config["hidden_size"],
+                "num_attention_heads": config["num_attention_heads"],
+                "num_hidden_layers": config["num_hidden_layers"],
+                "num_key_value_heads": config["num_key_value_heads"],
+                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                           "position_ids": "position_ids", "past_key_names": "past_key_values.%d.key",
+                           "past_value_names": "past_key_values.%d.value"},
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"},
+            },
+        },
+        "search": {"do_sample": False, "num_beams": 1, "max_length": config["max_position_embeddings"],
+                   "past_present_share_buffer": False, "temperature": 1.0, "top_k": 1, "top_p": 1.0},
+    }
+    (model_dir / "genai_config.json").write_text(json.dumps(genai, indent=2))
 
 
 # --------------------------------------------------------------------------------------------------
