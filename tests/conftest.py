@@ -26,7 +26,8 @@ class Host:
         return self.url + "/v1"
 
 
-def start_host(manifest: Path, *args: str, wait: str = "ready", env: dict | None = None) -> Host:
+def start_host(manifest: Path, *args: str, wait: str = "ready", env: dict | None = None,
+               models_dir: Path = ROOT / "models") -> Host:
     """Starts `nnspin up` on a free port; returns once it prints `nnspin listening` (wait="listening")
     or `nnspin ready` (wait="ready"). `env` adds environment variables."""
     binary = ROOT / "target" / "debug" / "nnspin"
@@ -34,7 +35,7 @@ def start_host(manifest: Path, *args: str, wait: str = "ready", env: dict | None
     process = subprocess.Popen(
         [
             str(binary), "up", "--from", str(manifest), "--listen", "127.0.0.1:0",
-            "--models-dir", str(ROOT / "models"), *args,
+            "--models-dir", str(models_dir), *args,
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -82,25 +83,29 @@ def failed_start(manifest: Path, *args: str, models_dir: Path = ROOT / "models")
     return result.stderr[start if start >= 0 else result.stderr.index("error:"):]
 
 
-def openai_app(directory: Path, models: list[str]) -> Path:
-    """Writes a spin.toml serving only the OpenAI component at /..., with `models`."""
-    wasm = ROOT / "target" / "wasm32-wasip2" / "release" / "nnspin_openai.wasm"
+def one_component_app(directory: Path, component: str, wasm: str, models: list[str], route: str = "/...") -> Path:
+    """Writes a spin.toml serving only `component` (built as `wasm`) at `route`, with `models`."""
     manifest = directory / "spin.toml"
     listed = ", ".join(f'"{m}"' for m in models)
     manifest.write_text(
         f"""
 spin_manifest_version = 2
 [application]
-name = "openai-only"
+name = "{component}-only"
 [[trigger.http]]
-route = "/..."
-component = "openai"
-[component.openai]
-source = "{wasm}"
+route = "{route}"
+component = "{component}"
+[component.{component}]
+source = "{ROOT / "target" / "wasm32-wasip2" / "release" / wasm}"
 ai_models = [{listed}]
 """
     )
     return manifest
+
+
+def openai_app(directory: Path, models: list[str]) -> Path:
+    """Writes a spin.toml serving only the OpenAI component at /..., with `models`."""
+    return one_component_app(directory, "openai", "nnspin_openai.wasm", models)
 
 
 # Every test of the shared host runs on each backend, on the same model files.

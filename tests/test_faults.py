@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from conftest import DEFAULT_MODEL, ROOT, TINY_MODEL, failed_start, openai_app
+from conftest import DEFAULT_MODEL, ROOT, TINY_MODEL, failed_start, one_component_app, openai_app, start_host
 from test_openai_api import assert_json_error
 
 CHAT = "/v1/chat/completions"
@@ -98,12 +98,33 @@ def test_a_body_that_stops_arriving_is_408(host):
     still_serving(host)
 
 
-def test_an_inference_error_mid_generation_is_500_json_and_frees_the_context(host):
+def test_an_inference_error_mid_generation_is_500_json_and_frees_the_context(tmp_path):
+    """The faults component's step (an attention mask longer than its tokens) reaches the engine only
+    where the host does not build the batch itself: a model without shared cache buffers (no
+    `genai_config.json`, as an Optimum export comes), whose contexts run their own steps."""
+    models = tmp_path / "models"
+    shutil.copytree(ROOT / "models" / TINY_MODEL, models / TINY_MODEL)
+    (models / TINY_MODEL / "genai_config.json").unlink()
+    manifest = one_component_app(tmp_path, "faults", "nnspin_test_faults.wasm", [TINY_MODEL], route="/faults/...")
+    host = start_host(manifest, models_dir=models)
+    try:
+        response = httpx.post(host.url + "/faults/compute-error")
+        error = assert_json_error(response, 500)
+        assert "inference failed" in error["error"]["message"]
+        wait_for_no_contexts(host)
+    finally:
+        host.process.terminate()
+        host.process.wait(timeout=30)
+
+
+def test_a_step_that_does_not_continue_its_cache_is_400_and_frees_the_context(host):
+    """With shared cache buffers the host builds each batched pass itself and checks every step against
+    its context's cache first: the same faulty step is the component's mistake, not an engine failure."""
     if host.backend != "onnxruntime":
-        pytest.skip("the fault is an ONNX Runtime kernel's check")
+        pytest.skip("OpenVINO runs each context's steps itself")
     response = httpx.post(host.url + "/faults/compute-error")
-    error = assert_json_error(response, 500)
-    assert "inference failed" in error["error"]["message"]
+    error = assert_json_error(response, 400)
+    assert "3 positions are cached, but this context holds 0" in error["error"]["message"]
     wait_for_no_contexts(host)
     still_serving(host)
 

@@ -536,8 +536,10 @@ def write_metadata(out: Path, reader, cfg: LlamaConfig, weight_format: str, tiny
 
 
 def write_genai_config(model_dir: Path):
-    """Writes `genai_config.json`, so onnxruntime-genai (a peer in bench/peers.py) runs the same model
-    directory: the decoder's tensor names and shapes, from config.json and generation_config.json."""
+    """Writes `genai_config.json`: the decoder's tensor names and shapes (from config.json and
+    generation_config.json), so onnxruntime-genai (a peer in bench/peers.py) runs the same directory, and
+    `past_present_share_buffer`, which tells it and the host that GroupQueryAttention may read and write
+    each cache in one buffer."""
     config = json.loads((model_dir / "config.json").read_text())
     generation = json.loads((model_dir / "generation_config.json").read_text())
     eos = generation["eos_token_id"]
@@ -560,7 +562,7 @@ def write_genai_config(model_dir: Path):
             },
         },
         "search": {"do_sample": False, "num_beams": 1, "max_length": config["max_position_embeddings"],
-                   "past_present_share_buffer": False, "temperature": 1.0, "top_k": 1, "top_p": 1.0},
+                   "past_present_share_buffer": True, "temperature": 1.0, "top_k": 1, "top_p": 1.0},
     }
     (model_dir / "genai_config.json").write_text(json.dumps(genai, indent=2))
 

@@ -37,6 +37,16 @@ impl Tensor {
     }
 }
 
+/// The bytes of `values` as a wasi-nn tensor holds them (little-endian): one copy, no per-element work,
+/// for the logits every decode step hands back.
+#[cfg(target_endian = "little")]
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    // SAFETY: `f32` has no padding and every byte is a valid `u8`; on a little-endian host its memory is
+    // already the byte order wasi-nn tensors use.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), size_of_val(values)) }
+        .to_vec()
+}
+
 /// Size of one element of a wasi-nn tensor type.
 pub fn element_size(ty: TensorType) -> usize {
     match ty {

@@ -161,13 +161,27 @@ impl inference::Host for NnView<'_> {}
 
 /// Token ids and positions index tables inside the engines, and some kernels do not check their bounds
 /// (ONNX Runtime's `GatherBlockQuantized` reads past its table for an id beyond the vocabulary): a
-/// component must not be able to make the host read memory it does not own, so they are checked here.
+/// component must not be able to make the host read memory it does not own, so they are checked here,
+/// with the length of the attention mask.
 fn check_indices(
     inputs: &[(String, Tensor)],
     vocab_size: u32,
     context_length: u32,
 ) -> Result<(), BackendError> {
     for (name, tensor) in inputs {
+        // Engines size their caches by the mask: a mask beyond the context would make the host allocate
+        // whatever a guest asks for.
+        if name == "attention_mask"
+            && tensor
+                .dims
+                .last()
+                .is_some_and(|&positions| positions > context_length)
+        {
+            return Err(BackendError::InvalidArgument(format!(
+                "attention_mask covers {} positions, beyond the model's context of {context_length}",
+                tensor.dims.last().copied().unwrap_or_default()
+            )));
+        }
         let limit = match name.as_str() {
             "input_ids" => vocab_size,
             "position_ids" => context_length,

@@ -3,7 +3,12 @@
 //! A model directory in the Hugging Face Optimum layout holds a decoder whose inputs are `input_ids`,
 //! `attention_mask`, `position_ids` and `past_key_values.{i}.key/value`, and whose outputs are `logits`
 //! and `present.{i}.key/value`. The execution context feeds each `present.*` back as the matching
-//! `past_key_values.*` on the next `compute`, so the guest only ever sends the new tokens.
+//! `past_key_values.*` on the next `compute`, so the guest only ever sends the new tokens. Models whose
+//! `genai_config.json` declares `past_present_share_buffer` keep every sequence's cache in place in shared
+//! buffers ([`shared_cache`]), and their contexts' steps are batched together ([`batcher`]).
+
+mod batcher;
+mod shared_cache;
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -19,6 +24,7 @@ use super::backend::{
 };
 use super::library::{WheelLibrary, version_of};
 use crate::bindings::tensor::TensorType;
+use batcher::Batcher;
 
 /// Prefix of the cache inputs the context fills itself, and of the outputs it keeps.
 const PAST_PREFIX: &str = "past_key_values.";
@@ -150,8 +156,24 @@ impl Backend for OnnxRuntime {
             })?;
         }
         let session = builder.commit_from_file(&path).map_err(load)?;
-        Ok(Arc::new(OnnxGraph::new(session)?))
+        let graph = OnnxGraph::new(session, shares_cache_buffers(model_dir))?;
+        tracing::debug!(
+            model = %model_dir.display(),
+            batched = matches!(graph, OnnxGraph::Batched(_)),
+            "loaded"
+        );
+        Ok(Arc::new(graph))
     }
+}
+
+/// Whether the model directory's `genai_config.json` (onnxruntime-genai's) says its decoder may read and
+/// write its caches in one buffer.
+fn shares_cache_buffers(model_dir: &Path) -> bool {
+    std::fs::read(model_dir.join("genai_config.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|config| config["search"]["past_present_share_buffer"].as_bool())
+        .unwrap_or(false)
 }
 
 /// Shape of one cache input, with the batch and past-length axes left free.
@@ -165,15 +187,26 @@ struct CacheInput {
     dims: Vec<i64>,
 }
 
-struct OnnxGraph {
-    /// ONNX Runtime's `Run` is not thread safe on one session; the per-model scheduler that batches
-    /// concurrent contexts will own this lock.
-    session: Arc<Mutex<Session>>,
-    caches: Arc<[CacheInput]>,
+impl CacheInput {
+    /// Key/value heads and head size: the axes a model fixes (`[batch, heads, positions, head_dim]`).
+    fn heads_and_dim(&self) -> (usize, usize) {
+        (self.dims[1] as usize, self.dims[3] as usize)
+    }
+}
+
+enum OnnxGraph {
+    /// Each context runs its own steps, one at a time: ONNX Runtime's `Run` is not thread safe on one
+    /// session, and a model without shared cache buffers returns a fresh cache per step.
+    Serial {
+        session: Arc<Mutex<Session>>,
+        caches: Arc<[CacheInput]>,
+    },
+    /// Contexts' steps go to the model's scheduler, which batches them.
+    Batched(Batcher),
 }
 
 impl OnnxGraph {
-    fn new(session: Session) -> Result<Self, BackendError> {
+    fn new(session: Session, shares_cache_buffers: bool) -> Result<Self, BackendError> {
         let mut caches = Vec::new();
         for input in session.inputs() {
             if !input.name().starts_with(PAST_PREFIX) {
@@ -203,20 +236,79 @@ impl OnnxGraph {
                 dims: shape.to_vec(),
             });
         }
-        Ok(Self {
-            session: Arc::new(Mutex::new(session)),
-            caches: caches.into(),
-        })
+        let caches: Arc<[CacheInput]> = caches.into();
+        match shares_cache_buffers
+            .then(|| batchable(&session, &caches))
+            .flatten()
+        {
+            Some(chunked_prefill) => Ok(Self::Batched(Batcher::start(
+                session,
+                caches,
+                chunked_prefill,
+            )?)),
+            None => Ok(Self::Serial {
+                session: Arc::new(Mutex::new(session)),
+                caches,
+            }),
+        }
     }
+}
+
+/// Whether the scheduler can batch this decoder: float caches with fixed head counts and sizes, the three
+/// integer inputs it builds itself, and logits as the only other output. `Some(true)` when the logits
+/// are the last position's only, so a prompt can run in chunks.
+fn batchable(session: &Session, caches: &[CacheInput]) -> Option<bool> {
+    let fixed_caches = !caches.is_empty()
+        && caches.iter().all(|c| {
+            c.ty == TensorElementType::Float32
+                && c.dims.len() == 4
+                && c.dims[1] > 0
+                && c.dims[3] > 0
+        });
+    let inputs = session
+        .inputs()
+        .iter()
+        .filter(|input| !input.name().starts_with(PAST_PREFIX))
+        .map(|input| {
+            let int64 = matches!(
+                input.dtype(),
+                ValueType::Tensor {
+                    ty: TensorElementType::Int64,
+                    ..
+                }
+            );
+            (input.name(), int64)
+        })
+        .collect::<Vec<_>>();
+    let known_inputs = inputs.len() == 3
+        && inputs.iter().all(|(name, int64)| {
+            *int64 && ["input_ids", "attention_mask", "position_ids"].contains(name)
+        });
+    let others: Vec<_> = session
+        .outputs()
+        .iter()
+        .filter(|output| !output.name().starts_with(PRESENT_PREFIX))
+        .collect();
+    let [logits] = others.as_slice() else {
+        return None;
+    };
+    let ValueType::Tensor { shape, .. } = logits.dtype() else {
+        return None;
+    };
+    (fixed_caches && known_inputs && logits.name() == "logits")
+        .then(|| shape.len() == 3 && shape[1] == 1)
 }
 
 impl BackendGraph for OnnxGraph {
     fn init_execution_context(&self) -> Result<Box<dyn BackendExecutionContext>, BackendError> {
-        Ok(Box::new(OnnxContext {
-            session: self.session.clone(),
-            caches: self.caches.clone(),
-            past: None,
-        }))
+        Ok(match self {
+            Self::Serial { session, caches } => Box::new(OnnxContext {
+                session: session.clone(),
+                caches: caches.clone(),
+                past: None,
+            }),
+            Self::Batched(batcher) => Box::new(batcher.context()),
+        })
     }
 }
 
