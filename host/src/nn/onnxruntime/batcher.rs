@@ -389,7 +389,7 @@ impl Scheduler {
             totals[i] = p.step.total;
         }
         let wanted: Vec<usize> = decodes.iter().map(|p| p.row - first).collect();
-        let result = self.run(first, ids, positions, &totals, &wanted);
+        let result = self.guarded_run(first, ids, positions, &totals, &wanted);
         tracing::trace!(rows = count, steps = wanted.len(), "decode round");
         let served = decodes
             .iter()
@@ -425,7 +425,7 @@ impl Scheduler {
         let ids = p.step.ids[start..end].to_vec();
         let positions = p.step.positions[start..end].to_vec();
         let total = self.rows[row].length + ids.len();
-        let result = self.run(row, ids, positions, &[total], &[0]);
+        let result = self.guarded_run(row, ids, positions, &[total], &[0]);
         match result {
             Ok(mut logits) => {
                 self.rows[row].length = total;
@@ -442,6 +442,22 @@ impl Scheduler {
                 let _ = p.reply.send(Err(e));
             }
         }
+    }
+
+    /// [`Self::run`], with a panic turned into the failure of this pass only: the scheduler serves every
+    /// sequence of the model, so it must outlive a bug in one pass.
+    fn guarded_run(
+        &mut self,
+        first: usize,
+        ids: Vec<i64>,
+        positions: Vec<i64>,
+        totals: &[usize],
+        wanted: &[usize],
+    ) -> Result<Vec<Tensor>, BackendError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.run(first, ids, positions, totals, wanted)
+        }))
+        .unwrap_or_else(|_| Err(BackendError::Runtime("the batched pass panicked".into())))
     }
 
     /// Runs `ids` (the same number per row) over rows `first..first + totals.len()`, row `i` attending to
