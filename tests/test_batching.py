@@ -22,8 +22,8 @@ QUESTIONS = [
 ]
 
 
-def answer(host, question: str, stream: bool) -> str:
-    body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": question}], "max_tokens": 24,
+def answer(host, question: str, stream: bool, model: str = DEFAULT_MODEL) -> str:
+    body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": 24,
             "temperature": 0, "stream": stream}
     if not stream:
         response = httpx.post(host.url + CHAT, json=body, timeout=300)
