@@ -37,6 +37,27 @@ impl Tensor {
     }
 }
 
+impl Tensor {
+    /// The values of an integer tensor (i64 or i32, widened), read in place: token ids, positions and
+    /// masks are checked and used on every step, so they are not collected first.
+    pub fn integers(&self, name: &str) -> Result<impl Iterator<Item = i64> + '_, BackendError> {
+        self.check_size()?;
+        let width = match self.ty {
+            TensorType::I64 => 8,
+            TensorType::I32 => 4,
+            other => {
+                return Err(BackendError::InvalidArgument(format!(
+                    "{name} must be i64 or i32, not {other:?}"
+                )));
+            }
+        };
+        Ok(self.data.chunks_exact(width).map(|b| match b.len() {
+            8 => i64::from_le_bytes(b.try_into().expect("8 bytes")),
+            _ => i64::from(i32::from_le_bytes(b.try_into().expect("4 bytes"))),
+        }))
+    }
+}
+
 /// The bytes of `values` as a wasi-nn tensor holds them (little-endian): one copy, no per-element work,
 /// for the logits every decode step hands back.
 #[cfg(target_endian = "little")]

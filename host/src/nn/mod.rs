@@ -187,25 +187,9 @@ fn check_indices(
             "position_ids" => context_length,
             _ => continue,
         };
-        tensor.check_size()?;
-        let out_of_range = |v: i64| !(0..i64::from(limit)).contains(&v);
-        let bad = match tensor.ty {
-            TensorType::I64 => tensor
-                .data
-                .chunks_exact(8)
-                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
-                .find(|&v| out_of_range(v)),
-            TensorType::I32 => tensor
-                .data
-                .chunks_exact(4)
-                .map(|b| i64::from(i32::from_le_bytes(b.try_into().expect("4 bytes"))))
-                .find(|&v| out_of_range(v)),
-            other => {
-                return Err(BackendError::InvalidArgument(format!(
-                    "{name} must be i64 or i32, not {other:?}"
-                )));
-            }
-        };
+        let bad = tensor
+            .integers(name)?
+            .find(|&v| !(0..i64::from(limit)).contains(&v));
         if let Some(value) = bad {
             return Err(BackendError::InvalidArgument(format!(
                 "{name} holds {value}, outside 0..{limit}"

@@ -155,12 +155,15 @@ impl Step {
                     )));
                 }
             };
-            *slot = Some(one_row(&name, &tensor)?);
+            check_one_row(&name, &tensor)?;
+            *slot = Some((name, tensor));
         }
         let missing = |name: &str| BackendError::InvalidArgument(format!("{name} is missing"));
-        let ids = ids.ok_or_else(|| missing("input_ids"))?;
-        let mask = mask.ok_or_else(|| missing("attention_mask"))?;
-        let positions = positions.ok_or_else(|| missing("position_ids"))?;
+        let (ids_name, ids) = ids.ok_or_else(|| missing("input_ids"))?;
+        let (mask_name, mask) = mask.ok_or_else(|| missing("attention_mask"))?;
+        let (positions_name, positions) = positions.ok_or_else(|| missing("position_ids"))?;
+        let ids: Vec<i64> = ids.integers(&ids_name)?.collect();
+        let positions: Vec<i64> = positions.integers(&positions_name)?.collect();
         if ids.is_empty() || positions.len() != ids.len() {
             return Err(BackendError::InvalidArgument(format!(
                 "input_ids and position_ids must hold the same, non-zero number of tokens ({} and {})",
@@ -168,60 +171,45 @@ impl Step {
                 positions.len()
             )));
         }
-        if mask.len() < ids.len() {
+        let total = mask.element_count();
+        if total < ids.len() {
             return Err(BackendError::InvalidArgument(format!(
-                "attention_mask covers {} positions, fewer than the {} new tokens",
-                mask.len(),
+                "attention_mask covers {total} positions, fewer than the {} new tokens",
                 ids.len()
             )));
         }
-        if mask.iter().any(|&m| m != 1) {
+        if mask.integers(&mask_name)?.any(|m| m != 1) {
             return Err(BackendError::InvalidArgument(
                 "attention_mask must be all ones: a context holds one unpadded sequence".into(),
             ));
         }
         Ok(Self {
-            total: mask.len(),
+            total,
             ids,
             positions,
         })
     }
 }
 
-/// The values of a `[1, n]` integer tensor.
-fn one_row(name: &str, tensor: &Tensor) -> Result<Vec<i64>, BackendError> {
-    tensor.check_size()?;
+/// `pass` with a panic turned into the failure of that pass only: the scheduler serves every sequence of
+/// the model, so it must outlive a bug in one pass.
+fn guarded<T>(pass: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(pass))
+        .unwrap_or_else(|_| Err(BackendError::Runtime("the batched pass panicked".into())))
+}
+
+/// A context holds one sequence: its inputs are `[1, n]`.
+fn check_one_row(name: &str, tensor: &Tensor) -> Result<(), BackendError> {
     match tensor.dims.as_slice() {
-        [1, _] => {}
-        [rows, _] => {
-            return Err(BackendError::Unsupported(format!(
-                "{name} has {rows} rows: this model batches its execution contexts together, one \
-                 sequence each; open a context per sequence"
-            )));
-        }
-        dims => {
-            return Err(BackendError::InvalidArgument(format!(
-                "{name} must be [1, length], not {dims:?}"
-            )));
-        }
+        [1, _] => Ok(()),
+        [rows, _] => Err(BackendError::Unsupported(format!(
+            "{name} has {rows} rows: this model batches its execution contexts together, one \
+             sequence each; open a context per sequence"
+        ))),
+        dims => Err(BackendError::InvalidArgument(format!(
+            "{name} must be [1, length], not {dims:?}"
+        ))),
     }
-    Ok(match tensor.ty {
-        TensorType::I64 => tensor
-            .data
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
-            .collect(),
-        TensorType::I32 => tensor
-            .data
-            .chunks_exact(4)
-            .map(|b| i64::from(i32::from_le_bytes(b.try_into().expect("4 bytes"))))
-            .collect(),
-        other => {
-            return Err(BackendError::InvalidArgument(format!(
-                "{name} must be i64 or i32, not {other:?}"
-            )));
-        }
-    })
 }
 
 /// A row of the shared caches.
@@ -389,7 +377,7 @@ impl Scheduler {
             totals[i] = p.step.total;
         }
         let wanted: Vec<usize> = decodes.iter().map(|p| p.row - first).collect();
-        let result = self.guarded_run(first, ids, positions, &totals, &wanted);
+        let result = guarded(|| self.run(first, ids, positions, &totals, &wanted));
         tracing::trace!(rows = count, steps = wanted.len(), "decode round");
         let served = decodes
             .iter()
@@ -425,7 +413,7 @@ impl Scheduler {
         let ids = p.step.ids[start..end].to_vec();
         let positions = p.step.positions[start..end].to_vec();
         let total = self.rows[row].length + ids.len();
-        let result = self.guarded_run(row, ids, positions, &[total], &[0]);
+        let result = guarded(|| self.run(row, ids, positions, &[total], &[0]));
         match result {
             Ok(mut logits) => {
                 self.rows[row].length = total;
@@ -442,22 +430,6 @@ impl Scheduler {
                 let _ = p.reply.send(Err(e));
             }
         }
-    }
-
-    /// [`Self::run`], with a panic turned into the failure of this pass only: the scheduler serves every
-    /// sequence of the model, so it must outlive a bug in one pass.
-    fn guarded_run(
-        &mut self,
-        first: usize,
-        ids: Vec<i64>,
-        positions: Vec<i64>,
-        totals: &[usize],
-        wanted: &[usize],
-    ) -> Result<Vec<Tensor>, BackendError> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.run(first, ids, positions, totals, wanted)
-        }))
-        .unwrap_or_else(|_| Err(BackendError::Runtime("the batched pass panicked".into())))
     }
 
     /// Runs `ids` (the same number per row) over rows `first..first + totals.len()`, row `i` attending to
