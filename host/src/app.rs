@@ -11,12 +11,13 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::component_cache;
 use crate::instance::{EPOCH_TICK, InstanceState, Sandbox, linker};
+use crate::interfaces::view::{LlmApp, LlmGrants};
 use crate::manifest::{FileMount, Manifest, Router};
 use crate::metrics::Metrics;
-use crate::models::{ContextLimits, ModelAccess, ModelRegistry};
-use crate::models::{ModelSettings, Placement};
 use crate::outbound::OutboundPolicy;
 use crate::rate_limit::RateLimiter;
+use crate::registry::admission::ContextLimits;
+use crate::registry::{ModelRegistry, ModelSettings, Placement};
 
 /// Settings of the process, from the command line.
 #[derive(Debug, Clone)]
@@ -52,8 +53,6 @@ pub struct App {
     pub router: Router,
     pub components: Vec<ComponentRuntime>,
     pub metrics: Arc<Metrics>,
-    /// When the app started serving, for uptime.
-    pub started: std::time::Instant,
 }
 
 impl App {
@@ -93,6 +92,10 @@ impl App {
         });
         preloaded?;
 
+        let llm = Arc::new(LlmApp {
+            registry: registry.clone(),
+            started: std::time::Instant::now(),
+        });
         let linker = linker(&engine)?;
         let mut components = Vec::new();
         for (id, component) in compiled? {
@@ -110,11 +113,11 @@ impl App {
                 format!("component {id:?} does not export wasi:http/incoming-handler")
             })?;
             let sandbox = Sandbox {
-                models: ModelAccess::new(
-                    registry.clone(),
-                    spec.ai_models.clone().into(),
+                llm: Arc::new(LlmGrants::new(
+                    llm.clone(),
+                    spec.ai_models.clone(),
                     spec.model_management,
-                ),
+                )),
                 environment: spec
                     .environment
                     .iter()
@@ -142,7 +145,6 @@ impl App {
             router: Router::new(&manifest.trigger.http),
             components,
             metrics,
-            started: std::time::Instant::now(),
         })
     }
 

@@ -11,13 +11,13 @@ use wasmtime::error::Context;
 
 /// Where a component came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     Compiled,
     Cache,
 }
 
 /// Loads `wasm_path`, from `cache_dir` when it holds this component compiled for this engine.
-pub fn load(
+pub(crate) fn load(
     engine: &Engine,
     wasm_path: &Path,
     cache_dir: Option<&Path>,

@@ -2,6 +2,7 @@
 //! with it. App-wide state (engine, compiled components, models) is only referenced.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::component::{Linker, ResourceTable};
@@ -9,22 +10,15 @@ use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use std::time::Instant;
-
-use crate::bindings;
-use crate::model_management::{ManagementView, ModelManagement};
-use crate::models::ModelAccess;
-use crate::nn::{NnView, WasiNn};
+use crate::interfaces::view::{self, LlmGrants, LlmView};
 use crate::outbound::OutboundPolicy;
-use crate::system::{System, SystemView};
-use crate::text::{Text, TextView};
 
 /// How long the epoch ticker waits between ticks; the unit of the CPU budget.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// What a component's instances are granted, built once per component from spin.toml.
 pub struct Sandbox {
-    pub models: ModelAccess,
+    pub llm: Arc<LlmGrants>,
     pub environment: Vec<(String, String)>,
     /// Host directories and where the guest sees them, read-only.
     pub mounts: Vec<(PathBuf, String)>,
@@ -37,7 +31,7 @@ pub struct Sandbox {
 /// The instance ran guest code for longer than its CPU budget (an endless loop, most likely).
 #[derive(Debug, thiserror::Error)]
 #[error("the handler used more than {budget:?} of CPU time and was stopped")]
-pub struct CpuBudgetExceeded {
+pub(crate) struct CpuBudgetExceeded {
     pub budget: Duration,
 }
 
@@ -45,9 +39,8 @@ pub struct InstanceState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    models: ModelAccess,
+    llm: Arc<LlmGrants>,
     outbound: OutboundPolicy,
-    started: Instant,
     limits: StoreLimits,
     cpu_ticks: u64,
     cpu_budget_ticks: u64,
@@ -58,10 +51,9 @@ pub struct InstanceState {
 /// The epoch ticker advances every [`EPOCH_TICK`]; the deadline callback runs at most once per tick,
 /// and only while guest code runs (not while it waits in a host call such as inference), so counting
 /// its calls measures the guest's own CPU time. Each call also yields to the async runtime.
-pub fn new_store(
+pub(crate) fn new_store(
     engine: &Engine,
     sandbox: &Sandbox,
-    started: Instant,
 ) -> wasmtime::Result<Store<InstanceState>> {
     let mut wasi = WasiCtx::builder();
     wasi.envs(&sandbox.environment).inherit_stderr();
@@ -72,9 +64,8 @@ pub fn new_store(
         wasi: wasi.build(),
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
-        models: sandbox.models.clone(),
+        llm: sandbox.llm.clone(),
         outbound: sandbox.outbound.clone(),
-        started,
         limits: StoreLimitsBuilder::new()
             .memory_size(sandbox.max_memory_bytes)
             .instances(4)
@@ -116,44 +107,19 @@ impl WasiHttpView for InstanceState {
     }
 }
 
-fn nn(state: &mut InstanceState) -> NnView<'_> {
-    NnView {
+fn llm(state: &mut InstanceState) -> LlmView<'_> {
+    LlmView {
         table: &mut state.table,
-        models: &state.models,
+        grants: &state.llm,
     }
 }
 
-fn text(state: &mut InstanceState) -> TextView<'_> {
-    TextView {
-        table: &mut state.table,
-        models: &state.models,
-    }
-}
-
-fn management(state: &mut InstanceState) -> ManagementView<'_> {
-    ManagementView {
-        models: &state.models,
-    }
-}
-
-fn system(state: &mut InstanceState) -> SystemView<'_> {
-    SystemView {
-        models: &state.models,
-        started: state.started,
-    }
-}
-
-/// Everything a component may import: WASI, `wasi:http`, `wasi:nn` and nnspin's interfaces.
-pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<InstanceState>> {
+/// Everything a component may import: WASI, `wasi:http`, and the `nnspin:llm/llm` world (`wasi:nn` and
+/// nnspin's interfaces).
+pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<InstanceState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    bindings::tensor::add_to_linker::<_, WasiNn>(&mut linker, nn)?;
-    bindings::graph::add_to_linker::<_, WasiNn>(&mut linker, nn)?;
-    bindings::inference::add_to_linker::<_, WasiNn>(&mut linker, nn)?;
-    bindings::errors::add_to_linker::<_, WasiNn>(&mut linker, nn)?;
-    bindings::text::add_to_linker::<_, Text>(&mut linker, text)?;
-    bindings::models::add_to_linker::<_, ModelManagement>(&mut linker, management)?;
-    bindings::system::add_to_linker::<_, System>(&mut linker, system)?;
+    view::add_to_linker(&mut linker, llm)?;
     Ok(linker)
 }

@@ -3,10 +3,10 @@
 use std::time::{Duration, Instant};
 
 use nnspin::api_keys::ApiKeys;
+use nnspin::backend::{BackendKind, Device, WeightFormat};
 use nnspin::lifecycle::{self, Server};
-use nnspin::models::ModelSettings;
-use nnspin::nn::backend::{Device, WeightFormat};
-use nnspin::nn::backends::BackendKind;
+use nnspin::registry::ModelSettings;
+use nnspin::registry::admission::ContextLimits;
 use nnspin::{app, serve};
 use wasmtime::error::Context;
 
@@ -140,7 +140,7 @@ fn up(args: UpArgs) -> wasmtime::Result<()> {
         max_instances: args.max_instances,
         max_instance_memory: args.max_instance_memory_mib << 20,
         max_instance_cpu: Duration::from_millis(args.max_instance_cpu_ms),
-        context_limits: nnspin::models::ContextLimits {
+        context_limits: ContextLimits {
             max_active: args.max_sequences_per_model.max(1),
             max_queued: args.max_queue_per_model,
         },

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::models::ModelOverrides;
+use crate::backend::{BackendKind, Device, WeightFormat};
 use crate::rate_limit::RateLimit;
 use wasmtime::error::Context;
 
@@ -20,6 +20,18 @@ pub struct Manifest {
     /// Per-model placement (`[model.NAME]`: backend, device, threads, format). nnspin's extension.
     #[serde(default)]
     pub model: BTreeMap<String, ModelOverrides>,
+}
+
+/// A model's overrides (`[model.NAME]`, nnspin's extension) of where the command line places models;
+/// unset fields keep the command line's.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelOverrides {
+    pub backend: Option<BackendKind>,
+    pub device: Option<Device>,
+    /// Inference threads.
+    pub threads: Option<usize>,
+    pub format: Option<WeightFormat>,
 }
 
 #[derive(Debug, Deserialize)]

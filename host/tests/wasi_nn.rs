@@ -4,21 +4,24 @@
 #![cfg(all(feature = "onnxruntime", feature = "openvino"))]
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::time::Instant;
 
-use nnspin::bindings::errors::{ErrorCode, HostError};
-use nnspin::bindings::graph::{ExecutionTarget, GraphEncoding, Host as GraphHost, HostGraph};
-use nnspin::bindings::inference::HostGraphExecutionContext;
-use nnspin::bindings::tensor::{HostTensor, TensorType};
-use nnspin::bindings::text::{HostDetokenizer, HostTokenizer, Message, TextError};
+use nnspin::backend::onnxruntime::OnnxRuntime;
+use nnspin::backend::openvino::OpenVino;
+use nnspin::backend::{BackendKind, Device, ElementType, Engine, LoadOptions, Tensor};
+use nnspin::interfaces::bindings::errors::{ErrorCode, HostError};
+use nnspin::interfaces::bindings::graph::{
+    ExecutionTarget, GraphEncoding, Host as GraphHost, HostGraph,
+};
+use nnspin::interfaces::bindings::inference::HostGraphExecutionContext;
+use nnspin::interfaces::bindings::tensor::{HostTensor, TensorType};
+use nnspin::interfaces::bindings::text::{HostDetokenizer, HostTokenizer, Message, TextError};
+use nnspin::interfaces::resources::{ExecutionContext, NnError};
+use nnspin::interfaces::view::{LlmApp, LlmGrants, LlmView};
 use nnspin::metrics::Metrics;
-use nnspin::models::{ContextLimits, ModelAccess, ModelRegistry, ModelSettings, Placement};
-use nnspin::nn::backend::{Backend, Device, LoadOptions};
-use nnspin::nn::backends::BackendKind;
-use nnspin::nn::onnxruntime::OnnxRuntime;
-use nnspin::nn::openvino::OpenVino;
-use nnspin::nn::{ExecutionContext, NnView, Tensor};
-use nnspin::text::TextView;
+use nnspin::registry::admission::ContextLimits;
+use nnspin::registry::{ModelRegistry, ModelSettings, Placement};
 use wasmtime::component::{Resource, ResourceTable};
 
 const MODEL: &str = "tiny-random";
@@ -29,37 +32,38 @@ fn models_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"))
 }
 
-/// One registry per backend, loaded once for all tests, as the host does.
-fn access_on(backend: BackendKind) -> ModelAccess {
-    static REGISTRIES: [OnceLock<Arc<ModelRegistry>>; 2] = [OnceLock::new(), OnceLock::new()];
-    let registry = REGISTRIES[backend as usize].get_or_init(|| {
-        let limits = ContextLimits {
-            max_active: 4,
-            max_queued: 4,
-        };
-        let placement = Placement {
-            defaults: ModelSettings {
-                backend,
-                device: Device::Cpu,
-                threads: 1,
-                format: None,
-            },
-            overrides: Default::default(),
-            cpu_fallback: false,
-        };
-        let metrics = Arc::new(Metrics::default());
-        let registry = ModelRegistry::new(&models_dir(), placement, limits, metrics);
-        registry.preload(&[MODEL.to_string()]).expect(
-            "the tiny model loads (run tools/export_model.py --tiny --out models/tiny-random)",
-        );
-        Arc::new(registry)
+/// A component's grants over a registry of its own, with the tiny model loaded: each test admits its
+/// contexts apart from the others, however many they hold at once.
+fn grants_on(backend: BackendKind) -> Arc<LlmGrants> {
+    let limits = ContextLimits {
+        max_active: 4,
+        max_queued: 0,
+    };
+    let placement = Placement {
+        defaults: ModelSettings {
+            backend,
+            device: Device::Cpu,
+            threads: 1,
+            format: None,
+        },
+        overrides: Default::default(),
+        cpu_fallback: false,
+    };
+    let metrics = Arc::new(Metrics::default());
+    let registry = ModelRegistry::new(&models_dir(), placement, limits, metrics);
+    registry
+        .preload(&[MODEL.to_string()])
+        .expect("the tiny model loads (run tools/export_model.py --tiny --out models/tiny-random)");
+    let app = Arc::new(LlmApp {
+        registry: Arc::new(registry),
+        started: Instant::now(),
     });
-    ModelAccess::new(registry.clone(), Arc::from(vec![MODEL.to_string()]), false)
+    Arc::new(LlmGrants::new(app, vec![MODEL.to_string()], false))
 }
 
-/// A registry view and resource table, as one instance has them.
+/// A component's grants and a resource table, as one instance has them.
 struct Fixture {
-    access: ModelAccess,
+    grants: Arc<LlmGrants>,
     table: ResourceTable,
 }
 
@@ -73,27 +77,28 @@ impl Fixture {
 
     fn on(backend: BackendKind) -> Self {
         Self {
-            access: access_on(backend),
+            grants: grants_on(backend),
             table: ResourceTable::new(),
         }
     }
 
-    fn nn(&mut self) -> NnView<'_> {
-        NnView {
-            table: &mut self.table,
-            models: &self.access,
+    /// A second instance of the same component, over the same resident model.
+    fn beside(&self) -> Self {
+        Self {
+            grants: self.grants.clone(),
+            table: ResourceTable::new(),
         }
     }
 
-    fn text(&mut self) -> TextView<'_> {
-        TextView {
+    fn view(&mut self) -> LlmView<'_> {
+        LlmView {
             table: &mut self.table,
-            models: &self.access,
+            grants: &self.grants,
         }
     }
 }
 
-async fn code(nn: &mut NnView<'_>, error: Resource<nnspin::nn::NnError>) -> ErrorCode {
+async fn code(nn: &mut LlmView<'_>, error: Resource<NnError>) -> ErrorCode {
     HostError::code(nn, error).await.unwrap()
 }
 
@@ -101,13 +106,13 @@ fn i64_bytes(values: impl IntoIterator<Item = i64>) -> Vec<u8> {
     values.into_iter().flat_map(i64::to_le_bytes).collect()
 }
 
-async fn tensor(nn: &mut NnView<'_>, dims: Vec<u32>, data: Vec<u8>) -> Resource<Tensor> {
+async fn tensor(nn: &mut LlmView<'_>, dims: Vec<u32>, data: Vec<u8>) -> Resource<Tensor> {
     HostTensor::new(nn, dims, TensorType::I64, data)
         .await
         .unwrap()
 }
 
-async fn context(nn: &mut NnView<'_>) -> Resource<ExecutionContext> {
+async fn context(nn: &mut LlmView<'_>) -> Resource<ExecutionContext> {
     let graph = GraphHost::load_by_name(nn, MODEL.into())
         .await
         .unwrap()
@@ -120,7 +125,7 @@ async fn context(nn: &mut NnView<'_>) -> Resource<ExecutionContext> {
 
 /// Runs `tokens` after `past` cached positions; returns the names of the outputs and the logits.
 async fn step(
-    nn: &mut NnView<'_>,
+    nn: &mut LlmView<'_>,
     ctx: &Resource<ExecutionContext>,
     tokens: &[i64],
     past: usize,
@@ -162,7 +167,7 @@ async fn step(
                 .find(|(name, _)| name == "logits")
                 .expect("logits output");
             let logits = nn.table.get(&logits).unwrap();
-            assert_eq!(logits.ty, TensorType::Fp32);
+            assert_eq!(logits.ty, ElementType::F32);
             assert_eq!(
                 logits.dims,
                 vec![1, 1, 49152],
@@ -197,7 +202,7 @@ fn max_difference(a: &[f32], b: &[f32]) -> f32 {
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_model_is_wasi_nn_not_found() {
     let mut fixture = Fixture::new();
-    let mut nn = fixture.nn();
+    let mut nn = fixture.view();
     let error = GraphHost::load_by_name(&mut nn, "no-such-model".into())
         .await
         .unwrap()
@@ -208,7 +213,7 @@ async fn unknown_model_is_wasi_nn_not_found() {
 #[tokio::test(flavor = "multi_thread")]
 async fn loading_raw_model_bytes_is_refused() {
     let mut fixture = Fixture::new();
-    let mut nn = fixture.nn();
+    let mut nn = fixture.view();
     let error = GraphHost::load(
         &mut nn,
         vec![vec![0; 16]],
@@ -230,7 +235,7 @@ async fn named_outputs_exclude_the_kv_cache() {
 
 async fn named_outputs_exclude_the_kv_cache_on(backend: BackendKind) {
     let mut fixture = Fixture::on(backend);
-    let mut nn = fixture.nn();
+    let mut nn = fixture.view();
     let ctx = context(&mut nn).await;
     let (names, logits) = step(&mut nn, &ctx, &[1, 2, 3], 0).await.unwrap();
     assert_eq!(
@@ -250,7 +255,7 @@ async fn kv_cache_is_kept_across_compute_calls() {
 
 async fn kv_cache_is_kept_on(backend: BackendKind) {
     let mut fixture = Fixture::on(backend);
-    let mut nn = fixture.nn();
+    let mut nn = fixture.view();
     let tokens = [1, 9906, 11, 1265, 30];
 
     let whole = context(&mut nn).await;
@@ -275,11 +280,10 @@ async fn kv_cache_is_kept_on(backend: BackendKind) {
 /// The tiny model's `genai_config.json` declares shared cache buffers, so ONNX Runtime keeps its caches
 /// in place and batches its contexts: a context can start a sequence over, a step must continue where
 /// its cache ends, and a long prompt (run in chunks) gives the logits the same tokens give step by step.
-/// Two contexts only: the tests share the registry's four active contexts.
 #[tokio::test(flavor = "multi_thread")]
 async fn in_place_caches_restart_and_refuse_a_step_that_does_not_continue() {
     let mut fixture = Fixture::on(BackendKind::Onnxruntime);
-    let mut nn = fixture.nn();
+    let mut nn = fixture.view();
     let tokens = [1, 9906, 11, 1265, 30];
     let first = context(&mut nn).await;
     let (_, expected) = step(&mut nn, &first, &tokens[..2], 0).await.unwrap();
@@ -304,7 +308,7 @@ async fn in_place_caches_restart_and_refuse_a_step_that_does_not_continue() {
 
 /// Greedy decoding: the prompt, then `steps` tokens each chosen by the previous logits; every step's logits.
 async fn greedy(
-    nn: &mut NnView<'_>,
+    nn: &mut LlmView<'_>,
     ctx: &Resource<ExecutionContext>,
     prompt: &[i64],
     steps: usize,
@@ -324,11 +328,9 @@ async fn greedy(
 /// get, step by step, the logits each gets alone.
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_contexts_compute_what_each_computes_alone() {
-    let (mut first, mut second) = (
-        Fixture::on(BackendKind::Onnxruntime),
-        Fixture::on(BackendKind::Onnxruntime),
-    );
-    let (mut nn_a, mut nn_b) = (first.nn(), second.nn());
+    let mut first = Fixture::on(BackendKind::Onnxruntime);
+    let mut second = first.beside();
+    let (mut nn_a, mut nn_b) = (first.view(), second.view());
     let (a, b) = (context(&mut nn_a).await, context(&mut nn_b).await);
     let prompts: [&[i64]; 2] = [
         &[1, 9906, 11, 1265, 30, 2683, 253, 5356, 30],
@@ -360,7 +362,7 @@ async fn cache_inputs_from_the_guest_are_refused_and_the_context_survives() {
 
 async fn cache_inputs_are_refused_on(backend: BackendKind) {
     let mut fixture = Fixture::on(backend);
-    let mut nn = fixture.nn();
+    let mut nn = fixture.view();
     let ctx = context(&mut nn).await;
     let bogus = tensor(&mut nn, vec![1], i64_bytes([0])).await;
     let borrowed = Resource::new_borrow(ctx.rep());
@@ -381,7 +383,7 @@ async fn cache_inputs_are_refused_on(backend: BackendKind) {
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_tensors_are_invalid_arguments() {
     let mut fixture = Fixture::new();
-    let mut nn = fixture.nn();
+    let mut nn = fixture.view();
     let ctx = context(&mut nn).await;
     // Dimensions say 3 elements, the data holds 2.
     let short = tensor(&mut nn, vec![1, 3], i64_bytes([1, 2])).await;
@@ -398,7 +400,7 @@ async fn malformed_tensors_are_invalid_arguments() {
 async fn token_ids_and_positions_outside_the_model_are_refused_before_inference() {
     for backend in BACKENDS {
         let mut fixture = Fixture::on(backend);
-        let mut nn = fixture.nn();
+        let mut nn = fixture.view();
         let ctx = context(&mut nn).await;
         for (tokens, past) in [
             (&[1, 1_000_000_000][..], 0),
@@ -420,7 +422,7 @@ async fn token_ids_and_positions_outside_the_model_are_refused_before_inference(
 #[tokio::test(flavor = "multi_thread")]
 async fn text_interface_templates_encodes_and_streams_utf8_whole() {
     let mut fixture = Fixture::new();
-    let mut text = fixture.text();
+    let mut text = fixture.view();
     assert!(matches!(
         HostTokenizer::open(&mut text, "no-such-model".into())
             .await
@@ -481,7 +483,7 @@ async fn text_interface_templates_encodes_and_streams_utf8_whole() {
 #[tokio::test(flavor = "multi_thread")]
 async fn vocabulary_bytes_reassemble_encoded_text() {
     let mut fixture = Fixture::new();
-    let mut text = fixture.text();
+    let mut text = fixture.view();
     let tok = HostTokenizer::open(&mut text, MODEL.into())
         .await
         .unwrap()
@@ -513,7 +515,7 @@ async fn both_backends_compute_the_same_logits() {
     let mut logits = Vec::new();
     for backend in BACKENDS {
         let mut fixture = Fixture::on(backend);
-        let mut nn = fixture.nn();
+        let mut nn = fixture.view();
         let ctx = context(&mut nn).await;
         step(&mut nn, &ctx, &tokens[..4], 0).await.unwrap();
         logits.push(step(&mut nn, &ctx, &tokens[4..], 4).await.unwrap().1);
@@ -522,16 +524,16 @@ async fn both_backends_compute_the_same_logits() {
     assert!(difference < 1e-3, "{difference}");
 }
 
-fn load_error(backend: &dyn Backend, device: Device) -> String {
+fn load_error(engine: &Engine, device: Device) -> String {
     let options = LoadOptions {
         threads: 1,
         device,
         format: None,
     };
-    match backend.load(&models_dir().join(MODEL), &options) {
+    match engine.backend.load(&models_dir().join(MODEL), &options) {
         Ok(_) => panic!(
             "{} loaded on {device:?}, which this machine lacks",
-            backend.name()
+            engine.kind.as_str()
         ),
         Err(e) => e.to_string(),
     }
@@ -539,7 +541,7 @@ fn load_error(backend: &dyn Backend, device: Device) -> String {
 
 #[test]
 fn gpu_devices_without_a_gpu_fail_with_a_clear_message() {
-    let onnxruntime = OnnxRuntime::new().unwrap();
+    let onnxruntime = OnnxRuntime::start().unwrap();
     for device in [Device::Gpu, Device::Tensorrt] {
         let message = load_error(&onnxruntime, device);
         assert!(
@@ -547,7 +549,7 @@ fn gpu_devices_without_a_gpu_fail_with_a_clear_message() {
             "{message}"
         );
     }
-    let openvino = OpenVino::new().unwrap();
+    let openvino = OpenVino::start().unwrap();
     let message = load_error(&openvino, Device::Gpu);
     assert!(message.contains("no GPU device"), "{message}");
     assert!(load_error(&openvino, Device::Tensorrt).contains("tensorrt"));
@@ -555,15 +557,15 @@ fn gpu_devices_without_a_gpu_fail_with_a_clear_message() {
     assert!(refused.contains("not supported"), "{refused}");
 }
 
-/// Runs `steps` (token chunks) through one context of the graph in `dir`, calling the backend directly;
+/// Runs `steps` (token chunks) through one context of the graph in `dir`, calling the engine directly;
 /// returns the last step's logits.
-fn direct_logits(backend: &dyn Backend, dir: &std::path::Path, steps: &[&[i64]]) -> Vec<f32> {
+fn direct_logits(engine: &Engine, dir: &std::path::Path, steps: &[&[i64]]) -> Vec<f32> {
     let options = LoadOptions {
         threads: 1,
         device: Device::Cpu,
         format: None,
     };
-    let graph = backend.load(dir, &options).unwrap();
+    let graph = engine.backend.load(dir, &options).unwrap();
     let mut context = graph.init_execution_context().unwrap();
     let mut past = 0;
     let mut logits = Vec::new();
@@ -571,7 +573,7 @@ fn direct_logits(backend: &dyn Backend, dir: &std::path::Path, steps: &[&[i64]])
         let n = tokens.len();
         let tensor = |values: Vec<i64>| Tensor {
             dims: vec![1, values.len() as u32],
-            ty: TensorType::I64,
+            ty: ElementType::I64,
             data: i64_bytes(values),
         };
         let inputs = vec![
@@ -602,7 +604,7 @@ fn a_stateful_openvino_ir_keeps_its_cache_in_the_request_state() {
     // An IR shaped like optimum-intel's (state instead of past/present, a `beam_idx` input), written by
     // host/tests/fixtures/stateful_ir.py (tests/run.sh runs it).
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-fixtures/stateful-ir");
-    let openvino = OpenVino::new().unwrap();
+    let openvino = OpenVino::start().unwrap();
     let stepwise = direct_logits(&openvino, &dir, &[&[1, 2, 3], &[4]]);
     let whole = direct_logits(&openvino, &dir, &[&[1, 2, 3, 4]]);
     assert!(max_difference(&stepwise, &whole) < 1e-4);

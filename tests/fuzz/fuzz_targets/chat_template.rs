@@ -9,8 +9,7 @@ use std::path::Path;
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use nnspin::bindings::text::Message;
-use nnspin::text::TextModel;
+use nnspin::text::{Message, TextModel};
 
 /// The converted default model (`tools/setup.sh` writes it); `NNSPIN_FUZZ_MODEL` names another.
 static MODEL: LazyLock<TextModel> = LazyLock::new(|| {
@@ -30,13 +29,17 @@ fuzz_target!(|input: &[u8]| {
     let Some((&flags, input)) = input.split_first() else {
         return;
     };
-    let messages: Vec<Message> = input
+    let contents: Vec<(&str, String)> = input
         .split(|&b| b == 0)
         .filter_map(|message| message.split_first())
-        .map(|(&role, content)| Message {
-            role: ROLES[role as usize % ROLES.len()].to_string(),
-            content: String::from_utf8_lossy(content).into_owned(),
+        .map(|(&role, content)| {
+            let role = ROLES[role as usize % ROLES.len()];
+            (role, String::from_utf8_lossy(content).into_owned())
         })
+        .collect();
+    let messages: Vec<Message> = contents
+        .iter()
+        .map(|(role, content)| Message { role, content })
         .collect();
     let Ok(prompt) = MODEL.apply_chat_template(&messages, flags & 1 == 1) else {
         return;

@@ -1,142 +1,113 @@
-//! `wasi:nn@0.2.0-rc-2024-10-28` over the host's resident models.
+//! `wasi:nn@0.2.0-rc-2024-10-28` over the host's resident models, like wasmtime's
+//! `crates/wasi-nn/src/wit.rs`: the WIT calls mapped onto the registry and the engines, token ids and
+//! positions checked before any engine sees them, and every failure mapped to a wasi-nn error code in one
+//! place ([`code`]).
 //!
 //! Graphs come only from `load-by-name`, which serves the models `spin.toml` lets the component use;
 //! loading raw model bytes from a guest is refused, since models are loaded once per process, not per
 //! request. `compute` runs on tokio's blocking pool so inference never stalls the HTTP workers.
 
-pub mod backend;
-pub mod backends;
-/// Finds the engines' native libraries; only the engine backends use it.
-#[cfg(any(feature = "onnxruntime", feature = "openvino"))]
-mod library;
-#[cfg(feature = "onnxruntime")]
-pub mod onnxruntime;
-#[cfg(feature = "openvino")]
-pub mod openvino;
-
-use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::OwnedSemaphorePermit;
+use wasmtime::component::Resource;
 
-use wasmtime::component::{HasData, Resource, ResourceTable};
+use super::bindings::errors::ErrorCode;
+use super::bindings::graph::{ExecutionTarget, GraphBuilder, GraphEncoding};
+use super::bindings::tensor::TensorType;
+use super::bindings::{errors, graph, inference, tensor};
+use super::resources::{ExecutionContext, Graph, NnError};
+use super::view::LlmView;
+use crate::backend::{BackendError, ElementType, Tensor};
 
-use crate::bindings::errors::ErrorCode;
-use crate::bindings::graph::{ExecutionTarget, GraphBuilder, GraphEncoding};
-use crate::bindings::tensor::TensorType;
-use crate::bindings::{errors, graph, inference, tensor};
-use crate::metrics::Metrics;
-use crate::models::{Model, ModelAccess};
-pub use backend::Tensor;
-use backend::{BackendError, BackendExecutionContext};
-
-/// A loaded graph, as a guest holds it.
-pub struct Graph(Arc<Model>);
-
-/// One sequence's inference state, holding one of its model's context slots until dropped.
-pub struct ExecutionContext {
-    /// Taken out while a `compute` runs off-thread; `None` after a failure.
-    backend: Option<Box<dyn BackendExecutionContext>>,
-    model: Arc<Model>,
-    metrics: Arc<Metrics>,
-    opened: Instant,
-    computes: u64,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl Drop for ExecutionContext {
-    fn drop(&mut self) {
-        self.metrics.context_closed(&self.model.info.id);
+/// The wasi-nn error code a guest reads for each kind of failure.
+fn code(error: &NnError) -> ErrorCode {
+    match error {
+        NnError::Backend(BackendError::InvalidArgument(_)) => ErrorCode::InvalidArgument,
+        NnError::Backend(BackendError::Unsupported(_)) => ErrorCode::UnsupportedOperation,
+        NnError::Backend(BackendError::Load(_) | BackendError::Runtime(_))
+        | NnError::ContextFailed => ErrorCode::RuntimeError,
+        NnError::LoadRefused => ErrorCode::Security,
+        NnError::NotAvailable(_) => ErrorCode::NotFound,
+        // wasi-nn has no "busy": a full queue is reported as `timeout`, which the components answer
+        // with 503 and `Retry-After`.
+        NnError::AtCapacity(_) => ErrorCode::Timeout,
     }
 }
 
-/// A wasi-nn error resource.
-#[derive(Debug)]
-pub struct NnError {
-    code: ErrorCode,
-    message: String,
-}
-
-impl From<BackendError> for NnError {
-    fn from(e: BackendError) -> Self {
-        Self {
-            code: e.code(),
-            message: e.to_string(),
-        }
+fn tensor_type(ty: ElementType) -> TensorType {
+    match ty {
+        ElementType::F16 => TensorType::Fp16,
+        ElementType::Bf16 => TensorType::Bf16,
+        ElementType::F32 => TensorType::Fp32,
+        ElementType::F64 => TensorType::Fp64,
+        ElementType::U8 => TensorType::U8,
+        ElementType::I32 => TensorType::I32,
+        ElementType::I64 => TensorType::I64,
     }
 }
 
-/// What the wasi-nn host functions see of an instance's state.
-pub struct NnView<'a> {
-    pub table: &'a mut ResourceTable,
-    pub models: &'a ModelAccess,
-}
-
-/// Marker tying [`NnView`] to the generated `add_to_linker` functions.
-pub struct WasiNn;
-
-impl HasData for WasiNn {
-    type Data<'a> = NnView<'a>;
+fn element_type(ty: TensorType) -> ElementType {
+    match ty {
+        TensorType::Fp16 => ElementType::F16,
+        TensorType::Bf16 => ElementType::Bf16,
+        TensorType::Fp32 => ElementType::F32,
+        TensorType::Fp64 => ElementType::F64,
+        TensorType::U8 => ElementType::U8,
+        TensorType::I32 => ElementType::I32,
+        TensorType::I64 => ElementType::I64,
+    }
 }
 
 type NnResult<T> = wasmtime::Result<Result<T, Resource<NnError>>>;
 
-impl NnView<'_> {
-    fn fail<T>(&mut self, code: ErrorCode, message: impl Into<String>) -> NnResult<T> {
-        let message = message.into();
-        tracing::debug!(?code, %message, "wasi-nn error");
-        Ok(Err(self.table.push(NnError { code, message })?))
+impl LlmView<'_> {
+    fn fail<T>(&mut self, error: impl Into<NnError>) -> NnResult<T> {
+        let error = error.into();
+        tracing::debug!(code = ?code(&error), %error, "wasi-nn error");
+        Ok(Err(self.table.push(error)?))
     }
 }
 
-impl graph::Host for NnView<'_> {
+impl graph::Host for LlmView<'_> {
     async fn load(
         &mut self,
         _builder: Vec<GraphBuilder>,
         _encoding: GraphEncoding,
         _target: ExecutionTarget,
     ) -> NnResult<Resource<Graph>> {
-        self.fail(
-            ErrorCode::Security,
-            "models are loaded by the host; use load-by-name with a model listed in spin.toml",
-        )
+        self.fail(NnError::LoadRefused)
     }
 
     async fn load_by_name(&mut self, name: String) -> NnResult<Resource<Graph>> {
-        match self.models.get(&name) {
+        match self.grants.model(&name) {
             Some(model) => Ok(Ok(self.table.push(Graph(model))?)),
-            None => self.fail(
-                ErrorCode::NotFound,
-                format!("model {name:?} is not available to this component"),
-            ),
+            None => self.fail(NnError::NotAvailable(name)),
         }
     }
 }
 
-impl graph::HostGraph for NnView<'_> {
+impl graph::HostGraph for LlmView<'_> {
     async fn init_execution_context(
         &mut self,
         graph: Resource<Graph>,
     ) -> NnResult<Resource<inference::GraphExecutionContext>> {
         let model = self.table.get(&graph)?.0.clone();
-        let metrics = self.models.registry().metrics().clone();
-        let id = model.info.id.clone();
-        // wasi-nn has no "busy" code: a full queue is reported as `timeout`, which the components
-        // answer with 503 and `Retry-After`.
+        let metrics = self.grants.registry().metrics().clone();
+        let id = &model.facts.id;
         let slot = match model
-            .slots
-            .acquire(|delta| metrics.queue_changed(&id, delta))
+            .admission
+            .admit(|delta| metrics.queue_changed(id, delta))
             .await
         {
             Ok(slot) => slot,
             Err(full) => {
-                metrics.rejected(&id);
-                return self.fail(ErrorCode::Timeout, full.to_string());
+                metrics.rejected(id);
+                return self.fail(full);
             }
         };
         match model.graph.init_execution_context() {
             Ok(backend) => {
-                metrics.context_opened(&id);
+                metrics.context_opened(id);
                 let context = ExecutionContext {
                     backend: Some(backend),
                     model,
@@ -147,7 +118,7 @@ impl graph::HostGraph for NnView<'_> {
                 };
                 Ok(Ok(self.table.push(context)?))
             }
-            Err(e) => self.fail(e.code(), e.to_string()),
+            Err(e) => self.fail(e),
         }
     }
 
@@ -157,7 +128,7 @@ impl graph::HostGraph for NnView<'_> {
     }
 }
 
-impl inference::Host for NnView<'_> {}
+impl inference::Host for LlmView<'_> {}
 
 /// Token ids and positions index tables inside the engines, and some kernels do not check their bounds
 /// (ONNX Runtime's `GatherBlockQuantized` reads past its table for an id beyond the vocabulary): a
@@ -172,14 +143,12 @@ fn check_indices(
         // Engines size their caches by the mask: a mask beyond the context would make the host allocate
         // whatever a guest asks for.
         if name == "attention_mask"
-            && tensor
-                .dims
-                .last()
-                .is_some_and(|&positions| positions > context_length)
+            && let Some(&positions) = tensor.dims.last()
+            && positions > context_length
         {
             return Err(BackendError::InvalidArgument(format!(
-                "attention_mask covers {} positions, beyond the model's context of {context_length}",
-                tensor.dims.last().copied().unwrap_or_default()
+                "attention_mask covers {positions} positions, beyond the model's context of \
+                 {context_length}"
             )));
         }
         let limit = match name.as_str() {
@@ -199,7 +168,7 @@ fn check_indices(
     Ok(())
 }
 
-impl inference::HostGraphExecutionContext for NnView<'_> {
+impl inference::HostGraphExecutionContext for LlmView<'_> {
     async fn compute(
         &mut self,
         context: Resource<ExecutionContext>,
@@ -214,15 +183,12 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             .iter()
             .find(|(name, _)| name == "input_ids")
             .map_or(0, |(_, t)| t.element_count() as u64);
-        let info = &self.table.get(&context)?.model.info;
-        if let Err(e) = check_indices(&named, info.vocab_size, info.context_length) {
-            return self.fail(e.code(), e.to_string());
+        let facts = &self.table.get(&context)?.model.facts;
+        if let Err(e) = check_indices(&named, facts.vocab_size, facts.context_length) {
+            return self.fail(e);
         }
         let Some(mut backend) = self.table.get_mut(&context)?.backend.take() else {
-            return self.fail(
-                ErrorCode::RuntimeError,
-                "the execution context failed earlier and cannot be reused",
-            );
+            return self.fail(NnError::ContextFailed);
         };
         let started = Instant::now();
         let (backend, result) = tokio::task::spawn_blocking(move || {
@@ -235,7 +201,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             Ok(outputs) => {
                 state.backend = Some(backend);
                 state.computes += 1;
-                let id = &state.model.info.id;
+                let id = &state.model.facts.id;
                 if state.computes == 1 {
                     state.metrics.first_token(id, state.opened.elapsed());
                 } else {
@@ -250,9 +216,9 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             Err(e @ BackendError::InvalidArgument(_)) => {
                 // Nothing ran, so the context's state is intact.
                 state.backend = Some(backend);
-                self.fail(e.code(), e.to_string())
+                self.fail(e)
             }
-            Err(e) => self.fail(e.code(), e.to_string()),
+            Err(e) => self.fail(e),
         }
     }
 
@@ -262,9 +228,9 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
     }
 }
 
-impl tensor::Host for NnView<'_> {}
+impl tensor::Host for LlmView<'_> {}
 
-impl tensor::HostTensor for NnView<'_> {
+impl tensor::HostTensor for LlmView<'_> {
     async fn new(
         &mut self,
         dimensions: Vec<u32>,
@@ -273,7 +239,7 @@ impl tensor::HostTensor for NnView<'_> {
     ) -> wasmtime::Result<Resource<Tensor>> {
         Ok(self.table.push(Tensor {
             dims: dimensions,
-            ty,
+            ty: element_type(ty),
             data,
         })?)
     }
@@ -283,7 +249,7 @@ impl tensor::HostTensor for NnView<'_> {
     }
 
     async fn ty(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<TensorType> {
-        Ok(self.table.get(&tensor)?.ty)
+        Ok(tensor_type(self.table.get(&tensor)?.ty))
     }
 
     async fn data(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<Vec<u8>> {
@@ -296,15 +262,15 @@ impl tensor::HostTensor for NnView<'_> {
     }
 }
 
-impl errors::Host for NnView<'_> {}
+impl errors::Host for LlmView<'_> {}
 
-impl errors::HostError for NnView<'_> {
+impl errors::HostError for LlmView<'_> {
     async fn code(&mut self, error: Resource<NnError>) -> wasmtime::Result<ErrorCode> {
-        Ok(self.table.get(&error)?.code)
+        Ok(code(self.table.get(&error)?))
     }
 
     async fn data(&mut self, error: Resource<NnError>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&error)?.message.clone())
+        Ok(self.table.get(&error)?.to_string())
     }
 
     async fn drop(&mut self, error: Resource<NnError>) -> wasmtime::Result<()> {

@@ -3,44 +3,32 @@
 
 use std::sync::Arc;
 
-use wasmtime::component::HasData;
+use super::bindings::models::{self, ModelError, ModelStatus};
+use super::text::model_info;
+use super::view::LlmView;
+use crate::registry::model::Model;
 
-use crate::bindings::models::{self, ModelError, ModelStatus};
-use crate::models::{Model, ModelAccess};
-
-/// What the model-management host functions see of an instance's state.
-pub struct ManagementView<'a> {
-    pub models: &'a ModelAccess,
-}
-
-/// Marker tying [`ManagementView`] to the generated `add_to_linker` function.
-pub struct ModelManagement;
-
-impl HasData for ModelManagement {
-    type Data<'a> = ManagementView<'a>;
-}
-
-impl ManagementView<'_> {
+impl LlmView<'_> {
     fn status(&self, id: &str, model: Option<&Arc<Model>>) -> ModelStatus {
         let (backend, device) = match model {
             Some(m) => (m.backend, m.device),
             None => {
-                let settings = self.models.registry().settings(id);
-                (settings.backend.as_str(), settings.device)
+                let settings = self.grants.registry().settings(id);
+                (settings.backend, settings.device)
             }
         };
         ModelStatus {
             id: id.to_string(),
             loaded: model.is_some(),
-            current: self.models.current().as_deref() == Some(id),
-            info: model.map(|m| m.info.clone()),
-            backend: backend.to_string(),
+            current: self.grants.current().as_deref() == Some(id),
+            info: model.map(|m| model_info(m)),
+            backend: backend.as_str().to_string(),
             device: device.as_str().to_string(),
         }
     }
 
     fn check_may_manage(&self) -> Result<(), ModelError> {
-        if self.models.may_manage {
+        if self.grants.may_manage {
             Ok(())
         } else {
             Err(ModelError::Denied(
@@ -51,12 +39,12 @@ impl ManagementView<'_> {
     }
 
     fn check_known(&self, id: &str) -> Result<(), ModelError> {
-        if !self.models.is_allowed(id) {
+        if !self.grants.may_use(id) {
             return Err(ModelError::NotFound(format!(
                 "model {id:?} is not available to this component"
             )));
         }
-        if self.models.get(id).is_none() && !self.models.registry().exists(id) {
+        if self.grants.model(id).is_none() && !self.grants.registry().exists(id) {
             return Err(ModelError::NotFound(format!(
                 "model {id:?} has no files in the models directory"
             )));
@@ -65,23 +53,23 @@ impl ManagementView<'_> {
     }
 }
 
-impl models::Host for ManagementView<'_> {
+impl models::Host for LlmView<'_> {
     async fn available(&mut self) -> wasmtime::Result<Vec<ModelStatus>> {
         Ok(self
-            .models
-            .allowed()
+            .grants
+            .models()
             .iter()
-            .map(|id| self.status(id, self.models.get(id).as_ref()))
+            .map(|id| self.status(id, self.grants.model(id).as_ref()))
             .collect())
     }
 
     async fn current(&mut self) -> wasmtime::Result<Option<ModelStatus>> {
-        let Some(id) = self.models.current() else {
+        let Some(id) = self.grants.current() else {
             return Ok(None);
         };
         Ok(self
-            .models
-            .get(&id)
+            .grants
+            .model(&id)
             .map(|model| self.status(&id, Some(&model))))
     }
 
@@ -89,13 +77,13 @@ impl models::Host for ManagementView<'_> {
         if let Err(e) = self.check_may_manage().and_then(|()| self.check_known(&id)) {
             return Ok(Err(e));
         }
-        let access = self.models.clone();
+        let registry = self.grants.registry().clone();
         let name = id.clone();
         // Loading reads and optimizes the model: seconds of blocking work, off the async workers.
-        let loaded = tokio::task::spawn_blocking(move || access.registry().load(&name)).await?;
+        let loaded = tokio::task::spawn_blocking(move || registry.load(&name)).await?;
         Ok(match loaded {
             Ok(model) => {
-                self.models.set_current(Some(id.clone()));
+                self.grants.set_current(Some(id.clone()));
                 Ok(self.status(&id, Some(&model)))
             }
             Err(e) => Err(ModelError::Failed(format!("{e:#}"))),
@@ -106,13 +94,13 @@ impl models::Host for ManagementView<'_> {
         if let Err(e) = self.check_may_manage() {
             return Ok(Err(e));
         }
-        if !self.models.is_allowed(&id) || !self.models.registry().unload(&id) {
+        if !self.grants.may_use(&id) || !self.grants.registry().unload(&id) {
             return Ok(Err(ModelError::NotFound(format!(
                 "model {id:?} is not loaded"
             ))));
         }
-        if self.models.current().as_deref() == Some(id.as_str()) {
-            self.models.set_current(None);
+        if self.grants.current().as_deref() == Some(id.as_str()) {
+            self.grants.set_current(None);
         }
         Ok(Ok(()))
     }

@@ -22,7 +22,7 @@ use tokio::time::{Instant, Sleep};
 use wasmtime_wasi_http::Error;
 
 /// A request body that fails once no data has arrived for `idle`, and records when it has ended.
-pub struct ClientBody<B> {
+pub(super) struct ClientBody<B> {
     inner: B,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
@@ -32,20 +32,20 @@ pub struct ClientBody<B> {
 
 /// Notified when a request's body timed out; travels in the request's extensions.
 #[derive(Clone)]
-pub struct BodyTimedOut(pub Arc<Notify>);
+pub(super) struct BodyTimedOut(pub Arc<Notify>);
 
 /// Whether the request body has been read to its end (or had none).
 #[derive(Clone)]
-pub struct BodyEnded(Arc<AtomicBool>);
+pub(super) struct BodyEnded(Arc<AtomicBool>);
 
 impl BodyEnded {
-    pub fn get(&self) -> bool {
+    pub(super) fn get(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
 }
 
 impl<B: Body> ClientBody<B> {
-    pub fn new(inner: B, idle: Duration) -> (Self, BodyTimedOut, BodyEnded) {
+    pub(super) fn new(inner: B, idle: Duration) -> (Self, BodyTimedOut, BodyEnded) {
         let timed_out = Arc::new(Notify::new());
         let ended = Arc::new(AtomicBool::new(inner.is_end_stream()));
         let body = Self {

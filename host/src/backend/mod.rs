@@ -1,20 +1,54 @@
-//! The boundary between wasi-nn and the inference engines, in the spirit of wasmtime's `crates/wasi-nn`:
-//! a backend loads graphs, a graph makes execution contexts, a context computes on named tensors.
+//! The inference engines, in the spirit of wasmtime's `crates/wasi-nn` backends: a [`Backend`] loads
+//! graphs, a [`BackendGraph`] makes execution contexts, a [`BackendExecutionContext`] computes on named
+//! tensors.
 //!
-//! Contexts are stateful: a decoder's KV cache stays inside its context between `compute` calls, so no
-//! cache bytes ever cross the component boundary.
+//! Engines know tensors, devices and their own errors, nothing of the WIT interfaces, the model registry
+//! or tokenizers: the wasi-nn glue (`interfaces::wasi_nn`) maps [`Tensor`]s and [`BackendError`]s onto
+//! wasi-nn's types. Contexts are stateful: a decoder's KV cache stays inside its context between
+//! `compute` calls ([`decoder`]), so no cache bytes ever cross the component boundary.
+
+pub mod decoder;
+pub mod engines;
+/// Finds the engines' native libraries; only the engine backends use it.
+#[cfg(any(feature = "onnxruntime", feature = "openvino"))]
+mod library;
+#[cfg(feature = "onnxruntime")]
+pub mod onnxruntime;
+#[cfg(feature = "openvino")]
+pub mod openvino;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::bindings::errors::ErrorCode;
-use crate::bindings::tensor::TensorType;
+/// The element types a tensor may hold: wasi-nn's, so the glue maps them one to one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElementType {
+    F16,
+    Bf16,
+    F32,
+    F64,
+    U8,
+    I32,
+    I64,
+}
+
+impl ElementType {
+    /// Bytes of one element.
+    pub fn size(self) -> usize {
+        match self {
+            Self::F16 | Self::Bf16 => 2,
+            Self::F32 | Self::I32 => 4,
+            Self::F64 | Self::I64 => 8,
+            Self::U8 => 1,
+        }
+    }
+}
 
 /// A tensor as it crosses the wasi-nn boundary: dimensions, element type and little-endian bytes.
 #[derive(Debug)]
 pub struct Tensor {
     pub dims: Vec<u32>,
-    pub ty: TensorType,
+    pub ty: ElementType,
     pub data: Vec<u8>,
 }
 
@@ -26,7 +60,7 @@ impl Tensor {
 
     /// A guest's tensor must hold exactly as many bytes as its dimensions and type say.
     pub fn check_size(&self) -> Result<(), BackendError> {
-        if self.data.len() != self.element_count() * element_size(self.ty) {
+        if self.data.len() != self.element_count() * self.ty.size() {
             return Err(BackendError::InvalidArgument(format!(
                 "tensor of dimensions {:?} holds {} bytes",
                 self.dims,
@@ -35,16 +69,14 @@ impl Tensor {
         }
         Ok(())
     }
-}
 
-impl Tensor {
     /// The values of an integer tensor (i64 or i32, widened), read in place: token ids, positions and
     /// masks are checked and used on every step, so they are not collected first.
     pub fn integers(&self, name: &str) -> Result<impl Iterator<Item = i64> + '_, BackendError> {
         self.check_size()?;
         let width = match self.ty {
-            TensorType::I64 => 8,
-            TensorType::I32 => 4,
+            ElementType::I64 => 8,
+            ElementType::I32 => 4,
             other => {
                 return Err(BackendError::InvalidArgument(format!(
                     "{name} must be i64 or i32, not {other:?}"
@@ -68,19 +100,10 @@ pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
         .to_vec()
 }
 
-/// Size of one element of a wasi-nn tensor type.
-pub fn element_size(ty: TensorType) -> usize {
-    match ty {
-        TensorType::Fp16 | TensorType::Bf16 => 2,
-        TensorType::Fp32 | TensorType::I32 => 4,
-        TensorType::Fp64 | TensorType::I64 => 8,
-        TensorType::U8 => 1,
-    }
-}
-
-/// Why a backend operation failed; each kind maps onto one wasi-nn error code.
+/// Why a backend operation failed. The wasi-nn glue maps each kind onto one wasi-nn error code.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
+    /// The inputs are wrong; nothing ran, so the context's state is intact.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("unsupported: {0}")]
@@ -92,11 +115,30 @@ pub enum BackendError {
 }
 
 impl BackendError {
-    pub fn code(&self) -> ErrorCode {
+    /// An engine's own error during inference, as one line.
+    pub fn runtime(error: impl std::fmt::Display) -> Self {
+        Self::Runtime(error.to_string())
+    }
+}
+
+/// An inference engine nnspin can serve models from.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// ONNX Runtime, from the `onnxruntime` wheel (`onnxruntime-gpu` for CUDA/TensorRT) or ORT_DYLIB_PATH.
+    Onnxruntime,
+    /// OpenVINO, from the `openvino` wheel or OPENVINO_LIB_PATH.
+    Openvino,
+}
+
+impl BackendKind {
+    /// The name logs, model metadata and version reports use (and the cargo feature that builds it).
+    pub fn as_str(self) -> &'static str {
         match self {
-            Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
-            Self::Unsupported(_) => ErrorCode::UnsupportedOperation,
-            Self::Load(_) | Self::Runtime(_) => ErrorCode::RuntimeError,
+            Self::Onnxruntime => "onnxruntime",
+            Self::Openvino => "openvino",
         }
     }
 }
@@ -175,17 +217,22 @@ impl WeightFormat {
     }
 }
 
-/// An inference engine that can load models from a directory.
+/// Named tensors, as a step's inputs and outputs are.
+pub type NamedTensors = Vec<(String, Tensor)>;
+
+pub type LoadResult = Result<Arc<dyn BackendGraph>, BackendError>;
+
+/// A started engine: which it is, the version of its library, and the backend that loads models on it.
+pub struct Engine {
+    pub kind: BackendKind,
+    pub version: String,
+    pub backend: Box<dyn Backend>,
+}
+
+/// An inference engine that can load models from a directory. Which engine it is and its version are
+/// facts of the started [`Engine`], not of each backend's code.
 pub trait Backend: Send + Sync {
-    /// Short name for logs and model metadata, such as `onnxruntime`.
-    fn name(&self) -> &'static str;
-    /// Version of the engine library in use.
-    fn version(&self) -> String;
-    fn load(
-        &self,
-        model_dir: &Path,
-        options: &LoadOptions,
-    ) -> Result<Arc<dyn BackendGraph>, BackendError>;
+    fn load(&self, model_dir: &Path, options: &LoadOptions) -> LoadResult;
 }
 
 /// A loaded model, shared by every instance and request.
@@ -196,8 +243,5 @@ pub trait BackendGraph: Send + Sync {
 /// One sequence's inference state.
 pub trait BackendExecutionContext: Send {
     /// Runs the model on the named inputs and returns the named outputs the guest may read.
-    fn compute(
-        &mut self,
-        inputs: Vec<(String, Tensor)>,
-    ) -> Result<Vec<(String, Tensor)>, BackendError>;
+    fn compute(&mut self, inputs: NamedTensors) -> Result<NamedTensors, BackendError>;
 }

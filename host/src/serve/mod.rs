@@ -1,5 +1,8 @@
 //! The HTTP server: routes each request to its component and runs it in a fresh instance.
 
+mod client_body;
+mod error;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,10 +22,11 @@ use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::app::App;
-use crate::client_body::{BodyTimedOut, ClientBody};
+use crate::app::{App, ComponentRuntime};
 use crate::instance::{CpuBudgetExceeded, new_store};
 use crate::lifecycle::{Server, Stop};
+use client_body::{BodyTimedOut, ClientBody};
+use error::HostError;
 
 /// Serves until `stop` resolves, then stops accepting and gives in-flight requests up to `grace` to
 /// finish. A client that takes longer than `client_timeout` to send its headers, or pauses that long
@@ -110,18 +114,7 @@ async fn handle(
     let span = tracing::info_span!("request", %id);
     let refused = server.api_keys.check(&path, req.headers()).err();
     let (mut response, matched) = match (refused, server.app()) {
-        (Some(refusal), _) => {
-            let mut response = error_response(
-                StatusCode::UNAUTHORIZED,
-                "invalid_request_error",
-                refusal.message(),
-            );
-            response.headers_mut().insert(
-                hyper::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer"),
-            );
-            (response, "-".to_string())
-        }
+        (Some(refusal), _) => (HostError::Unauthorized(refusal).response(), "-".into()),
         (None, Some(app)) if method == hyper::Method::GET && path == "/metrics" => {
             let text = app.metrics.render(server.in_flight());
             let response = text_response(StatusCode::OK, "text/plain; version=0.0.4", text);
@@ -133,17 +126,7 @@ async fn handle(
                 .request_finished(&component, response.status().as_u16());
             (response, component)
         }
-        (None, None) => {
-            let mut response = error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                "the server is starting: models and components are still loading",
-            );
-            response
-                .headers_mut()
-                .insert(hyper::header::RETRY_AFTER, 1.into());
-            (response, "-".to_string())
-        }
+        (None, None) => (HostError::Starting.response(), "-".into()),
     };
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
@@ -198,63 +181,38 @@ async fn route(
             m.route.to_string(),
         ))
     }) else {
-        let response = error_response(
-            StatusCode::NOT_FOUND,
-            "not_found_error",
-            &format!("no route for {path}"),
-        );
-        return (response, "-".to_string());
+        return (HostError::NoRoute { path }.response(), "-".to_string());
     };
-    let response = async {
-        set_spin_headers(req.headers_mut(), &path_info, peer);
-        if let Some(limiter) = &component.rate_limiter
-            && let Err(wait) = limiter.check(peer.ip(), std::time::Instant::now())
-        {
-            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-            let mut response = error_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_error",
-                &format!("rate limit exceeded: retry in {seconds} s"),
-            );
-            response
-                .headers_mut()
-                .insert(hyper::header::RETRY_AFTER, seconds.into());
-            return response;
-        }
-        match run_component(app, component, req).await {
-            Ok(response) => response,
-            Err(e) if e.downcast_ref::<CpuBudgetExceeded>().is_some() => {
-                let exceeded = e
-                    .downcast_ref::<CpuBudgetExceeded>()
-                    .expect("checked by the guard");
+    set_spin_headers(req.headers_mut(), &path_info, peer);
+    if let Some(limiter) = &component.rate_limiter
+        && let Err(wait) = limiter.check(peer.ip(), std::time::Instant::now())
+    {
+        let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
+        return (HostError::RateLimited { retry_after }.response(), route);
+    }
+    let response = match run_component(app, component, req).await {
+        Ok(response) => response,
+        Err(e) => match e.downcast::<CpuBudgetExceeded>() {
+            Ok(exceeded) => {
                 tracing::warn!(component = %component.id, %path, "{exceeded}");
-                error_response(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "timeout_error",
-                    &exceeded.to_string(),
-                )
+                HostError::CpuBudgetExceeded(exceeded).response()
             }
             Err(e) => {
                 tracing::error!(component = %component.id, %path, "request failed: {e:?}");
-                error_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    "the request handler failed",
-                )
+                HostError::HandlerFailed.response()
             }
-        }
-    }
-    .await;
+        },
+    };
     (response, route)
 }
 
 async fn run_component(
     app: &App,
-    component: &crate::app::ComponentRuntime,
+    component: &ComponentRuntime,
     req: Request<RequestBody>,
 ) -> wasmtime::Result<Response<HyperOutgoingBody>> {
     let timed_out = req.extensions().get::<BodyTimedOut>().cloned();
-    let mut store = new_store(&app.engine, &component.sandbox, app.started)?;
+    let mut store = new_store(&app.engine, &component.sandbox)?;
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let req = store
         .data_mut()
@@ -293,13 +251,7 @@ async fn run_component(
         biased;
         // The client stopped sending its body: the guard stops the handler (which may have answered
         // the read error already; the timeout is the truth).
-        () = body_timed_out => {
-            return Ok(error_response(
-                StatusCode::REQUEST_TIMEOUT,
-                "invalid_request_error",
-                "the request body stopped arriving before it was complete",
-            ));
-        }
+        () = body_timed_out => return Ok(HostError::BodyTimedOut.response()),
         sent = receiver => sent,
     };
     match sent {
@@ -362,27 +314,6 @@ fn text_response(
         .header("content-type", content_type)
         .body(
             Full::new(Bytes::from(text))
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
-        .expect("static response parts are valid")
-}
-
-/// A host-side error in the same JSON shape the components use.
-pub fn error_response(
-    status: StatusCode,
-    kind: &str,
-    message: &str,
-) -> Response<HyperOutgoingBody> {
-    let body = serde_json::json!({
-        "error": { "message": message, "type": kind, "param": null, "code": null },
-        "detail": message,
-    });
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(
-            Full::new(Bytes::from(body.to_string()))
                 .map_err(|never| match never {})
                 .boxed_unsync(),
         )

@@ -14,8 +14,8 @@ use ort::session::{IoBinding, Session};
 use ort::sys::ONNXTensorElementDataType;
 use ort::value::{DynValue, Tensor as OrtTensor};
 
-use super::CacheInput;
-use crate::nn::backend::BackendError;
+use crate::backend::BackendError;
+use crate::backend::decoder::CacheInput;
 
 /// Positions the buffers start with; they double when a sequence outgrows them.
 const FIRST_CAPACITY: usize = 256;
@@ -24,7 +24,7 @@ const FIRST_CAPACITY: usize = 256;
 /// once) the kept bindings are dropped and rebuilt on use.
 const KEPT_BINDINGS: usize = 64;
 
-pub struct SharedCache {
+pub(super) struct SharedCache {
     /// Bindings of the row ranges `(first, count)` runs used, each holding views into `buffers`. Declared
     /// first so they are dropped before the buffers they point into.
     bindings: HashMap<(usize, usize), IoBinding>,
@@ -34,7 +34,7 @@ pub struct SharedCache {
 }
 
 impl SharedCache {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             bindings: HashMap::new(),
             buffers: Vec::new(),
@@ -45,7 +45,7 @@ impl SharedCache {
 
     /// Makes room for `rows` rows of `positions` positions each, keeping the first `lengths[row]` positions
     /// of every row (the buffers grow by doubling, so this copies rarely).
-    pub fn reserve(
+    pub(super) fn reserve(
         &mut self,
         allocator: &Allocator,
         caches: &[CacheInput],
@@ -65,10 +65,12 @@ impl SharedCache {
         self.bindings.clear();
         let mut buffers = Vec::with_capacity(caches.len());
         for (index, cache) in caches.iter().enumerate() {
-            let (heads, head_dim) = cache.heads_and_dim();
+            let (heads, head_dim) = cache
+                .heads_and_dim()
+                .expect("the batcher serves only models that fix them");
             let mut buffer =
                 OrtTensor::<f32>::new(allocator, [new_rows, heads, new_capacity, head_dim])
-                    .map_err(runtime)?;
+                    .map_err(BackendError::runtime)?;
             let (_, data) = buffer.extract_tensor_mut();
             // Zeros, not whatever the allocator held: masked positions must not be NaN.
             data.fill(0.0);
@@ -94,7 +96,7 @@ impl SharedCache {
     /// The binding for a run over rows `first..first + count`: views of those rows bound as every cache
     /// input and its output, the model's other outputs (logits) left to ONNX Runtime to allocate. Built
     /// once per range and kept, so a step only rebinds its three small inputs.
-    pub fn binding(
+    pub(super) fn binding(
         &mut self,
         session: &Session,
         caches: &[CacheInput],
@@ -106,21 +108,21 @@ impl SharedCache {
             if self.bindings.len() >= KEPT_BINDINGS {
                 self.bindings.clear();
             }
-            let mut binding = session.create_binding().map_err(runtime)?;
+            let mut binding = session.create_binding().map_err(BackendError::runtime)?;
             for (cache, buffer) in caches.iter().zip(&mut self.buffers) {
                 let mut view = rows_view(buffer, session.allocator(), first, count)?;
                 binding
                     .bind_input(cache.name.as_str(), &view)
-                    .map_err(runtime)?;
+                    .map_err(BackendError::runtime)?;
                 binding
                     .bind_output(cache.present.as_str(), &mut view)
-                    .map_err(runtime)?;
+                    .map_err(BackendError::runtime)?;
             }
             for output in session.outputs() {
                 if !caches.iter().any(|cache| cache.present == output.name()) {
                     binding
                         .bind_output_to_device(output.name(), session.allocator().memory_info())
-                        .map_err(runtime)?;
+                        .map_err(BackendError::runtime)?;
                 }
             }
             self.bindings.insert((first, count), binding);
@@ -162,13 +164,9 @@ fn rows_view(
             ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
             &mut value,
         ))
-        .map_err(runtime)?;
+        .map_err(BackendError::runtime)?;
         let value = NonNull::new(value)
             .ok_or_else(|| BackendError::Runtime("ONNX Runtime returned no tensor".into()))?;
         Ok(DynValue::from_ptr(value, Some(allocator)))
     }
-}
-
-fn runtime(e: ort::Error) -> BackendError {
-    BackendError::Runtime(e.to_string())
 }

@@ -1,24 +1,7 @@
 //! `nnspin:llm/system`: facts about the host machine and process, read from the OS when asked.
 
-use std::time::Instant;
-
-use wasmtime::component::HasData;
-
-use crate::bindings::system::{self, SystemInfo};
-use crate::models::ModelAccess;
-
-pub struct SystemView<'a> {
-    pub models: &'a ModelAccess,
-    /// When the process started serving.
-    pub started: Instant,
-}
-
-/// Marker tying [`SystemView`] to the generated `add_to_linker` function.
-pub struct System;
-
-impl HasData for System {
-    type Data<'a> = SystemView<'a>;
-}
+use super::bindings::system::{self, SystemInfo};
+use super::view::LlmView;
 
 /// A `/proc/meminfo` or `/proc/self/status` field in bytes (the files give kB).
 fn proc_kib(file: &str, key: &str) -> u64 {
@@ -37,18 +20,18 @@ fn proc_kib(file: &str, key: &str) -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-impl system::Host for SystemView<'_> {
+impl system::Host for LlmView<'_> {
     async fn info(&mut self) -> wasmtime::Result<SystemInfo> {
         let mut versions = vec![
             ("nnspin".to_string(), env!("CARGO_PKG_VERSION").to_string()),
             ("wasmtime".to_string(), crate::WASMTIME_VERSION.to_string()),
         ];
         versions.extend(
-            self.models
+            self.grants
                 .registry()
-                .backends()
+                .engines()
                 .iter()
-                .map(|backend| (backend.name().to_string(), backend.version())),
+                .map(|engine| (engine.kind.as_str().to_string(), engine.version.clone())),
         );
         Ok(SystemInfo {
             host_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -60,7 +43,7 @@ impl system::Host for SystemView<'_> {
             memory_total_bytes: proc_kib("/proc/meminfo", "MemTotal:"),
             memory_available_bytes: proc_kib("/proc/meminfo", "MemAvailable:"),
             process_memory_bytes: proc_kib("/proc/self/status", "VmRSS:"),
-            uptime_seconds: self.started.elapsed().as_secs(),
+            uptime_seconds: self.grants.app.started.elapsed().as_secs(),
             versions,
         })
     }

@@ -2,7 +2,8 @@
 //! `openvino` wheel ships `libopenvino_c.so.<version>`, the CPU and GPU plugins and the ONNX frontend).
 //!
 //! It reads the same model directory as ONNX Runtime (`model.onnx`, contrib operators included), or an
-//! OpenVINO IR (`openvino_model.xml` + `.bin`). Two KV-cache styles are served:
+//! OpenVINO IR (`openvino_model.xml` + `.bin`). Two KV-cache styles of the decoder contract
+//! ([`decoder`]) are served:
 //! - explicit `past_key_values.*` inputs and `present.*` outputs (the Optimum ONNX layout): the context
 //!   hands each `present.*` tensor back as the next step's input, by reference (OpenVINO allocates fresh
 //!   outputs for every inference of a dynamic-shaped model, so nothing is copied or overwritten);
@@ -19,18 +20,16 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use openvino::{CompiledModel, Core, DeviceType, ElementType, InferRequest, RwPropertyKey, Shape};
-
-use super::backend::{
-    Backend, BackendError, BackendExecutionContext, BackendGraph, Device, LoadOptions, Tensor,
-    WeightFormat,
+use openvino::{
+    CompiledModel, Core, DeviceType, ElementType as OvType, InferRequest, RwPropertyKey, Shape,
 };
-use super::library::{WheelLibrary, version_of};
-use crate::bindings::tensor::TensorType;
 
-const PAST_PREFIX: &str = "past_key_values.";
-const PRESENT_PREFIX: &str = "present.";
-const BEAM_IDX: &str = "beam_idx";
+use super::decoder::{self, BEAM_IDX, CacheInput};
+use super::library::{WheelLibrary, version_of};
+use super::{
+    Backend, BackendError, BackendExecutionContext, BackendGraph, BackendKind, Device, ElementType,
+    Engine, LoadOptions, LoadResult, NamedTensors, Tensor, WeightFormat,
+};
 
 const LIBRARY: WheelLibrary = WheelLibrary {
     env: "OPENVINO_LIB_PATH",
@@ -41,12 +40,11 @@ const LIBRARY: WheelLibrary = WheelLibrary {
 
 pub struct OpenVino {
     core: Mutex<Core>,
-    version: String,
 }
 
 impl OpenVino {
     /// Loads the OpenVINO C library (once per process) and creates a core.
-    pub fn new() -> wasmtime::Result<Self> {
+    pub fn start() -> wasmtime::Result<Engine> {
         static LOADED: OnceLock<Result<String, String>> = OnceLock::new();
         let version = LOADED
             .get_or_init(|| {
@@ -66,9 +64,12 @@ impl OpenVino {
             .clone()
             .map_err(wasmtime::Error::msg)?;
         let core = Core::new().map_err(|e| wasmtime::format_err!("cannot start OpenVINO: {e}"))?;
-        Ok(Self {
-            core: Mutex::new(core),
+        Ok(Engine {
+            kind: BackendKind::Openvino,
             version,
+            backend: Box::new(Self {
+                core: Mutex::new(core),
+            }),
         })
     }
 }
@@ -86,19 +87,7 @@ fn load_error(context: &str) -> impl Fn(openvino::InferenceError) -> BackendErro
 }
 
 impl Backend for OpenVino {
-    fn name(&self) -> &'static str {
-        "openvino"
-    }
-
-    fn version(&self) -> String {
-        self.version.clone()
-    }
-
-    fn load(
-        &self,
-        model_dir: &Path,
-        options: &LoadOptions,
-    ) -> Result<Arc<dyn BackendGraph>, BackendError> {
+    fn load(&self, model_dir: &Path, options: &LoadOptions) -> LoadResult {
         let device = match options.device {
             Device::Cpu => DeviceType::CPU,
             Device::Gpu => DeviceType::GPU,
@@ -171,14 +160,6 @@ impl Backend for OpenVino {
     }
 }
 
-/// A cache input and its zero-length shape for a sequence's first step.
-struct CacheInput {
-    name: String,
-    present: String,
-    /// Dimensions with the batch at 0 and the past length at 2 filled in per sequence.
-    dims: Vec<i64>,
-}
-
 struct OpenVinoGraph {
     /// Creating infer requests needs `&mut`; inference itself runs on each context's own request.
     compiled: Mutex<CompiledModel>,
@@ -204,34 +185,21 @@ impl OpenVinoGraph {
                     .map_err(&fail)?,
             );
         }
-        let mut caches = Vec::new();
+        let mut described = Vec::with_capacity(inputs.len());
         for (name, port) in &inputs {
-            let Some(suffix) = name.strip_prefix(PAST_PREFIX) else {
-                continue;
-            };
-            let present = format!("{PRESENT_PREFIX}{suffix}");
-            if !outputs.contains(&present) {
-                return Err(BackendError::Load(format!(
-                    "the model has no output {present} for its input {name}"
-                )));
-            }
-            if port.get_element_type().map_err(&fail)? != ElementType::F32 {
-                return Err(BackendError::Unsupported(format!(
-                    "cache input {name} is not fp32"
-                )));
-            }
-            let shape = port.get_partial_shape().map_err(&fail)?;
-            let dims = shape
+            let ty = element_type(port.get_element_type().map_err(&fail)?);
+            let dims = port
+                .get_partial_shape()
+                .map_err(&fail)?
                 .get_dimensions()
                 .iter()
-                .map(|d| if d.is_dynamic() { 1 } else { d.get_min() })
+                .map(|d| if d.is_dynamic() { -1 } else { d.get_min() })
                 .collect();
-            caches.push(CacheInput {
-                name: name.clone(),
-                present,
-                dims,
-            });
+            described.push((name.as_str(), ty, dims));
         }
+        let caches = decoder::cache_inputs(described, |present| {
+            outputs.iter().any(|output| output == present)
+        })?;
         let beam_idx = inputs.iter().any(|(name, _)| name == BEAM_IDX);
         Ok(Self {
             compiled: Mutex::new(compiled),
@@ -248,7 +216,7 @@ impl BackendGraph for OpenVinoGraph {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .create_infer_request()
-            .map_err(|e| BackendError::Runtime(e.to_string()))?;
+            .map_err(BackendError::runtime)?;
         Ok(Box::new(OpenVinoContext {
             request,
             caches: self.caches.clone(),
@@ -266,25 +234,11 @@ struct OpenVinoContext {
     started: bool,
 }
 
-fn runtime(e: openvino::InferenceError) -> BackendError {
-    BackendError::Runtime(e.to_string())
-}
-
 impl BackendExecutionContext for OpenVinoContext {
-    fn compute(
-        &mut self,
-        inputs: Vec<(String, Tensor)>,
-    ) -> Result<Vec<(String, Tensor)>, BackendError> {
-        let mut batch = 1;
+    fn compute(&mut self, inputs: NamedTensors) -> Result<NamedTensors, BackendError> {
+        decoder::check_guest_inputs(&inputs)?;
+        let rows = decoder::rows(&inputs);
         for (name, tensor) in inputs {
-            if name.starts_with(PAST_PREFIX) || name == BEAM_IDX {
-                return Err(BackendError::InvalidArgument(format!(
-                    "{name} is kept by the execution context; send only the new tokens"
-                )));
-            }
-            if name == "input_ids" {
-                batch = tensor.dims.first().copied().unwrap_or(1) as i64;
-            }
             let tensor = to_openvino(tensor)?;
             self.request
                 .set_tensor(&name, &tensor)
@@ -292,51 +246,66 @@ impl BackendExecutionContext for OpenVinoContext {
         }
         if !self.started {
             for cache in self.caches.iter() {
-                let mut dims = cache.dims.clone();
-                dims[0] = batch;
-                dims[2] = 0;
+                let shape = Shape::new(&cache.empty_dims(rows)).map_err(BackendError::runtime)?;
                 let empty =
-                    openvino::Tensor::new(ElementType::F32, &Shape::new(&dims).map_err(runtime)?)
-                        .map_err(runtime)?;
+                    openvino::Tensor::new(OvType::F32, &shape).map_err(BackendError::runtime)?;
                 self.request
                     .set_tensor(&cache.name, &empty)
-                    .map_err(runtime)?;
+                    .map_err(BackendError::runtime)?;
             }
         }
         if self.beam_idx {
-            let mut rows =
-                openvino::Tensor::new(ElementType::I32, &Shape::new(&[batch]).map_err(runtime)?)
-                    .map_err(runtime)?;
-            for (i, row) in rows
-                .get_data_mut::<i32>()
-                .map_err(runtime)?
-                .iter_mut()
-                .enumerate()
-            {
+            let shape = Shape::new(&[rows]).map_err(BackendError::runtime)?;
+            let mut beams =
+                openvino::Tensor::new(OvType::I32, &shape).map_err(BackendError::runtime)?;
+            let data = beams.get_data_mut::<i32>().map_err(BackendError::runtime)?;
+            for (i, row) in data.iter_mut().enumerate() {
                 *row = i as i32;
             }
-            self.request.set_tensor(BEAM_IDX, &rows).map_err(runtime)?;
+            self.request
+                .set_tensor(BEAM_IDX, &beams)
+                .map_err(BackendError::runtime)?;
         }
-        self.request.infer().map_err(runtime)?;
+        self.request.infer().map_err(BackendError::runtime)?;
         self.started = true;
         for cache in self.caches.iter() {
-            let present = self.request.get_tensor(&cache.present).map_err(runtime)?;
+            let present = self
+                .request
+                .get_tensor(&cache.present)
+                .map_err(BackendError::runtime)?;
             self.request
                 .set_tensor(&cache.name, &present)
-                .map_err(runtime)?;
+                .map_err(BackendError::runtime)?;
         }
-        let logits = self.request.get_tensor("logits").map_err(runtime)?;
+        let logits = self
+            .request
+            .get_tensor("logits")
+            .map_err(BackendError::runtime)?;
         Ok(vec![("logits".to_string(), from_openvino(&logits)?)])
     }
+}
+
+/// The element type as nnspin's tensors name it, if they can hold it.
+fn element_type(ty: OvType) -> Option<ElementType> {
+    Some(match ty {
+        OvType::F16 => ElementType::F16,
+        OvType::Bf16 => ElementType::Bf16,
+        OvType::F32 => ElementType::F32,
+        OvType::F64 => ElementType::F64,
+        OvType::U8 => ElementType::U8,
+        OvType::I32 => ElementType::I32,
+        OvType::I64 => ElementType::I64,
+        _ => return None,
+    })
 }
 
 fn to_openvino(tensor: Tensor) -> Result<openvino::Tensor, BackendError> {
     tensor.check_size()?;
     let ty = match tensor.ty {
-        TensorType::I64 => ElementType::I64,
-        TensorType::I32 => ElementType::I32,
-        TensorType::Fp32 => ElementType::F32,
-        TensorType::U8 => ElementType::U8,
+        ElementType::I64 => OvType::I64,
+        ElementType::I32 => OvType::I32,
+        ElementType::F32 => OvType::F32,
+        ElementType::U8 => OvType::U8,
         other => {
             return Err(BackendError::Unsupported(format!(
                 "input tensor type {other:?}"
@@ -354,20 +323,12 @@ fn to_openvino(tensor: Tensor) -> Result<openvino::Tensor, BackendError> {
 }
 
 fn from_openvino(tensor: &openvino::Tensor) -> Result<Tensor, BackendError> {
-    let ty = match tensor.get_element_type().map_err(runtime)? {
-        ElementType::F32 => TensorType::Fp32,
-        ElementType::I64 => TensorType::I64,
-        ElementType::I32 => TensorType::I32,
-        ElementType::U8 => TensorType::U8,
-        other => {
-            return Err(BackendError::Unsupported(format!(
-                "output tensor type {other:?}"
-            )));
-        }
-    };
+    let ov_type = tensor.get_element_type().map_err(BackendError::runtime)?;
+    let ty = element_type(ov_type)
+        .ok_or_else(|| BackendError::Unsupported(format!("output tensor type {ov_type:?}")))?;
     let dims = tensor
         .get_shape()
-        .map_err(runtime)?
+        .map_err(BackendError::runtime)?
         .get_dimensions()
         .iter()
         .map(|&d| d as u32)
@@ -375,6 +336,9 @@ fn from_openvino(tensor: &openvino::Tensor) -> Result<Tensor, BackendError> {
     Ok(Tensor {
         dims,
         ty,
-        data: tensor.get_raw_data().map_err(runtime)?.to_vec(),
+        data: tensor
+            .get_raw_data()
+            .map_err(BackendError::runtime)?
+            .to_vec(),
     })
 }

@@ -17,9 +17,10 @@ use ort::session::Session;
 use ort::value::Tensor as OrtTensor;
 
 use super::shared_cache::SharedCache;
-use super::{CacheInput, PAST_PREFIX};
-use crate::bindings::tensor::TensorType;
-use crate::nn::backend::{BackendError, BackendExecutionContext, Tensor, f32_bytes};
+use crate::backend::decoder::{self, CacheInput};
+use crate::backend::{
+    BackendError, BackendExecutionContext, ElementType, NamedTensors, Tensor, f32_bytes,
+};
 
 /// Prompt tokens per prefill run when the model returns only the last position's logits (then the chunks
 /// of a prompt give exactly the logits the whole prompt would). Running streams wait at most one chunk
@@ -36,7 +37,7 @@ const GATHER_SHARE: u32 = 2;
 /// The wait before the first round.
 const FIRST_GATHER: Duration = Duration::from_millis(2);
 
-type Reply = SyncSender<Result<Vec<(String, Tensor)>, BackendError>>;
+type Reply = SyncSender<Result<NamedTensors, BackendError>>;
 
 enum Request {
     Step {
@@ -50,14 +51,14 @@ enum Request {
 }
 
 /// The scheduler of one model, shared by its graph and every context it made.
-pub struct Batcher {
+pub(super) struct Batcher {
     requests: Sender<Request>,
     sequences: AtomicU64,
 }
 
 impl Batcher {
     /// Starts the scheduler thread, which ends when the graph and all its contexts are gone.
-    pub fn start(
+    pub(super) fn start(
         session: Session,
         caches: Arc<[CacheInput]>,
         chunked_prefill: bool,
@@ -86,7 +87,7 @@ impl Batcher {
         })
     }
 
-    pub fn context(&self) -> BatchedContext {
+    pub(super) fn context(&self) -> BatchedContext {
         BatchedContext {
             sequence: self.sequences.fetch_add(1, Ordering::Relaxed),
             requests: self.requests.clone(),
@@ -95,16 +96,13 @@ impl Batcher {
 }
 
 /// One sequence: a row of the shared caches, taken at its first step and given back when it is dropped.
-pub struct BatchedContext {
+pub(super) struct BatchedContext {
     sequence: u64,
     requests: Sender<Request>,
 }
 
 impl BackendExecutionContext for BatchedContext {
-    fn compute(
-        &mut self,
-        inputs: Vec<(String, Tensor)>,
-    ) -> Result<Vec<(String, Tensor)>, BackendError> {
+    fn compute(&mut self, inputs: NamedTensors) -> Result<NamedTensors, BackendError> {
         let step = Step::parse(inputs)?;
         let (reply, answer) = mpsc::sync_channel(1);
         let stopped = || BackendError::Runtime("the model's batch scheduler stopped".into());
@@ -137,18 +135,14 @@ struct Step {
 }
 
 impl Step {
-    fn parse(inputs: Vec<(String, Tensor)>) -> Result<Self, BackendError> {
+    fn parse(inputs: NamedTensors) -> Result<Self, BackendError> {
+        decoder::check_guest_inputs(&inputs)?;
         let (mut ids, mut mask, mut positions) = (None, None, None);
         for (name, tensor) in inputs {
             let slot = match name.as_str() {
                 "input_ids" => &mut ids,
                 "attention_mask" => &mut mask,
                 "position_ids" => &mut positions,
-                cache if cache.starts_with(PAST_PREFIX) => {
-                    return Err(BackendError::InvalidArgument(format!(
-                        "{name} is kept by the execution context; send only the new tokens"
-                    )));
-                }
                 _ => {
                     return Err(BackendError::InvalidArgument(format!(
                         "the model has no input {name}"
@@ -461,7 +455,6 @@ impl Scheduler {
             .cache
             .binding(&self.session, &self.caches, first, count)?;
         let invalid = |e: ort::Error| BackendError::InvalidArgument(e.to_string());
-        let runtime = |e: ort::Error| BackendError::Runtime(e.to_string());
         binding
             .bind_input(
                 "input_ids",
@@ -480,10 +473,13 @@ impl Scheduler {
                 &OrtTensor::from_array(([count, width], mask)).map_err(invalid)?,
             )
             .map_err(invalid)?;
-        let outputs = self.session.run_binding(binding).map_err(runtime)?;
+        let outputs = self
+            .session
+            .run_binding(binding)
+            .map_err(BackendError::runtime)?;
         let (shape, logits) = outputs["logits"]
             .try_extract_tensor::<f32>()
-            .map_err(runtime)?;
+            .map_err(BackendError::runtime)?;
         let per_row = logits.len() / count;
         let dims: Vec<u32> = std::iter::once(1)
             .chain(shape.iter().skip(1).map(|&d| d as u32))
@@ -492,7 +488,7 @@ impl Scheduler {
             .iter()
             .map(|&row| Tensor {
                 dims: dims.clone(),
-                ty: TensorType::Fp32,
+                ty: ElementType::F32,
                 data: f32_bytes(&logits[row * per_row..(row + 1) * per_row]),
             })
             .collect())

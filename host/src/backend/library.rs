@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 /// A shared library shipped inside a Python wheel.
-pub struct WheelLibrary {
+pub(super) struct WheelLibrary {
     /// Environment variable that names the library file (or, for some, its directory).
     pub env: &'static str,
     /// Directory of the library inside `site-packages`.
@@ -17,7 +17,7 @@ pub struct WheelLibrary {
 }
 
 impl WheelLibrary {
-    pub fn locate(&self) -> wasmtime::Result<PathBuf> {
+    pub(super) fn locate(&self) -> wasmtime::Result<PathBuf> {
         if let Some(path) = std::env::var_os(self.env) {
             let path = PathBuf::from(path);
             if !path.is_dir() {
@@ -71,7 +71,7 @@ impl WheelLibrary {
 }
 
 /// The version in a versioned library name: `libonnxruntime.so.1.31.1` → `1.31.1`.
-pub fn version_of(path: &std::path::Path) -> Option<String> {
+pub(super) fn version_of(path: &std::path::Path) -> Option<String> {
     let name = path.file_name()?.to_str()?;
     name.split(".so.").nth(1).map(String::from)
 }

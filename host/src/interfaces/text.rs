@@ -1,0 +1,130 @@
+//! `nnspin:llm/text`: the tokenizers and chat templates of the models a component may use.
+
+use wasmtime::component::Resource;
+
+use super::bindings::text::{self, Message, ModelInfo, TextError};
+use super::resources::TokenizerHandle;
+use super::view::LlmView;
+use crate::registry::model::Model;
+use crate::text::detokenizer::Detokenizer;
+
+/// What a component is told about a model.
+pub(crate) fn model_info(model: &Model) -> ModelInfo {
+    let facts = &model.facts;
+    ModelInfo {
+        id: facts.id.clone(),
+        context_length: facts.context_length,
+        vocab_size: facts.vocab_size,
+        eos_token_ids: facts.eos_token_ids.clone(),
+        created: facts.created,
+        owned_by: facts.owned_by.clone(),
+        backend: model.backend.as_str().to_string(),
+        device: model.device.as_str().to_string(),
+    }
+}
+
+fn invalid(error: crate::text::TextError) -> TextError {
+    TextError::InvalidInput(error.to_string())
+}
+
+impl text::Host for LlmView<'_> {
+    async fn models(&mut self) -> wasmtime::Result<Vec<ModelInfo>> {
+        Ok(self.grants.resident().map(|m| model_info(&m)).collect())
+    }
+}
+
+impl text::HostTokenizer for LlmView<'_> {
+    async fn open(
+        &mut self,
+        model: String,
+    ) -> wasmtime::Result<Result<Resource<TokenizerHandle>, TextError>> {
+        match self.grants.model(&model) {
+            Some(m) => Ok(Ok(self.table.push(TokenizerHandle(m))?)),
+            None => Ok(Err(TextError::NotFound(format!(
+                "model {model:?} is not available to this component"
+            )))),
+        }
+    }
+
+    async fn info(&mut self, tokenizer: Resource<TokenizerHandle>) -> wasmtime::Result<ModelInfo> {
+        Ok(model_info(&self.table.get(&tokenizer)?.0))
+    }
+
+    async fn encode(
+        &mut self,
+        tokenizer: Resource<TokenizerHandle>,
+        text: String,
+    ) -> wasmtime::Result<Result<Vec<u32>, TextError>> {
+        Ok(self
+            .table
+            .get(&tokenizer)?
+            .0
+            .text
+            .encode(&text)
+            .map_err(invalid))
+    }
+
+    async fn apply_chat_template(
+        &mut self,
+        tokenizer: Resource<TokenizerHandle>,
+        messages: Vec<Message>,
+        add_generation_prompt: bool,
+    ) -> wasmtime::Result<Result<String, TextError>> {
+        let messages: Vec<crate::text::Message> = messages
+            .iter()
+            .map(|m| crate::text::Message {
+                role: &m.role,
+                content: &m.content,
+            })
+            .collect();
+        Ok(self
+            .table
+            .get(&tokenizer)?
+            .0
+            .text
+            .apply_chat_template(&messages, add_generation_prompt)
+            .map_err(invalid))
+    }
+
+    async fn vocabulary(
+        &mut self,
+        tokenizer: Resource<TokenizerHandle>,
+    ) -> wasmtime::Result<text::Vocabulary> {
+        let vocabulary = self.table.get(&tokenizer)?.0.text.vocabulary();
+        Ok(text::Vocabulary {
+            bytes: vocabulary.bytes.clone(),
+            ends: vocabulary.ends.clone(),
+        })
+    }
+
+    async fn detokenizer(
+        &mut self,
+        tokenizer: Resource<TokenizerHandle>,
+        skip_special_tokens: bool,
+    ) -> wasmtime::Result<Resource<Detokenizer>> {
+        let text = self.table.get(&tokenizer)?.0.text.clone();
+        Ok(self
+            .table
+            .push(Detokenizer::new(text, skip_special_tokens))?)
+    }
+
+    async fn drop(&mut self, tokenizer: Resource<TokenizerHandle>) -> wasmtime::Result<()> {
+        self.table.delete(tokenizer)?;
+        Ok(())
+    }
+}
+
+impl text::HostDetokenizer for LlmView<'_> {
+    async fn push(
+        &mut self,
+        detokenizer: Resource<Detokenizer>,
+        token: u32,
+    ) -> wasmtime::Result<String> {
+        Ok(self.table.get_mut(&detokenizer)?.push(token))
+    }
+
+    async fn drop(&mut self, detokenizer: Resource<Detokenizer>) -> wasmtime::Result<()> {
+        self.table.delete(detokenizer)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,184 @@
+//! The model registry: every model the app declares, made resident once and shared by every request;
+//! others loaded and unloaded on demand (model management). Each model's admission is its own
+//! ([`admission`]); where it runs comes from the command line and spin.toml's `[model.NAME]`.
+
+pub mod admission;
+pub mod model;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::backend::engines::Engines;
+use crate::backend::{BackendKind, Device, Engine, LoadOptions, WeightFormat};
+use crate::manifest::ModelOverrides;
+use crate::metrics::Metrics;
+use admission::ContextLimits;
+use model::Model;
+
+/// Where and how one model runs: the command line's defaults, overridden per model in spin.toml.
+#[derive(Debug, Clone)]
+pub struct ModelSettings {
+    pub backend: BackendKind,
+    pub device: Device,
+    /// Intra-op threads; 0 lets the backend choose.
+    pub threads: usize,
+    pub format: Option<WeightFormat>,
+}
+
+impl ModelSettings {
+    fn with(&self, overrides: Option<&ModelOverrides>) -> Self {
+        let Some(o) = overrides else {
+            return self.clone();
+        };
+        Self {
+            backend: o.backend.unwrap_or(self.backend),
+            device: o.device.unwrap_or(self.device),
+            threads: o.threads.unwrap_or(self.threads),
+            format: o.format.or(self.format),
+        }
+    }
+}
+
+/// How the registry places models.
+pub struct Placement {
+    pub defaults: ModelSettings,
+    pub overrides: BTreeMap<String, ModelOverrides>,
+    /// Load on the CPU, with a warning, a model whose GPU fails (only when the operator asks).
+    pub cpu_fallback: bool,
+}
+
+/// The models of the app: those resident, and the means to load more on demand.
+pub struct ModelRegistry {
+    models_dir: PathBuf,
+    engines: Engines,
+    placement: Placement,
+    limits: ContextLimits,
+    metrics: Arc<Metrics>,
+    resident: RwLock<BTreeMap<String, Arc<Model>>>,
+    /// Held while a model loads, so concurrent requests for the same model load it once.
+    loading: Mutex<()>,
+}
+
+impl ModelRegistry {
+    pub fn new(
+        models_dir: &Path,
+        placement: Placement,
+        limits: ContextLimits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            models_dir: models_dir.to_path_buf(),
+            engines: Engines::default(),
+            placement,
+            limits,
+            metrics,
+            resident: RwLock::default(),
+            loading: Mutex::default(),
+        }
+    }
+
+    /// Loads each named model from `models_dir/<name>`, in parallel (at start, before serving).
+    pub fn preload(&self, names: &[String]) -> wasmtime::Result<()> {
+        let loaded: Vec<wasmtime::Result<Arc<Model>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = names
+                .iter()
+                .map(|name| scope.spawn(move || self.load(name)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("model loading thread panicked"))
+                .collect()
+        });
+        loaded.into_iter().try_for_each(|result| result.map(drop))
+    }
+
+    /// The model if it is resident.
+    pub fn get(&self, name: &str) -> Option<Arc<Model>> {
+        self.resident
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Whether `models_dir/<name>` holds a model that [`Self::load`] could load.
+    pub fn exists(&self, name: &str) -> bool {
+        is_plain_name(name) && self.models_dir.join(name).join("config.json").is_file()
+    }
+
+    /// Where and how a model runs (or would run, once loaded).
+    pub fn settings(&self, name: &str) -> ModelSettings {
+        self.placement
+            .defaults
+            .with(self.placement.overrides.get(name))
+    }
+
+    /// Makes a model resident, loading it unless it already is (blocking: call off the async workers).
+    pub fn load(&self, name: &str) -> wasmtime::Result<Arc<Model>> {
+        if let Some(model) = self.get(name) {
+            return Ok(model);
+        }
+        if !is_plain_name(name) {
+            wasmtime::bail!("model name {name:?} is not a plain directory name");
+        }
+        let _loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(model) = self.get(name) {
+            return Ok(model);
+        }
+        let started = std::time::Instant::now();
+        let dir = self.models_dir.join(name);
+        let settings = self.settings(name);
+        let engine = self.engines.get(settings.backend)?;
+        let mut options = LoadOptions {
+            threads: settings.threads,
+            device: settings.device,
+            format: settings.format,
+        };
+        let loaded = Model::load(name, &dir, &engine, &options, self.limits);
+        let model = Arc::new(match loaded {
+            Err(e) if options.device != Device::Cpu && self.placement.cpu_fallback => {
+                tracing::warn!(model = %name, "{e:#}; falling back to the CPU as --cpu-fallback allows");
+                options.device = Device::Cpu;
+                Model::load(name, &dir, &engine, &options, self.limits)?
+            }
+            other => other?,
+        });
+        self.metrics.model_loaded(name, started.elapsed());
+        tracing::info!(model = %name, backend = model.backend.as_str(), device = model.device.as_str(),
+            ms = started.elapsed().as_millis() as u64, "model loaded");
+        self.resident
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), model.clone());
+        Ok(model)
+    }
+
+    /// Drops the registry's hold on a model; requests still using it keep it alive until they end.
+    pub fn unload(&self, name: &str) -> bool {
+        let removed = self
+            .resident
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+            .is_some();
+        if removed {
+            tracing::info!(model = %name, "model unloaded");
+        }
+        removed
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The inference engines started so far.
+    pub fn engines(&self) -> Vec<Arc<Engine>> {
+        self.engines.started()
+    }
+}
+
+/// Model names become directory names: no separators, no `..`.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}

@@ -1,0 +1,113 @@
+//! A resident model: its graph in a backend, its tokenizer and chat template, its admission, and the
+//! facts components are told about it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use wasmtime::error::Context;
+
+use super::admission::{Admission, ContextLimits};
+use crate::backend::{BackendGraph, BackendKind, Device, Engine, LoadOptions};
+use crate::text::TextModel;
+
+/// What a component is told about a model to drive generation and describe it to clients.
+#[derive(Debug, Clone)]
+pub struct ModelFacts {
+    /// The name in spin.toml's `ai_models` and the models directory.
+    pub id: String,
+    /// Most tokens (prompt and completion together) one sequence may hold.
+    pub context_length: u32,
+    /// Size of the logits vector the model produces for each position.
+    pub vocab_size: u32,
+    /// Tokens that end a completion.
+    pub eos_token_ids: Vec<u32>,
+    /// When the model files were written, in seconds since the Unix epoch.
+    pub created: u64,
+    pub owned_by: String,
+}
+
+pub struct Model {
+    pub facts: ModelFacts,
+    pub backend: BackendKind,
+    pub device: Device,
+    pub graph: Arc<dyn BackendGraph>,
+    /// Shared with the detokenizers of running requests, which may outlive the model's residency.
+    pub text: Arc<TextModel>,
+    pub admission: Admission,
+}
+
+impl Model {
+    /// Loads a model directory in the Hugging Face Optimum layout.
+    pub fn load(
+        id: &str,
+        dir: &Path,
+        engine: &Engine,
+        options: &LoadOptions,
+        limits: ContextLimits,
+    ) -> wasmtime::Result<Self> {
+        if !dir.is_dir() {
+            wasmtime::bail!(
+                "model {id:?}: directory {} does not exist (prepare it with tools/export_model.py)",
+                dir.display()
+            );
+        }
+        let config_path = dir.join("config.json");
+        let config: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&config_path)
+                .with_context(|| format!("model {id:?}: reading {}", config_path.display()))?,
+        )
+        .with_context(|| format!("model {id:?}: parsing {}", config_path.display()))?;
+        let generation: serde_json::Value = std::fs::read(dir.join("generation_config.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        let eos_token_ids = token_ids(&generation["eos_token_id"])
+            .or_else(|| token_ids(&config["eos_token_id"]))
+            .with_context(|| {
+                format!("model {id:?}: no eos_token_id in generation_config.json or config.json")
+            })?;
+        let text =
+            TextModel::load(dir).with_context(|| format!("model {id:?}: loading its tokenizer"))?;
+        let graph = engine.backend.load(dir, options).with_context(|| {
+            format!(
+                "model {id:?} on {} ({})",
+                engine.kind.as_str(),
+                options.device.as_str()
+            )
+        })?;
+        let created = std::fs::metadata(&config_path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        let facts = ModelFacts {
+            id: id.to_string(),
+            context_length: config["max_position_embeddings"].as_u64().unwrap_or(2048) as u32,
+            vocab_size: config["vocab_size"]
+                .as_u64()
+                .map_or_else(|| text.vocab_size(), |v| v as u32),
+            eos_token_ids,
+            created,
+            owned_by: "nnspin".to_string(),
+        };
+        Ok(Self {
+            facts,
+            backend: engine.kind,
+            device: options.device,
+            graph,
+            text: Arc::new(text),
+            admission: Admission::new(limits),
+        })
+    }
+}
+
+fn token_ids(value: &serde_json::Value) -> Option<Vec<u32>> {
+    match value {
+        serde_json::Value::Number(n) => Some(vec![n.as_u64()? as u32]),
+        serde_json::Value::Array(items) => {
+            items.iter().map(|v| v.as_u64().map(|n| n as u32)).collect()
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,126 @@
+//! Tokenizers and chat templates, built once per model (loading a `tokenizer.json` costs 100-160 ms, far
+//! more than a whole cold-started handler) and served to components through `nnspin:llm/text`.
+
+pub mod detokenizer;
+pub mod vocabulary;
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use minijinja::{Environment, ErrorKind, context};
+use tokenizers::Tokenizer;
+
+use vocabulary::Vocabulary;
+
+/// One chat message, as a chat template reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    pub role: &'a str,
+    pub content: &'a str,
+}
+
+/// Why a text operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TextError {
+    #[error("{0}")]
+    Tokenizer(String),
+    /// The chat template refused the messages (templates raise exceptions) or failed to render.
+    #[error("chat template: {0}")]
+    Template(String),
+}
+
+/// A model's tokenizer and compiled chat template.
+pub struct TextModel {
+    tokenizer: Tokenizer,
+    templates: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+    vocabulary: OnceLock<Vocabulary>,
+}
+
+const CHAT_TEMPLATE: &str = "chat";
+
+impl TextModel {
+    /// Reads `tokenizer.json` and `tokenizer_config.json` (chat template, bos and eos tokens).
+    pub fn load(model_dir: &Path) -> wasmtime::Result<Self> {
+        let tokenizer_path = model_dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| wasmtime::format_err!("{}: {e}", tokenizer_path.display()))?;
+        let config_path = model_dir.join("tokenizer_config.json");
+        let config: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_path)?)
+            .map_err(|e| wasmtime::format_err!("{}: {e}", config_path.display()))?;
+        let token = |key: &str| match &config[key] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Object(o) => o
+                .get("content")
+                .and_then(|c| c.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            _ => String::new(),
+        };
+        let template = config["chat_template"].as_str().ok_or_else(|| {
+            wasmtime::format_err!("{} has no chat_template", config_path.display())
+        })?;
+        let mut templates = Environment::new();
+        templates.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        templates.add_function(
+            "raise_exception",
+            |message: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+            },
+        );
+        templates
+            .add_template_owned(CHAT_TEMPLATE, template.to_string())
+            .map_err(|e| wasmtime::format_err!("{}: chat template: {e}", config_path.display()))?;
+        Ok(Self {
+            tokenizer,
+            templates,
+            bos_token: token("bos_token"),
+            eos_token: token("eos_token"),
+            vocabulary: OnceLock::new(),
+        })
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TextError> {
+        self.tokenizer
+            .encode_fast(text, false)
+            .map(|encoding| encoding.get_ids().to_vec())
+            .map_err(|e| TextError::Tokenizer(e.to_string()))
+    }
+
+    pub fn apply_chat_template(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, TextError> {
+        let messages: Vec<_> = messages
+            .iter()
+            .map(|m| context! { role => m.role, content => m.content })
+            .collect();
+        self.templates
+            .get_template(CHAT_TEMPLATE)
+            .and_then(|t| {
+                t.render(context! {
+                    messages, add_generation_prompt,
+                    bos_token => self.bos_token, eos_token => self.eos_token,
+                })
+            })
+            .map_err(|e| TextError::Template(e.to_string()))
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> String {
+        self.tokenizer
+            .decode(ids, skip_special_tokens)
+            .unwrap_or_default()
+    }
+
+    /// Built on first use (about 20 ms for 49k tokens) and kept.
+    pub fn vocabulary(&self) -> &Vocabulary {
+        self.vocabulary
+            .get_or_init(|| Vocabulary::of(&self.tokenizer))
+    }
+
+    pub fn vocab_size(&self) -> u32 {
+        self.tokenizer.get_vocab_size(true) as u32
+    }
+}
