@@ -60,7 +60,7 @@ const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 pub fn template_messages(messages: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
     if messages.is_empty() {
         return Err(
-            ApiError::unprocessable("`messages` must contain at least one message")
+            ApiError::wrong_shape("`messages` must contain at least one message")
                 .with_param("messages"),
         );
     }
@@ -69,7 +69,7 @@ pub fn template_messages(messages: &[ChatMessage]) -> Result<Vec<Message>, ApiEr
         .enumerate()
         .map(|(i, m)| {
             if !ROLES.contains(&m.role.as_str()) {
-                return Err(ApiError::bad_request(format!(
+                return Err(ApiError::invalid(format!(
                     "messages[{i}].role {:?} is not one of {}",
                     m.role,
                     ROLES.join(", ")
@@ -91,7 +91,7 @@ pub fn template_messages(messages: &[ChatMessage]) -> Result<Vec<Message>, ApiEr
                         match (part.kind.as_str(), &part.text) {
                             ("text", Some(t)) => text.push_str(t),
                             _ => {
-                                return Err(ApiError::bad_request(format!(
+                                return Err(ApiError::invalid(format!(
                                     "messages[{i}].content[{j}] has type {:?}; only text parts are supported",
                                     part.kind
                                 ))
@@ -112,6 +112,7 @@ pub fn template_messages(messages: &[ChatMessage]) -> Result<Vec<Message>, ApiEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     fn parse(json: &str) -> Vec<ChatMessage> {
         serde_json::from_str(json).unwrap()
@@ -129,7 +130,7 @@ mod tests {
     #[test]
     fn bad_role_names_the_parameter() {
         let e = template_messages(&parse(r#"[{"role":"wizard","content":"x"}]"#)).unwrap_err();
-        assert_eq!(e.status, 400);
+        assert_eq!(e.kind, ErrorKind::InvalidValue);
         assert_eq!(e.param.as_deref(), Some("messages[0].role"));
     }
 
@@ -144,6 +145,9 @@ mod tests {
 
     #[test]
     fn empty_messages_are_refused() {
-        assert_eq!(template_messages(&[]).unwrap_err().status, 422);
+        assert_eq!(
+            template_messages(&[]).unwrap_err().kind,
+            ErrorKind::WrongShape
+        );
     }
 }

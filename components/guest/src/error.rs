@@ -1,113 +1,112 @@
-//! The one error type of the guests, mapped once to an HTTP status and a JSON body.
+//! The one error type of the guests. A failure says what went wrong ([`ErrorKind`]); each API maps
+//! kinds to HTTP statuses once, where it sends the error (OpenAI answers 400 where LocalLab says 422 or
+//! 413), so nothing chooses a status when the error is made.
 //!
 //! The body carries both OpenAI's `error` object and a FastAPI-style `detail` string, so OpenAI SDKs and
 //! clients of the seed APIs (which read `detail`) both find the message.
 
 use serde_json::json;
 
+/// What went wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The body is not JSON.
+    MalformedJson,
+    /// JSON of the wrong shape: not an object, a missing field, a string for a number.
+    WrongShape,
+    /// A value out of range, or otherwise not acceptable as sent.
+    InvalidValue,
+    /// Prompt and completion do not fit the model's context.
+    ContextLengthExceeded,
+    /// The body is larger than a handler reads.
+    PayloadTooLarge,
+    /// The model is not served.
+    ModelNotFound,
+    /// No such path, or nothing of that name.
+    NotFound,
+    /// The path takes other methods: these.
+    MethodNotAllowed { allow: &'static str },
+    /// Understood but not permitted.
+    Forbidden,
+    /// Nothing can serve the request now (no model is loaded).
+    Unavailable,
+    /// The model's queue is full; the request was not started, and a retry may succeed.
+    Busy,
+    /// Something failed inside the server.
+    Internal,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
-    pub status: u16,
-    /// OpenAI's `error.type`, such as `invalid_request_error`.
-    pub kind: &'static str,
+    pub kind: ErrorKind,
     pub message: String,
     /// The request field at fault, if one is.
     pub param: Option<String>,
-    /// A machine-readable code, such as `model_not_found`.
-    pub code: Option<&'static str>,
-    /// Seconds after which a retry may succeed, sent as `Retry-After`.
-    pub retry_after: Option<u32>,
-    /// The methods the path accepts, sent as `Allow` with a 405 (RFC 9110).
-    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
-    fn new(status: u16, kind: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
-            status,
             kind,
             message: message.into(),
             param: None,
-            code: None,
-            retry_after: None,
-            allow: None,
         }
     }
 
-    /// 400: the request is not acceptable as sent (malformed JSON, out-of-range values).
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(400, "invalid_request_error", message)
+    /// A value the request may not have.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidValue, message)
     }
 
-    /// 422: the JSON is well-formed but does not have the request's shape.
-    pub fn unprocessable(message: impl Into<String>) -> Self {
-        Self::new(422, "invalid_request_error", message)
+    pub fn wrong_shape(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::WrongShape, message)
     }
 
-    /// 400: prompt and completion do not fit the model's context; LocalLab reports it as 413.
     pub fn context_length_exceeded(message: impl Into<String>) -> Self {
-        let mut e = Self::new(400, "invalid_request_error", message);
-        e.param = Some("messages".into());
-        e.code = Some("context_length_exceeded");
-        e
+        Self::new(ErrorKind::ContextLengthExceeded, message).with_param("messages")
     }
 
-    /// 503: nothing can serve the request right now.
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(503, "server_error", message)
-    }
-
-    /// 503 with `Retry-After`: the model's queue is full; the request was not started.
-    pub fn busy(message: impl Into<String>) -> Self {
-        let mut e = Self::unavailable(message);
-        e.retry_after = Some(1);
-        e
-    }
-
-    /// 403: the request is understood but not permitted.
-    pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(403, "permission_error", message)
-    }
-
-    /// 404 for a path.
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(404, "not_found_error", message)
-    }
-
-    /// 404 for a model that is not served.
     pub fn model_not_found(model: &str) -> Self {
-        let mut e = Self::new(
-            404,
-            "invalid_request_error",
+        Self::new(
+            ErrorKind::ModelNotFound,
             format!("The model `{model}` does not exist"),
-        );
-        e.param = Some("model".into());
-        e.code = Some("model_not_found");
-        e
+        )
+        .with_param("model")
     }
 
-    /// 405 for a known path asked with a method it does not take; `allow` lists those it does.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+
+    /// A known path asked with a method it does not take; `allow` lists those it does.
     pub fn method_not_allowed(method: &str, path: &str, allow: &'static str) -> Self {
-        let mut e = Self::new(
-            405,
-            "invalid_request_error",
+        Self::new(
+            ErrorKind::MethodNotAllowed { allow },
             format!("{method} is not allowed on {path} (use {allow})"),
-        );
-        e.allow = Some(allow);
-        e
+        )
     }
 
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
-            413,
-            "invalid_request_error",
+            ErrorKind::PayloadTooLarge,
             format!("request body exceeds {limit} bytes"),
         )
     }
 
-    /// 500: something failed inside the server.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Forbidden, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, message)
+    }
+
+    pub fn busy(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Busy, message)
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, "server_error", message)
+        Self::new(ErrorKind::Internal, message)
     }
 
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
@@ -115,17 +114,48 @@ impl ApiError {
         self
     }
 
+    /// OpenAI's `error.type`.
+    fn type_name(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::NotFound => "not_found_error",
+            ErrorKind::Forbidden => "permission_error",
+            ErrorKind::Unavailable | ErrorKind::Busy | ErrorKind::Internal => "server_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    /// OpenAI's machine-readable `error.code`.
+    fn code(&self) -> Option<&'static str> {
+        match self.kind {
+            ErrorKind::ModelNotFound => Some("model_not_found"),
+            ErrorKind::ContextLengthExceeded => Some("context_length_exceeded"),
+            _ => None,
+        }
+    }
+
     pub fn body(&self) -> serde_json::Value {
         json!({
-            "error": { "message": self.message, "type": self.kind, "param": self.param, "code": self.code },
+            "error": {
+                "message": self.message, "type": self.type_name(), "param": self.param, "code": self.code(),
+            },
             "detail": self.message,
         })
+    }
+
+    /// Headers the kind calls for: `Retry-After` when a retry may succeed, `Allow` with a 405
+    /// (RFC 9110).
+    pub fn headers(&self) -> Vec<(&'static str, &'static str)> {
+        match self.kind {
+            ErrorKind::Busy => vec![("retry-after", "1")],
+            ErrorKind::MethodNotAllowed { allow } => vec![("allow", allow)],
+            _ => Vec::new(),
+        }
     }
 }
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.message, self.status)
+        write!(f, "{} ({:?})", self.message, self.kind)
     }
 }
 
@@ -140,6 +170,14 @@ mod tests {
         let body = ApiError::model_not_found("gpt-9").body();
         assert_eq!(body["error"]["code"], "model_not_found");
         assert_eq!(body["error"]["param"], "model");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
         assert_eq!(body["detail"], body["error"]["message"]);
+    }
+
+    #[test]
+    fn a_full_queue_says_when_to_retry() {
+        assert_eq!(ApiError::busy("full").headers(), [("retry-after", "1")]);
+        let e = ApiError::method_not_allowed("PUT", "/health", "GET");
+        assert_eq!(e.headers(), [("allow", "GET")]);
     }
 }

@@ -4,97 +4,12 @@
 //! their positions and receives the last position's logits.
 
 use crate::ApiError;
-use crate::bindings::nnspin::llm::text::{self, Message, ModelInfo, TextError, Tokenizer};
-use crate::bindings::wasi::nn::errors::{Error as NnError, ErrorCode};
-use crate::bindings::wasi::nn::graph::{self, Graph};
 use crate::bindings::wasi::nn::inference::GraphExecutionContext;
 use crate::bindings::wasi::nn::tensor::{Tensor, TensorType};
+use crate::model::{Model, nn_error};
 use crate::sampling::{self, Penalties, PenaltyParams, Sampler, SamplingParams, TokenLogprob};
 use crate::stop::StopFilter;
 use crate::structured::{Constraint, Structure};
-use crate::vocabulary::Vocabulary;
-use std::cell::OnceCell;
-
-/// A model a component may use: its graph and its tokenizer.
-pub struct Model {
-    pub info: ModelInfo,
-    tokenizer: Tokenizer,
-    graph: Graph,
-    vocabulary: OnceCell<Vocabulary>,
-}
-
-/// The models this component may use, the first being the default.
-pub fn models() -> Vec<ModelInfo> {
-    text::models()
-}
-
-impl Model {
-    pub fn open(name: &str) -> Result<Self, ApiError> {
-        let tokenizer = Tokenizer::open(name).map_err(|e| match e {
-            TextError::NotFound(_) => ApiError::model_not_found(name),
-            TextError::InvalidInput(message) => ApiError::internal(message),
-        })?;
-        let graph = graph::load_by_name(name).map_err(|e| nn_error(&e))?;
-        Ok(Self {
-            info: tokenizer.info(),
-            tokenizer,
-            graph,
-            vocabulary: OnceCell::new(),
-        })
-    }
-
-    /// Each token's bytes, fetched from the host on first use.
-    pub fn vocabulary(&self) -> &Vocabulary {
-        self.vocabulary
-            .get_or_init(|| self.tokenizer.vocabulary().into())
-    }
-
-    /// Renders the chat template so that the model continues the last message, an assistant turn the
-    /// client started (a prefill), instead of opening a new turn.
-    pub fn continuation_prompt(&self, messages: &[Message]) -> Result<Vec<u32>, ApiError> {
-        let prompt = self
-            .tokenizer
-            .apply_chat_template(messages, false)
-            .map_err(text_error)?;
-        let last = messages.last().map_or("", |m| m.content.as_str());
-        let end = match prompt.rfind(last) {
-            Some(at) if !last.is_empty() => at + last.len(),
-            _ => prompt.len(),
-        };
-        self.encode(&prompt[..end])
-    }
-
-    /// Renders the chat template and tokenizes the prompt.
-    pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<u32>, ApiError> {
-        let prompt = self
-            .tokenizer
-            .apply_chat_template(messages, true)
-            .map_err(text_error)?;
-        self.encode(&prompt)
-    }
-
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>, ApiError> {
-        self.tokenizer.encode(text).map_err(text_error)
-    }
-}
-
-fn text_error(e: TextError) -> ApiError {
-    match e {
-        TextError::NotFound(message) => ApiError::not_found(message),
-        TextError::InvalidInput(message) => ApiError::bad_request(message).with_param("messages"),
-    }
-}
-
-/// The API error for a wasi-nn failure.
-pub fn nn_error(e: &NnError) -> ApiError {
-    match e.code() {
-        ErrorCode::NotFound => ApiError::not_found(e.data()),
-        ErrorCode::InvalidArgument => ApiError::bad_request(e.data()),
-        // The host reports a full queue as a timeout (wasi-nn has no "busy").
-        ErrorCode::Timeout => ApiError::busy(e.data()),
-        _ => ApiError::internal(format!("inference failed: {}", e.data())),
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
@@ -157,6 +72,15 @@ pub struct Outcome {
     pub structured: bool,
 }
 
+/// A whole generated completion: its text, its tokens' log-probabilities (when asked for) and how it
+/// ended.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    pub text: String,
+    pub logprobs: Vec<TokenLogprob>,
+    pub outcome: Outcome,
+}
+
 /// Text that is ready to send, with the log-probabilities of the tokens generated since the last piece
 /// (when asked for).
 pub struct Piece<'a> {
@@ -164,104 +88,135 @@ pub struct Piece<'a> {
     pub logprobs: &'a [TokenLogprob],
 }
 
-/// Checks a generation against the model before anything runs (so a streaming API can still answer
-/// with an error status); returns how many tokens may be generated.
-pub fn check(model: &Model, prompt: &[u32], params: &GenerationParams) -> Result<usize, ApiError> {
-    let context = model.info.context_length as usize;
-    if prompt.is_empty() {
-        return Err(ApiError::bad_request("the prompt is empty"));
-    }
-    if prompt.len() >= context {
-        return Err(ApiError::context_length_exceeded(format!(
-            "the prompt has {} tokens but the model's context length is {context} tokens",
-            prompt.len()
-        )));
-    }
-    if let Some(requested) = params.requested_max_tokens
-        && prompt.len() + requested as usize > context
-    {
-        return Err(ApiError::context_length_exceeded(format!(
-            "the model's context length is {context} tokens, but {} were requested: {} in the prompt \
-             and {requested} for the completion",
-            prompt.len() + requested as usize,
-            prompt.len(),
-        )));
-    }
-    let vocab = model.info.vocab_size;
-    if let Some(&(token, _)) = params.logit_bias.iter().find(|(token, _)| *token >= vocab) {
-        return Err(ApiError::bad_request(format!(
-            "logit_bias names token {token}, beyond the vocabulary"
-        ))
-        .with_param("logit_bias"));
-    }
-    Ok((params.max_tokens as usize).min(context - prompt.len()))
-}
-
-/// Generates a completion of `prompt`, handing each piece of text to `on_piece` as soon as it is
-/// complete; `on_piece` returns false to stop (the client disconnected).
-pub fn generate(
-    model: &Model,
-    prompt: &[u32],
-    params: &GenerationParams,
-    on_piece: impl FnMut(Piece<'_>) -> bool,
-) -> Result<Outcome, ApiError> {
-    Generation::open(model, prompt, params)?.run(on_piece)
-}
-
-/// A checked generation holding its execution context. Opening the context takes the request's place
-/// in the model's queue, or is refused (503, the queue is full): a streaming API opens it before its
-/// response starts, so overload is a status, not an error event inside a 200 stream.
-pub struct Generation<'a> {
-    model: &'a Model,
-    prompt: &'a [u32],
-    params: &'a GenerationParams,
+/// What one prompt of a request asks to generate, checked once against its model before anything runs
+/// (so a streaming API can still answer with an error status): the prompt fits the context with the
+/// requested completion, and `logit_bias` names tokens of the vocabulary. Each of the request's choices
+/// opens its own generation from it.
+pub struct GenerationRequest<'m> {
+    model: &'m Model,
+    prompt: Vec<u32>,
+    params: GenerationParams,
+    /// How many tokens may be generated.
     budget: usize,
-    execution: GraphExecutionContext,
 }
 
-impl<'a> Generation<'a> {
-    pub fn open(
-        model: &'a Model,
-        prompt: &'a [u32],
-        params: &'a GenerationParams,
+impl<'m> GenerationRequest<'m> {
+    pub fn new(
+        model: &'m Model,
+        prompt: Vec<u32>,
+        params: GenerationParams,
     ) -> Result<Self, ApiError> {
-        let budget = check(model, prompt, params)?;
-        let execution = model
-            .graph
-            .init_execution_context()
-            .map_err(|e| nn_error(&e))?;
+        let context = model.info.context_length as usize;
+        if prompt.is_empty() {
+            return Err(ApiError::invalid("the prompt is empty"));
+        }
+        if prompt.len() >= context {
+            return Err(ApiError::context_length_exceeded(format!(
+                "the prompt has {} tokens but the model's context length is {context} tokens",
+                prompt.len()
+            )));
+        }
+        if let Some(requested) = params.requested_max_tokens
+            && prompt.len() + requested as usize > context
+        {
+            return Err(ApiError::context_length_exceeded(format!(
+                "the model's context length is {context} tokens, but {} were requested: {} in the \
+                 prompt and {requested} for the completion",
+                prompt.len() + requested as usize,
+                prompt.len(),
+            )));
+        }
+        let vocab = model.info.vocab_size;
+        if let Some(&(token, _)) = params.logit_bias.iter().find(|(token, _)| *token >= vocab) {
+            return Err(ApiError::invalid(format!(
+                "logit_bias names token {token}, beyond the vocabulary"
+            ))
+            .with_param("logit_bias"));
+        }
+        let budget = (params.max_tokens as usize).min(context - prompt.len());
         Ok(Self {
             model,
             prompt,
             params,
             budget,
+        })
+    }
+
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    pub fn prompt(&self) -> &[u32] {
+        &self.prompt
+    }
+
+    /// Opens choice `choice`'s generation (each choice samples with its own seed). Opening the context
+    /// takes the request's place in the model's queue, or is refused (503, the queue is full): a
+    /// streaming API opens it before its response starts, so overload is a status, not an error event
+    /// inside a 200 stream.
+    pub fn open(&self, choice: u32) -> Result<Generation<'_, 'm>, ApiError> {
+        let execution = self
+            .model
+            .graph
+            .init_execution_context()
+            .map_err(|e| nn_error(&e))?;
+        Ok(Generation {
+            request: self,
+            seed: self.params.sampling.seed.wrapping_add(u64::from(choice)),
             execution,
         })
     }
 
-    /// Runs the generation to its end; see [`generate`].
+    /// Generates choice `choice` whole (no streaming).
+    pub fn complete(&self, choice: u32) -> Result<Completed, ApiError> {
+        let mut text = String::new();
+        let mut logprobs = Vec::new();
+        let outcome = self.open(choice)?.run(|piece| {
+            text.push_str(piece.text);
+            logprobs.extend_from_slice(piece.logprobs);
+            true
+        })?;
+        Ok(Completed {
+            text,
+            logprobs,
+            outcome,
+        })
+    }
+}
+
+/// One choice's generation, holding its execution context.
+pub struct Generation<'r, 'm> {
+    request: &'r GenerationRequest<'m>,
+    seed: u64,
+    execution: GraphExecutionContext,
+}
+
+impl Generation<'_, '_> {
+    /// Generates the completion, handing each piece of text to `on_piece` as soon as it is complete;
+    /// `on_piece` returns false to stop (the client disconnected).
     pub fn run(self, on_piece: impl FnMut(Piece<'_>) -> bool) -> Result<Outcome, ApiError> {
-        let Self {
-            model,
-            prompt,
-            params,
-            budget,
-            execution,
-        } = self;
-        decode(model, prompt, params, budget, &execution, on_piece)
+        decode(self.request, self.seed, &self.execution, on_piece)
     }
 }
 
 fn decode(
-    model: &Model,
-    prompt: &[u32],
-    params: &GenerationParams,
-    budget: usize,
+    request: &GenerationRequest,
+    seed: u64,
     execution: &GraphExecutionContext,
     mut on_piece: impl FnMut(Piece<'_>) -> bool,
 ) -> Result<Outcome, ApiError> {
+    let GenerationRequest {
+        model,
+        prompt,
+        params,
+        budget,
+    } = request;
+    let (model, budget) = (*model, *budget);
     let detokenizer = model.tokenizer.detokenizer(true);
-    let mut sampler = Sampler::new(params.sampling.clone());
+    let mut sampler = Sampler::new(SamplingParams {
+        seed,
+        ..params.sampling.clone()
+    });
     let vocab = model.info.vocab_size as usize;
     let mut penalties = Penalties::new(params.penalties, vocab);
     if penalties.is_active() {
@@ -344,23 +299,6 @@ fn decode(
         outcome.finish_reason = FinishReason::Cancelled;
     }
     Ok(outcome)
-}
-
-/// Generates the whole completion at once (no streaming): its text, and its tokens' log-probabilities
-/// when asked for.
-pub fn complete(
-    model: &Model,
-    prompt: &[u32],
-    params: &GenerationParams,
-) -> Result<(String, Vec<TokenLogprob>, Outcome), ApiError> {
-    let mut text = String::new();
-    let mut logprobs = Vec::new();
-    let outcome = generate(model, prompt, params, |piece| {
-        text.push_str(piece.text);
-        logprobs.extend_from_slice(piece.logprobs);
-        true
-    })?;
-    Ok((text, logprobs, outcome))
 }
 
 /// Runs the model on `tokens` placed after `past` cached positions; returns the logits bytes decoded.

@@ -98,7 +98,7 @@ pub fn read_body(request: IncomingRequest) -> Result<Vec<u8>, ApiError> {
                 }
                 Err(StreamError::Closed) => break,
                 Err(StreamError::LastOperationFailed(e)) => {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(ApiError::invalid(format!(
                         "reading the request body: {}",
                         e.to_debug_string()
                     )));
@@ -162,15 +162,9 @@ pub fn openapi_document(document: &str, server_url: &str) -> serde_json::Value {
     document
 }
 
-/// Sends an error as JSON with its status (and `Retry-After` or `Allow` when it has one).
-pub fn send_error(out: ResponseOutparam, error: &ApiError) {
-    let retry_after = error.retry_after.map(|s| s.to_string());
-    let extra: Vec<(&str, &str)> = retry_after
-        .iter()
-        .map(|s| ("retry-after", s.as_str()))
-        .chain(error.allow.map(|methods| ("allow", methods)))
-        .collect();
-    send_json_with(out, error.status, &error.body(), &extra);
+/// Sends an error as JSON with the status its API gives its kind, and the headers the kind calls for.
+pub fn send_error(out: ResponseOutparam, status: u16, error: &ApiError) {
+    send_json_with(out, status, &error.body(), &error.headers());
 }
 
 fn send_json_with(

@@ -1,5 +1,6 @@
-//! Shared guest library of nnspin's components: the generation loop over `wasi:nn`, sampling, the
-//! error type every API maps to HTTP, and the HTTP plumbing of a `wasi:http` handler.
+//! Shared guest library of nnspin's components: models over `wasi:nn` and `nnspin:llm/text`, the
+//! generation loop, sampling and constraints, the error type every API maps to HTTP, and the HTTP
+//! plumbing of a `wasi:http` handler.
 //!
 //! The API components (`openai`, `locallab`) keep only their own surface: routes, field names and
 //! response shapes.
@@ -18,10 +19,11 @@ pub mod generate;
 pub mod http;
 pub mod json_grammar;
 pub mod json_schema;
+pub mod model;
 pub mod request;
 pub mod sampling;
 pub mod stop;
 pub mod structured;
 pub mod vocabulary;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorKind};

@@ -1,34 +1,38 @@
-//! The validation layer both APIs share: request bodies parsed into typed requests, ranges checked,
-//! every failure an [`ApiError`] with the status clients expect.
+//! What both APIs' validation layers share: request bodies parsed into typed requests, ranges checked,
+//! every failure an [`ApiError`] of the kind it is.
 
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 
-use crate::ApiError;
+use crate::error::{ApiError, ErrorKind};
 
-/// 400 for malformed JSON, 422 (as FastAPI-based servers answer) for JSON of the wrong shape. An empty
-/// body counts as `{}`. Unknown fields are ignored, as OpenAI and LocalLab do.
+/// Malformed JSON, or JSON of the wrong shape, is refused as such. An empty body counts as `{}`. Unknown
+/// fields are ignored, as OpenAI and LocalLab do.
 pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}".as_slice()
     } else {
         body
     };
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            ErrorKind::MalformedJson,
+            format!("the request body is not valid JSON: {e}"),
+        )
+    })?;
     if !value.is_object() {
-        return Err(ApiError::unprocessable(
+        return Err(ApiError::wrong_shape(
             "the request body must be a JSON object",
         ));
     }
     serde_json::from_value(value)
-        .map_err(|e| ApiError::unprocessable(format!("invalid request: {e}")))
+        .map_err(|e| ApiError::wrong_shape(format!("invalid request: {e}")))
 }
 
-/// 400 naming `param` when `value` is outside `lo..=hi`.
+/// An invalid value naming `param` when `value` is outside `lo..=hi`.
 pub fn check_range(param: &str, value: Option<f32>, lo: f32, hi: f32) -> Result<(), ApiError> {
     match value {
-        Some(v) if !(lo..=hi).contains(&v) => Err(ApiError::bad_request(format!(
+        Some(v) if !(lo..=hi).contains(&v) => Err(ApiError::invalid(format!(
             "`{param}` must be between {lo} and {hi}, got {v}"
         ))
         .with_param(param)),
@@ -73,16 +77,12 @@ mod tests {
     }
 
     #[test]
-    fn statuses_follow_the_kind_of_mistake() {
-        assert_eq!(parse_body::<Probe>(b"{oops").unwrap_err().status, 400);
-        assert_eq!(parse_body::<Probe>(b"[1]").unwrap_err().status, 422);
-        assert_eq!(parse_body::<Probe>(b"").unwrap_err().status, 422);
-        assert_eq!(
-            parse_body::<Probe>(br#"{"needed": "x"}"#)
-                .unwrap_err()
-                .status,
-            422
-        );
+    fn kinds_follow_the_mistake() {
+        let kind = |body: &[u8]| parse_body::<Probe>(body).unwrap_err().kind;
+        assert_eq!(kind(b"{oops"), ErrorKind::MalformedJson);
+        assert_eq!(kind(b"[1]"), ErrorKind::WrongShape);
+        assert_eq!(kind(b""), ErrorKind::WrongShape);
+        assert_eq!(kind(br#"{"needed": "x"}"#), ErrorKind::WrongShape);
         assert!(parse_body::<Probe>(br#"{"needed": 1, "extra": true}"#).is_ok());
     }
 
@@ -106,7 +106,7 @@ mod tests {
             r#"{"n": 1e300}"#,
             r#"{"n": "3"}"#,
         ] {
-            assert_eq!(n(bad).unwrap_err().status, 422, "{bad}");
+            assert_eq!(n(bad).unwrap_err().kind, ErrorKind::WrongShape, "{bad}");
         }
     }
 
@@ -115,6 +115,9 @@ mod tests {
         assert!(check_range("top_p", Some(0.5), 0.0, 1.0).is_ok());
         assert!(check_range("top_p", None, 0.0, 1.0).is_ok());
         let e = check_range("top_p", Some(1.5), 0.0, 1.0).unwrap_err();
-        assert_eq!((e.status, e.param.as_deref()), (400, Some("top_p")));
+        assert_eq!(
+            (e.kind, e.param.as_deref()),
+            (ErrorKind::InvalidValue, Some("top_p"))
+        );
     }
 }

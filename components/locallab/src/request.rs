@@ -1,18 +1,19 @@
-//! LocalLab's request bodies, parsed and validated in one place.
+//! The validation layer of the LocalLab API: each request body becomes its request type here, or the
+//! error that says what is wrong with it, before any model is opened.
 
 use serde::Deserialize;
 
 use nnspin_guest::ApiError;
-use nnspin_guest::chat::ChatMessage;
+use nnspin_guest::bindings::nnspin::llm::text::Message;
+use nnspin_guest::chat::{self, ChatMessage};
 use nnspin_guest::generate::{self, GenerationParams};
-pub use nnspin_guest::request::parse_body as parse;
-use nnspin_guest::request::{check_range, whole_number};
+use nnspin_guest::request::{check_range, parse_body, whole_number};
 use nnspin_guest::sampling::{PenaltyParams, SamplingParams};
 
 /// New tokens when the request names no length.
 const DEFAULT_MAX_TOKENS: u32 = 256;
 /// Most prompts one `/generate/batch` request may carry.
-pub const MAX_BATCH: usize = 32;
+const MAX_BATCH: usize = 32;
 
 /// The generation settings every LocalLab endpoint accepts. LocalLab documents `max_length`; its
 /// server reads `max_tokens`; both are honoured.
@@ -54,10 +55,17 @@ pub struct GenerateRequest {
     pub settings: Settings,
 }
 
+/// `/chat` as the client sends it.
 #[derive(Debug, Deserialize)]
-pub struct ChatRequest {
-    pub messages: Vec<ChatMessage>,
+struct ChatBody {
+    messages: Vec<ChatMessage>,
     #[serde(flatten)]
+    settings: Settings,
+}
+
+pub struct ChatRequest {
+    /// The messages as template input.
+    pub messages: Vec<Message>,
     pub settings: Settings,
 }
 
@@ -73,11 +81,55 @@ pub struct BatchRequest {
 #[derive(Debug, Deserialize)]
 pub struct ModelRequest {
     #[serde(default)]
-    pub model_id: Option<String>,
+    model_id: Option<String>,
+}
+
+impl GenerateRequest {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let request: Self = parse_body(body)?;
+        request.settings.validate()?;
+        Ok(request)
+    }
+}
+
+impl ChatRequest {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let body: ChatBody = parse_body(body)?;
+        body.settings.validate()?;
+        Ok(Self {
+            messages: chat::template_messages(&body.messages)?,
+            settings: body.settings,
+        })
+    }
+}
+
+impl BatchRequest {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let request: Self = parse_body(body)?;
+        request.settings.validate()?;
+        if request.prompts.is_empty() || request.prompts.len() > MAX_BATCH {
+            return Err(
+                ApiError::invalid(format!("`prompts` must hold 1 to {MAX_BATCH} prompts"))
+                    .with_param("prompts"),
+            );
+        }
+        Ok(request)
+    }
+}
+
+impl ModelRequest {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        parse_body(body)
+    }
+
+    /// The model the request names, if it names one.
+    pub fn model_id(self) -> Option<String> {
+        self.model_id.filter(|id| !id.is_empty())
+    }
 }
 
 impl Settings {
-    pub fn validate(&self) -> Result<(), ApiError> {
+    fn validate(&self) -> Result<(), ApiError> {
         check_range("temperature", self.temperature, 0.0, 2.0)?;
         check_range("top_p", self.top_p, 0.0, 1.0)?;
         check_range("repetition_penalty", self.repetition_penalty, 0.01, 10.0)?;
@@ -89,8 +141,7 @@ impl Settings {
         ] {
             if value == Some(0) {
                 return Err(
-                    ApiError::bad_request(format!("`{param}` must be at least 1"))
-                        .with_param(param),
+                    ApiError::invalid(format!("`{param}` must be at least 1")).with_param(param)
                 );
             }
         }
@@ -135,13 +186,14 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::errors::status;
 
     #[test]
     fn documented_and_server_field_names_both_set_the_length() {
-        let documented: GenerateRequest =
-            parse(br#"{"prompt": "x", "max_length": 7, "seed": 1}"#).unwrap();
-        let server: GenerateRequest =
-            parse(br#"{"prompt": "x", "max_tokens": 9, "seed": 1}"#).unwrap();
+        let documented =
+            GenerateRequest::parse(br#"{"prompt": "x", "max_length": 7, "seed": 1}"#).unwrap();
+        let server =
+            GenerateRequest::parse(br#"{"prompt": "x", "max_tokens": 9, "seed": 1}"#).unwrap();
         assert_eq!(documented.settings.generation_params().max_tokens, 7);
         assert_eq!(server.settings.generation_params().max_tokens, 9);
     }
@@ -151,8 +203,7 @@ mod tests {
         // What locallab-client 1.1.0 sends by default.
         let body = br#"{"prompt": "x", "model_id": null, "stream": false, "max_length": null, "temperature": 0.7,
                         "top_p": 0.9, "repetition_penalty": 1.15, "top_k": 80, "do_sample": true, "seed": 1}"#;
-        let request: GenerateRequest = parse(body).unwrap();
-        request.settings.validate().unwrap();
+        let request = GenerateRequest::parse(body).unwrap();
         let params = request.settings.generation_params();
         assert_eq!(
             (params.sampling.top_k, params.penalties.repetition),
@@ -162,8 +213,8 @@ mod tests {
 
     #[test]
     fn do_sample_false_is_greedy() {
-        let request: GenerateRequest =
-            parse(br#"{"prompt": "x", "do_sample": false, "seed": 1}"#).unwrap();
+        let request =
+            GenerateRequest::parse(br#"{"prompt": "x", "do_sample": false, "seed": 1}"#).unwrap();
         assert_eq!(
             request.settings.generation_params().sampling.temperature,
             0.0
@@ -171,18 +222,29 @@ mod tests {
     }
 
     #[test]
-    fn invalid_values_name_their_field() {
-        let request: GenerateRequest = parse(br#"{"prompt": "x", "top_p": 2}"#).unwrap();
+    fn mistakes_get_the_statuses_locallab_gives() {
+        let refused = |body: &[u8]| match GenerateRequest::parse(body) {
+            Ok(_) => panic!("{} was accepted", String::from_utf8_lossy(body)),
+            Err(e) => (status(e.kind), e.param),
+        };
         assert_eq!(
-            request.settings.validate().unwrap_err().param.as_deref(),
-            Some("top_p")
+            refused(br#"{"prompt": "x", "top_p": 2}"#),
+            (400, Some("top_p".into()))
         );
-        assert_eq!(
-            parse::<GenerateRequest>(br#"{"max_length": 3}"#)
-                .unwrap_err()
-                .status,
-            422
-        );
-        assert_eq!(parse::<GenerateRequest>(b"{oops").unwrap_err().status, 400);
+        assert_eq!(refused(br#"{"max_length": 3}"#).0, 422);
+        assert_eq!(refused(b"{oops").0, 400);
+    }
+
+    #[test]
+    fn a_batch_holds_one_to_thirty_two_prompts() {
+        let batch = |n: usize| {
+            let prompts = vec!["\"x\""; n].join(",");
+            BatchRequest::parse(format!(r#"{{"prompts": [{prompts}]}}"#).as_bytes())
+        };
+        assert!(batch(1).is_ok() && batch(32).is_ok());
+        for n in [0, 33] {
+            let e = batch(n).expect_err("refused");
+            assert_eq!((status(e.kind), e.param.as_deref()), (400, Some("prompts")));
+        }
     }
 }

@@ -5,16 +5,18 @@
 // Natively nothing calls the handler; the wasm build keeps every lint.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
+mod chat;
+mod choices;
+mod completions;
 // Public (with an rlib beside the component) so `tests/fuzz` can drive the validation layer natively.
-pub mod chat;
-pub mod completions;
+pub mod errors;
 pub mod request;
 mod response;
 mod tools;
 
 use nnspin_guest::ApiError;
-use nnspin_guest::generate;
 use nnspin_guest::http::{self, RequestHead};
+use nnspin_guest::model;
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
 struct OpenAi;
@@ -43,16 +45,16 @@ impl wasip2::exports::http::incoming_handler::Guest for OpenAi {
                 if matches!(path, "/health" | "/openapi.json" | "/v1/models")
                     || path.starts_with(MODEL_PREFIX) =>
             {
-                http::send_error(
+                errors::send(
                     out,
                     &ApiError::method_not_allowed(&head.method, &head.path, "GET"),
                 )
             }
-            (_, "/v1/chat/completions" | "/v1/completions") => http::send_error(
+            (_, "/v1/chat/completions" | "/v1/completions") => errors::send(
                 out,
                 &ApiError::method_not_allowed(&head.method, &head.path, "POST"),
             ),
-            _ => http::send_error(
+            _ => errors::send(
                 out,
                 &ApiError::not_found(format!("no route for {} {}", head.method, head.path)),
             ),
@@ -66,10 +68,7 @@ const OPENAPI: &str = include_str!("../openapi.json");
 const MODEL_PREFIX: &str = "/v1/models/";
 
 fn list_models(out: ResponseOutparam) {
-    let data: Vec<_> = generate::models()
-        .iter()
-        .map(response::model_object)
-        .collect();
+    let data: Vec<_> = model::models().iter().map(response::model_object).collect();
     http::send_json(
         out,
         200,
@@ -78,8 +77,8 @@ fn list_models(out: ResponseOutparam) {
 }
 
 fn get_model(id: &str, out: ResponseOutparam) {
-    match generate::models().iter().find(|m| m.id == id) {
+    match model::models().iter().find(|m| m.id == id) {
         Some(model) => http::send_json(out, 200, &response::model_object(model)),
-        None => http::send_error(out, &ApiError::model_not_found(id)),
+        None => errors::send(out, &ApiError::model_not_found(id)),
     }
 }

@@ -1,21 +1,38 @@
-//! The chat completion request: parsed and validated in one place, so every client error is found
-//! before generation starts.
+//! The validation layer of the OpenAI API: a request body becomes a [`ChatRequest`] or a
+//! [`CompletionRequest`] here, or the error that says what is wrong with it, before any model is opened.
+//! Only what needs the model (the prompt's tokens against its context and vocabulary) is checked later,
+//! by `GenerationRequest::new` and the completions' prompt reader.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::Value;
+use wasip2::http::types::IncomingRequest;
 
 use nnspin_guest::ApiError;
-use nnspin_guest::chat::ChatMessage;
+use nnspin_guest::bindings::nnspin::llm::text::Message;
+use nnspin_guest::chat::{self, ChatMessage};
 use nnspin_guest::generate::{self, GenerationParams};
+use nnspin_guest::http;
 use nnspin_guest::json_schema::Schema;
+use nnspin_guest::model::{self, Model};
 use nnspin_guest::request::{check_range, parse_body, whole_number};
 use nnspin_guest::sampling::{PenaltyParams, SamplingParams};
 use nnspin_guest::structured::Structure;
 
+use crate::tools::Tools;
+
 /// `max_tokens` of a chat completion when the request gives none.
-const DEFAULT_MAX_TOKENS: u32 = 128;
+const CHAT_DEFAULT_MAX_TOKENS: u32 = 128;
+/// OpenAI's default for the legacy completions.
+const COMPLETION_DEFAULT_MAX_TOKENS: u32 = 16;
+/// Most sequences `stop` may list, and most choices `n` may ask for.
+const MAX_STOP: usize = 4;
+const MAX_CHOICES: u32 = 8;
+/// Most alternatives chat's `top_logprobs` may ask for.
+const MAX_TOP_LOGPROBS: u32 = 20;
+/// Most log-probability alternatives the legacy endpoint gives.
+const MAX_LEGACY_LOGPROBS: u32 = 5;
 
 /// The sampling and streaming fields chat and legacy completions share; unknown fields are ignored, as
 /// OpenAI does.
@@ -51,27 +68,6 @@ pub struct SamplingFields {
     pub n: Option<u32>,
 }
 
-/// A chat completion request.
-#[derive(Debug, Deserialize)]
-pub struct ChatRequest {
-    pub messages: Vec<ChatMessage>,
-    #[serde(flatten)]
-    pub sampling: SamplingFields,
-    #[serde(default, deserialize_with = "whole_number")]
-    pub max_completion_tokens: Option<u32>,
-    #[serde(default)]
-    pub logprobs: bool,
-    #[serde(default, deserialize_with = "whole_number")]
-    pub top_logprobs: Option<u32>,
-    /// Checked by [`ChatRequest::structure`], so each mistake gets its own message.
-    #[serde(default)]
-    pub response_format: Option<Value>,
-    #[serde(default)]
-    pub tools: Option<Value>,
-    #[serde(default)]
-    pub tool_choice: Option<Value>,
-}
-
 /// `stop` is a string or a list of up to four strings.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -80,122 +76,237 @@ pub enum Stop {
     Many(Vec<String>),
 }
 
-/// Most sequences `stop` may list, and most choices `n` may ask for.
-const MAX_STOP: usize = 4;
-const MAX_CHOICES: u32 = 8;
-/// Most alternatives `top_logprobs` may ask for.
-const MAX_TOP_LOGPROBS: u32 = 20;
-
 #[derive(Debug, Deserialize)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
 }
 
-/// OpenAI answers every invalid request with 400 (the shared parser says 422 for JSON of the wrong
-/// shape, as LocalLab's FastAPI does).
-pub fn openai_status(mut error: ApiError) -> ApiError {
-    if error.status == 422 {
-        error.status = 400;
-    }
-    error
+/// Reads a request body as `parse` does and opens the model its `sampling` fields name.
+pub fn read<R>(
+    request: IncomingRequest,
+    parse: fn(&[u8]) -> Result<R, ApiError>,
+    sampling: fn(&R) -> &SamplingFields,
+) -> Result<(R, Model), ApiError> {
+    let request = parse(&http::read_body(request)?)?;
+    let model = Model::open(&sampling(&request).resolve_model()?)?;
+    Ok((request, model))
 }
 
-/// Parses an OpenAI request body: 400 for malformed JSON or the wrong shape.
-pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    parse_body(body).map_err(openai_status)
+/// A chat completion request as the client sends it.
+#[derive(Debug, Deserialize)]
+struct ChatBody {
+    messages: Vec<ChatMessage>,
+    #[serde(flatten)]
+    sampling: SamplingFields,
+    #[serde(default, deserialize_with = "whole_number")]
+    max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    logprobs: bool,
+    #[serde(default, deserialize_with = "whole_number")]
+    top_logprobs: Option<u32>,
+    /// Read by [`response_structure`], so each mistake gets its own message.
+    #[serde(default)]
+    response_format: Option<Value>,
+    #[serde(default)]
+    tools: Option<Value>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+}
+
+/// A valid chat completion request.
+pub struct ChatRequest {
+    pub sampling: SamplingFields,
+    max_completion_tokens: Option<u32>,
+    /// `top_logprobs` alternatives per token, when `logprobs` is on.
+    pub logprobs: Option<usize>,
+    /// The structure its output must have (a tool call, or `response_format`'s).
+    pub structure: Option<Structure>,
+    /// The model may answer with a tool call.
+    pub tools: bool,
+    /// The messages as template input, the functions described to the model.
+    pub messages: Vec<Message>,
 }
 
 impl ChatRequest {
-    /// 400 for malformed JSON, JSON of the wrong shape, and values out of range (naming the parameter).
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let request: Self = parse(body)?;
-        request.sampling.validate()?;
-        if let Some(0) = request.max_completion_tokens {
+        let body: ChatBody = parse_body(body)?;
+        body.sampling.validate()?;
+        if let Some(0) = body.max_completion_tokens {
             return Err(
-                ApiError::bad_request("`max_completion_tokens` must be at least 1")
+                ApiError::invalid("`max_completion_tokens` must be at least 1")
                     .with_param("max_completion_tokens"),
             );
         }
-        if let Some(top) = request.top_logprobs {
+        if let Some(top) = body.top_logprobs {
             if top > MAX_TOP_LOGPROBS {
-                return Err(ApiError::bad_request(format!(
+                return Err(ApiError::invalid(format!(
                     "`top_logprobs` must be between 0 and {MAX_TOP_LOGPROBS}, got {top}"
                 ))
                 .with_param("top_logprobs"));
             }
-            if !request.logprobs {
+            if !body.logprobs {
                 return Err(
-                    ApiError::bad_request("`top_logprobs` needs `logprobs` set to true")
+                    ApiError::invalid("`top_logprobs` needs `logprobs` set to true")
                         .with_param("top_logprobs"),
                 );
             }
         }
+        let format = response_structure(body.response_format.as_ref())?;
+        let tools = Tools::from_request(body.tools.as_ref(), body.tool_choice.as_ref())?;
+        let structure = match &tools {
+            Some(tools) => Some(tools.structure()?),
+            None => format,
+        };
+        let mut messages = chat::template_messages(&body.messages)?;
+        if let Some(tools) = &tools {
+            tools.describe(&mut messages);
+        }
+        Ok(Self {
+            sampling: body.sampling,
+            max_completion_tokens: body.max_completion_tokens,
+            logprobs: body
+                .logprobs
+                .then(|| body.top_logprobs.unwrap_or(0) as usize),
+            structure,
+            tools: tools.is_some(),
+            messages,
+        })
+    }
+
+    /// Generation settings (every choice samples from them with its own seed).
+    pub fn generation_params(&self) -> GenerationParams {
+        let mut params = self
+            .sampling
+            .generation_params(self.max_completion_tokens, CHAT_DEFAULT_MAX_TOKENS);
+        params.logprobs = self.logprobs;
+        params.structure = self.structure.clone();
+        params
+    }
+}
+
+/// What `response_format` asks of the output; invalid (naming it) when malformed.
+fn response_structure(format: Option<&Value>) -> Result<Option<Structure>, ApiError> {
+    let invalid = |message: String| ApiError::invalid(message).with_param("response_format");
+    let Some(format) = format else {
+        return Ok(None);
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Structure::Json(Schema::any_object()))),
+        Some("json_schema") => {
+            let json_schema = format.get("json_schema").and_then(Value::as_object);
+            let field = |name: &str| json_schema.and_then(|j| j.get(name));
+            if field("name").is_some_and(|name| !name.is_string()) {
+                return Err(invalid(
+                    "`response_format.json_schema.name` must be a string".into(),
+                ));
+            }
+            if field("strict").is_some_and(|strict| !strict.is_boolean() && !strict.is_null()) {
+                return Err(invalid(
+                    "`response_format.json_schema.strict` must be a boolean".into(),
+                ));
+            }
+            let schema = field("schema")
+                .filter(|schema| schema.is_object())
+                .ok_or_else(|| {
+                    invalid(
+                        "`response_format.json_schema.schema` must be a JSON Schema object".into(),
+                    )
+                })?;
+            let schema = Schema::compile(schema)
+                .map_err(|e| invalid(format!("`response_format.json_schema`: {e}")))?;
+            Ok(Some(Structure::Json(schema)))
+        }
+        Some(other) => Err(invalid(format!(
+            "`response_format.type` must be text, json_object or json_schema, got {other:?}"
+        ))),
+        None => Err(invalid(
+            "`response_format` must be an object with a `type`".into(),
+        )),
+    }
+}
+
+/// A legacy completion request, valid but for its prompt, which is read against the model.
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    /// A string, a list of strings, a list of token ids, or a list of such lists.
+    pub prompt: Value,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+    #[serde(default, deserialize_with = "whole_number")]
+    pub logprobs: Option<u32>,
+    #[serde(default)]
+    pub echo: bool,
+    #[serde(default)]
+    suffix: Option<String>,
+    #[serde(default, deserialize_with = "whole_number")]
+    best_of: Option<u32>,
+}
+
+impl CompletionRequest {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let invalid = |param: &str, message: String| ApiError::invalid(message).with_param(param);
+        let request: Self = parse_body(body)?;
+        request.sampling.validate()?;
+        if request.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+            return Err(invalid(
+                "suffix",
+                "`suffix` (fill-in-the-middle) is not supported by this model".into(),
+            ));
+        }
+        if let Some(best_of) = request.best_of
+            && best_of != request.sampling.choices()
+        {
+            return Err(invalid(
+                "best_of",
+                "`best_of` is not supported unless it equals `n`".into(),
+            ));
+        }
+        if let Some(n) = request.logprobs
+            && n > MAX_LEGACY_LOGPROBS
+        {
+            return Err(invalid(
+                "logprobs",
+                format!("`logprobs` must be between 0 and {MAX_LEGACY_LOGPROBS}, got {n}"),
+            ));
+        }
+        if request.echo && request.logprobs.is_some() {
+            return Err(invalid(
+                "echo",
+                "`echo` together with `logprobs` (prompt log-probabilities) is not supported"
+                    .into(),
+            ));
+        }
         Ok(request)
     }
 
-    /// `top_logprobs` alternatives per token, when `logprobs` is on.
-    pub fn logprobs(&self) -> Option<usize> {
-        self.logprobs
-            .then(|| self.top_logprobs.unwrap_or(0) as usize)
-    }
-
-    /// What `response_format` asks of the output; 400 naming it for anything malformed.
-    pub fn response_structure(&self) -> Result<Option<Structure>, ApiError> {
-        let invalid =
-            |message: String| ApiError::bad_request(message).with_param("response_format");
-        let Some(format) = &self.response_format else {
-            return Ok(None);
-        };
-        match format.get("type").and_then(Value::as_str) {
-            Some("text") => Ok(None),
-            Some("json_object") => Ok(Some(Structure::Json(Schema::any_object()))),
-            Some("json_schema") => {
-                let schema = format
-                    .get("json_schema")
-                    .and_then(|s| s.get("schema"))
-                    .ok_or_else(|| {
-                        invalid("`response_format.json_schema.schema` is required".into())
-                    })?;
-                let schema = Schema::compile(schema)
-                    .map_err(|e| invalid(format!("`response_format.json_schema`: {e}")))?;
-                Ok(Some(Structure::Json(schema)))
-            }
-            Some(other) => Err(invalid(format!(
-                "`response_format.type` must be text, json_object or json_schema, got {other:?}"
-            ))),
-            None => Err(invalid(
-                "`response_format` must be an object with a `type`".into(),
-            )),
-        }
-    }
-
-    /// Generation settings for choice `index`.
-    pub fn generation_params(&self, index: u32) -> GenerationParams {
-        let mut params =
-            self.sampling
-                .generation_params(index, self.max_completion_tokens, DEFAULT_MAX_TOKENS);
-        params.logprobs = self.logprobs();
+    /// Generation settings (every choice samples from them with its own seed).
+    pub fn generation_params(&self) -> GenerationParams {
+        let mut params = self
+            .sampling
+            .generation_params(None, COMPLETION_DEFAULT_MAX_TOKENS);
+        params.logprobs = self.logprobs.map(|n| n as usize);
         params
     }
 }
 
 impl SamplingFields {
-    pub fn validate(&self) -> Result<(), ApiError> {
+    fn validate(&self) -> Result<(), ApiError> {
         check_range("temperature", self.temperature, 0.0, 2.0)?;
         check_range("top_p", self.top_p, 0.0, 1.0)?;
         check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)?;
         check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)?;
         if self.stop_sequences().len() > MAX_STOP {
-            return Err(ApiError::bad_request(format!(
-                "`stop` may hold at most {MAX_STOP} sequences"
-            ))
-            .with_param("stop"));
+            return Err(
+                ApiError::invalid(format!("`stop` may hold at most {MAX_STOP} sequences"))
+                    .with_param("stop"),
+            );
         }
         if let Some(n) = self.n
             && !(1..=MAX_CHOICES).contains(&n)
         {
-            return Err(ApiError::bad_request(format!(
+            return Err(ApiError::invalid(format!(
                 "`n` must be between 1 and {MAX_CHOICES}, got {n}"
             ))
             .with_param("n"));
@@ -203,7 +314,7 @@ impl SamplingFields {
         self.logit_bias()?;
         if let Some(0) = self.max_tokens {
             return Err(
-                ApiError::bad_request("`max_tokens` must be at least 1").with_param("max_tokens")
+                ApiError::invalid("`max_tokens` must be at least 1").with_param("max_tokens")
             );
         }
         Ok(())
@@ -213,7 +324,7 @@ impl SamplingFields {
     pub fn resolve_model(&self) -> Result<String, ApiError> {
         match self.model.as_deref() {
             Some(id) if !id.is_empty() && id != "auto" => Ok(id.to_string()),
-            _ => generate::models()
+            _ => model::models()
                 .into_iter()
                 .next()
                 .map(|m| m.id)
@@ -246,7 +357,7 @@ impl SamplingFields {
         bias.iter()
             .map(|(token, &value)| {
                 let token = token.parse::<u32>().map_err(|_| {
-                    ApiError::bad_request(format!("logit_bias key {token:?} is not a token id"))
+                    ApiError::invalid(format!("logit_bias key {token:?} is not a token id"))
                         .with_param("logit_bias")
                 })?;
                 check_range("logit_bias", Some(value), -100.0, 100.0)?;
@@ -255,18 +366,10 @@ impl SamplingFields {
             .collect()
     }
 
-    /// Generation settings for choice `index` (each choice samples with its own seed); `max_tokens`
-    /// unless `newer_max` (chat's `max_completion_tokens`) is given, else `default_max`.
-    pub fn generation_params(
-        &self,
-        index: u32,
-        newer_max: Option<u32>,
-        default_max: u32,
-    ) -> GenerationParams {
+    /// Generation settings: `max_tokens` unless `newer_max` (chat's `max_completion_tokens`) is given,
+    /// else `default_max`.
+    fn generation_params(&self, newer_max: Option<u32>, default_max: u32) -> GenerationParams {
         let requested = newer_max.or(self.max_tokens);
-        let seed = self
-            .seed
-            .unwrap_or_else(wasip2::random::random::get_random_u64);
         GenerationParams {
             max_tokens: generate::max_new_tokens(requested, default_max),
             requested_max_tokens: requested,
@@ -274,7 +377,9 @@ impl SamplingFields {
                 temperature: self.temperature.unwrap_or(1.0),
                 top_p: self.top_p.unwrap_or(1.0),
                 top_k: self.top_k.unwrap_or(0) as usize,
-                seed: seed.wrapping_add(u64::from(index)),
+                seed: self
+                    .seed
+                    .unwrap_or_else(wasip2::random::random::get_random_u64),
             },
             penalties: PenaltyParams {
                 presence: self.presence_penalty.unwrap_or(0.0),
@@ -293,63 +398,88 @@ impl SamplingFields {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::errors::status;
+
+    fn refused(body: &[u8]) -> ApiError {
+        match ChatRequest::parse(body) {
+            Ok(_) => panic!("{} was accepted", String::from_utf8_lossy(body)),
+            Err(e) => e,
+        }
+    }
 
     #[test]
     fn malformed_json_is_400() {
-        assert_eq!(
-            ChatRequest::parse(b"{\"messages\": [").unwrap_err().status,
-            400
-        );
+        assert_eq!(status(refused(b"{\"messages\": [").kind), 400);
     }
 
     #[test]
     fn missing_messages_is_400() {
-        let e = ChatRequest::parse(br#"{"model": "x"}"#).unwrap_err();
-        assert_eq!(e.status, 400);
+        let e = refused(br#"{"model": "x"}"#);
+        assert_eq!(status(e.kind), 400);
         assert!(e.message.contains("messages"), "{}", e.message);
     }
 
     #[test]
     fn out_of_range_temperature_names_the_parameter() {
-        let e = ChatRequest::parse(br#"{"messages": [], "temperature": 3}"#).unwrap_err();
-        assert_eq!((e.status, e.param.as_deref()), (400, Some("temperature")));
+        let e = refused(br#"{"messages": [{"role":"user","content":"hi"}], "temperature": 3}"#);
+        assert_eq!(
+            (status(e.kind), e.param.as_deref()),
+            (400, Some("temperature"))
+        );
     }
 
     #[test]
     fn stop_penalties_bias_and_n_are_validated() {
         let ok = ChatRequest::parse(
-            br#"{"messages": [], "stop": "\n", "presence_penalty": 1, "logit_bias": {"42": -100}, "n": 2, "seed": 1}"#,
+            br#"{"messages": [{"role":"user","content":"hi"}], "stop": "\n", "presence_penalty": 1,
+                 "logit_bias": {"42": -100}, "n": 2, "seed": 1}"#,
         )
         .unwrap();
-        let params = ok.generation_params(1);
+        let params = ok.generation_params();
         assert_eq!(
             (params.stop, params.logit_bias, params.sampling.seed),
-            (vec!["\n".into()], vec![(42, -100.0)], 2)
+            (vec!["\n".into()], vec![(42, -100.0)], 1)
         );
-        for (body, param) in [
-            (
-                br#"{"messages": [], "stop": ["a","b","c","d","e"]}"#.as_slice(),
-                "stop",
-            ),
-            (
-                br#"{"messages": [], "frequency_penalty": -3}"#,
-                "frequency_penalty",
-            ),
-            (br#"{"messages": [], "logit_bias": {"x": 1}}"#, "logit_bias"),
-            (
-                br#"{"messages": [], "logit_bias": {"1": 101}}"#,
-                "logit_bias",
-            ),
-            (br#"{"messages": [], "n": 0}"#, "n"),
+        for (field, param) in [
+            (r#""stop": ["a","b","c","d","e"]"#, "stop"),
+            (r#""frequency_penalty": -3"#, "frequency_penalty"),
+            (r#""logit_bias": {"x": 1}"#, "logit_bias"),
+            (r#""logit_bias": {"1": 101}"#, "logit_bias"),
+            (r#""n": 0"#, "n"),
         ] {
-            let e = ChatRequest::parse(body).unwrap_err();
+            let body = format!(r#"{{"messages": [{{"role":"user","content":"hi"}}], {field}}}"#);
+            let e = refused(body.as_bytes());
             assert_eq!(
-                (e.status, e.param.as_deref()),
+                (status(e.kind), e.param.as_deref()),
                 (400, Some(param)),
                 "{}",
                 e.message
             );
         }
+    }
+
+    #[test]
+    fn json_schema_fields_have_their_types() {
+        for format in [
+            r#"{"type": "json_schema", "json_schema": {"schema": {}, "strict": []}}"#,
+            r#"{"type": "json_schema", "json_schema": {"schema": {}, "name": 5}}"#,
+            r#"{"type": "json_schema", "json_schema": {"schema": true}}"#,
+            r#"{"type": "json_schema", "json_schema": []}"#,
+        ] {
+            let body = format!(
+                r#"{{"messages": [{{"role":"user","content":"hi"}}], "response_format": {format}}}"#
+            );
+            let e = refused(body.as_bytes());
+            assert_eq!(e.param.as_deref(), Some("response_format"), "{format}");
+        }
+        let strict = br#"{"messages": [{"role":"user","content":"hi"}], "response_format":
+            {"type": "json_schema", "json_schema": {"name": "n", "strict": true, "schema": {"type": "object"}}}}"#;
+        assert!(ChatRequest::parse(strict).unwrap().structure.is_some());
+    }
+
+    #[test]
+    fn empty_messages_are_400() {
+        assert_eq!(status(refused(br#"{"messages": []}"#).kind), 400);
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub struct Tools {
 }
 
 fn invalid(param: &str, message: impl Into<String>) -> ApiError {
-    ApiError::bad_request(message).with_param(param)
+    ApiError::invalid(message).with_param(param)
 }
 
 impl Tools {
@@ -255,6 +255,7 @@ impl Call {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::errors::status;
 
     fn tools() -> Value {
         json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
@@ -284,7 +285,7 @@ mod tests {
             (json!({"not": "a list"}), json!("auto")),
         ] {
             let e = Tools::from_request(Some(&tools), Some(&choice)).unwrap_err();
-            assert_eq!(e.status, 400, "{tools} {choice}");
+            assert_eq!(status(e.kind), 400, "{tools} {choice}");
         }
     }
 

@@ -5,27 +5,29 @@
 
 use libfuzzer_sys::fuzz_target;
 use nnspin_guest::ApiError;
-use nnspin_openai::chat::Validated;
-use nnspin_openai::completions::CompletionRequest;
+use nnspin_openai::errors::status;
+use nnspin_openai::request::{ChatRequest, CompletionRequest};
 
 fn refused_with_400<T>(result: Result<T, ApiError>) -> Option<T> {
     match result {
         Ok(value) => Some(value),
         Err(error) => {
-            assert_eq!(error.status, 400, "{error}");
+            assert_eq!(status(error.kind), 400, "{error}");
             None
         }
     }
 }
 
 fuzz_target!(|body: &[u8]| {
-    if let Some(chat) = refused_with_400(Validated::parse(body)) {
-        // Settings for every choice; without a seed they would ask the (absent) host for randomness.
-        if chat.request.sampling.seed.is_some() {
-            for choice in 0..chat.request.sampling.choices() {
-                chat.request.generation_params(choice);
-            }
-        }
+    // Generation settings too; without a seed they would ask the (absent) host for randomness.
+    if let Some(chat) = refused_with_400(ChatRequest::parse(body))
+        && chat.sampling.seed.is_some()
+    {
+        chat.generation_params();
     }
-    refused_with_400(CompletionRequest::parse(body));
+    if let Some(completion) = refused_with_400(CompletionRequest::parse(body))
+        && completion.sampling.seed.is_some()
+    {
+        completion.generation_params();
+    }
 });

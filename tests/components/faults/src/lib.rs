@@ -4,10 +4,11 @@
 
 use std::io::Read;
 
+use nnspin_guest::ErrorKind;
 use nnspin_guest::bindings::wasi::nn::graph;
 use nnspin_guest::bindings::wasi::nn::tensor::{Tensor, TensorType};
-use nnspin_guest::generate;
 use nnspin_guest::http::{self, RequestHead};
+use nnspin_guest::model::nn_error;
 use serde_json::json;
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{Fields, IncomingRequest, OutgoingRequest, ResponseOutparam, Scheme};
@@ -62,7 +63,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Faults {
             }
             "/compute-error" => match compute_error() {
                 Ok(()) => http::send_json(out, 200, &json!({ "computed": true })),
-                Err(error) => http::send_error(out, &error),
+                Err(error) => http::send_error(out, status(error.kind), &error),
             },
             _ => http::send_json(out, 404, &json!({ "detail": "no such fault" })),
         }
@@ -72,10 +73,8 @@ impl wasip2::exports::http::incoming_handler::Guest for Faults {
 /// Makes the inference engine fail inside `compute`: an attention mask longer than the sequence passes
 /// the host's checks (it indexes nothing) but ONNX Runtime's attention kernel rejects it.
 fn compute_error() -> Result<(), nnspin_guest::ApiError> {
-    let graph = graph::load_by_name("tiny-random").map_err(|e| generate::nn_error(&e))?;
-    let context = graph
-        .init_execution_context()
-        .map_err(|e| generate::nn_error(&e))?;
+    let graph = graph::load_by_name("tiny-random").map_err(|e| nn_error(&e))?;
+    let context = graph.init_execution_context().map_err(|e| nn_error(&e))?;
     let i64s =
         |values: &[i64]| -> Vec<u8> { values.iter().flat_map(|v| v.to_le_bytes()).collect() };
     let inputs = vec![
@@ -92,10 +91,17 @@ fn compute_error() -> Result<(), nnspin_guest::ApiError> {
             Tensor::new(&[1, 2], TensorType::I64, &i64s(&[0, 1])),
         ),
     ];
-    context
-        .compute(inputs)
-        .map(drop)
-        .map_err(|e| generate::nn_error(&e))
+    context.compute(inputs).map(drop).map_err(|e| nn_error(&e))
+}
+
+/// The statuses of the failures this component makes: the host's refusal of a faulty step, or the
+/// engine's failure.
+fn status(kind: ErrorKind) -> u16 {
+    match kind {
+        ErrorKind::InvalidValue => 400,
+        ErrorKind::Busy => 503,
+        _ => 500,
+    }
 }
 
 fn query_port(query: &str) -> u16 {

@@ -1,0 +1,90 @@
+//! A model a component may use, opened for one request: its graph over `wasi:nn` and its tokenizer and
+//! chat template over `nnspin:llm/text`.
+
+use std::cell::OnceCell;
+
+use crate::ApiError;
+use crate::bindings::nnspin::llm::text::{self, Message, ModelInfo, TextError, Tokenizer};
+use crate::bindings::wasi::nn::errors::{Error as NnError, ErrorCode};
+use crate::bindings::wasi::nn::graph::{self, Graph};
+use crate::vocabulary::Vocabulary;
+
+pub struct Model {
+    pub info: ModelInfo,
+    pub(crate) tokenizer: Tokenizer,
+    pub(crate) graph: Graph,
+    vocabulary: OnceCell<Vocabulary>,
+}
+
+/// The models this component may use, the first being the default.
+pub fn models() -> Vec<ModelInfo> {
+    text::models()
+}
+
+impl Model {
+    pub fn open(name: &str) -> Result<Self, ApiError> {
+        let tokenizer = Tokenizer::open(name).map_err(|e| match e {
+            TextError::NotFound(_) => ApiError::model_not_found(name),
+            TextError::InvalidInput(message) => ApiError::internal(message),
+        })?;
+        let graph = graph::load_by_name(name).map_err(|e| nn_error(&e))?;
+        Ok(Self {
+            info: tokenizer.info(),
+            tokenizer,
+            graph,
+            vocabulary: OnceCell::new(),
+        })
+    }
+
+    /// Each token's bytes, fetched from the host on first use.
+    pub fn vocabulary(&self) -> &Vocabulary {
+        self.vocabulary
+            .get_or_init(|| self.tokenizer.vocabulary().into())
+    }
+
+    /// Renders the chat template so that the model continues the last message, an assistant turn the
+    /// client started (a prefill), instead of opening a new turn.
+    pub fn continuation_prompt(&self, messages: &[Message]) -> Result<Vec<u32>, ApiError> {
+        let prompt = self
+            .tokenizer
+            .apply_chat_template(messages, false)
+            .map_err(text_error)?;
+        let last = messages.last().map_or("", |m| m.content.as_str());
+        let end = match prompt.rfind(last) {
+            Some(at) if !last.is_empty() => at + last.len(),
+            _ => prompt.len(),
+        };
+        self.encode(&prompt[..end])
+    }
+
+    /// Renders the chat template and tokenizes the prompt.
+    pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<u32>, ApiError> {
+        let prompt = self
+            .tokenizer
+            .apply_chat_template(messages, true)
+            .map_err(text_error)?;
+        self.encode(&prompt)
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, ApiError> {
+        self.tokenizer.encode(text).map_err(text_error)
+    }
+}
+
+fn text_error(e: TextError) -> ApiError {
+    match e {
+        TextError::NotFound(message) => ApiError::not_found(message),
+        TextError::InvalidInput(message) => ApiError::invalid(message).with_param("messages"),
+    }
+}
+
+/// The API error for a wasi-nn failure.
+pub fn nn_error(e: &NnError) -> ApiError {
+    match e.code() {
+        ErrorCode::NotFound => ApiError::not_found(e.data()),
+        ErrorCode::InvalidArgument => ApiError::invalid(e.data()),
+        // The host reports a full queue as a timeout (wasi-nn has no "busy").
+        ErrorCode::Timeout => ApiError::busy(e.data()),
+        _ => ApiError::internal(format!("inference failed: {}", e.data())),
+    }
+}

@@ -1,0 +1,150 @@
+//! The choice loop chat and legacy completions share: every choice generated in turn, whole or streamed,
+//! with usage counted once. An endpoint says only how its choices look ([`Endpoint`]).
+//!
+//! A stream opens the first choice's execution context before the response starts, so a model at
+//! capacity is a 503 status rather than an error event inside a 200 stream; the other choices open
+//! theirs in turn.
+
+use serde_json::Value;
+use wasip2::http::types::ResponseOutparam;
+
+use nnspin_guest::generate::{Completed, GenerationRequest, Outcome, Piece};
+use nnspin_guest::http::{self, EventStream, Framing};
+use nnspin_guest::model::Model;
+
+use crate::errors;
+use crate::request::SamplingFields;
+use crate::response::{self, Completion, Response, Usage};
+
+/// One choice of a response: its `index`, the prompt's generation it comes from and its number among
+/// that prompt's choices (which sets its seed).
+pub struct Sequence<'a, 'm> {
+    pub index: u32,
+    pub generation: &'a GenerationRequest<'m>,
+    pub choice: u32,
+}
+
+/// How an endpoint's choices look.
+pub trait Endpoint {
+    /// How the response's `id` begins.
+    const ID_PREFIX: &'static str;
+    /// `object` of a whole response and of a stream's chunks.
+    const OBJECT: &'static str;
+    const CHUNK_OBJECT: &'static str;
+
+    /// Every choice to generate, in `index` order.
+    fn sequences(&self) -> Vec<Sequence<'_, '_>>;
+
+    /// A whole choice.
+    fn choice(&self, index: u32, completed: Completed) -> Value;
+
+    /// A streamed choice, its state kept between its pieces.
+    fn streamed(&self, index: u32) -> Box<dyn StreamedChoice + '_>;
+}
+
+/// The chunks of one streamed choice, each a `choices` entry.
+pub trait StreamedChoice {
+    /// Before any token: chat's assistant role, completions' echoed prompt.
+    fn opening(&mut self) -> Vec<Value>;
+    /// For a piece of generated text; `None` holds it back.
+    fn piece(&mut self, piece: Piece<'_>) -> Option<Value>;
+    /// Once the generation has ended: what was held back, and the finish reason.
+    fn closing(&mut self, outcome: &Outcome) -> Vec<Value>;
+}
+
+/// Generates every choice of `endpoint` on `model` and sends the response: one JSON object, or (when
+/// `sampling` asks for a stream) server-sent chunks ending with the usage chunk when it asks for one,
+/// then `[DONE]`.
+pub fn respond<E: Endpoint>(
+    out: ResponseOutparam,
+    endpoint: &E,
+    model: &Model,
+    usage: Usage,
+    sampling: &SamplingFields,
+) {
+    let completion = Completion::new(E::ID_PREFIX, &model.info.id);
+    let sequences = endpoint.sequences();
+    if sampling.stream {
+        let include_usage = sampling.include_usage();
+        stream_choices(out, endpoint, &sequences, &completion, usage, include_usage)
+    } else {
+        whole_choices(out, endpoint, &sequences, &completion, usage)
+    }
+}
+
+fn whole_choices<E: Endpoint>(
+    out: ResponseOutparam,
+    endpoint: &E,
+    sequences: &[Sequence<'_, '_>],
+    completion: &Completion,
+    mut usage: Usage,
+) {
+    let mut choices = Vec::with_capacity(sequences.len());
+    for sequence in sequences {
+        match sequence.generation.complete(sequence.choice) {
+            Ok(completed) => {
+                usage.completion_tokens += completed.outcome.completion_tokens;
+                choices.push(endpoint.choice(sequence.index, completed));
+            }
+            Err(error) => return errors::send(out, &error),
+        }
+    }
+    let whole = Response::whole(completion, E::OBJECT, choices, &usage);
+    http::send_json(out, 200, &whole);
+}
+
+fn stream_choices<E: Endpoint>(
+    out: ResponseOutparam,
+    endpoint: &E,
+    sequences: &[Sequence<'_, '_>],
+    completion: &Completion,
+    mut usage: Usage,
+    include_usage: bool,
+) {
+    let Some(first) = sequences.first() else {
+        return;
+    };
+    let mut opened = match first.generation.open(first.choice) {
+        Ok(generation) => Some(generation),
+        Err(error) => return errors::send(out, &error),
+    };
+    let mut events = EventStream::start(out, Framing::ServerSentEvents);
+    let send = |events: &mut EventStream, choice: Value| {
+        events.send_json(&Response::chunk(
+            completion,
+            E::CHUNK_OBJECT,
+            choice,
+            include_usage,
+        ))
+    };
+    for sequence in sequences {
+        let mut streamed = endpoint.streamed(sequence.index);
+        for choice in streamed.opening() {
+            send(&mut events, choice);
+        }
+        let generation = match opened.take() {
+            Some(generation) => Ok(generation),
+            None => sequence.generation.open(sequence.choice),
+        };
+        let result = generation.and_then(|generation| {
+            generation.run(|piece| match streamed.piece(piece) {
+                Some(choice) => send(&mut events, choice),
+                None => true,
+            })
+        });
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(error) => return response::fail_stream(events, &error),
+        };
+        usage.completion_tokens += outcome.completion_tokens;
+        for choice in streamed.closing(&outcome) {
+            send(&mut events, choice);
+        }
+    }
+    response::end_stream(
+        events,
+        completion,
+        E::CHUNK_OBJECT,
+        include_usage.then_some(&usage),
+    );
+}
