@@ -3,20 +3,12 @@ disconnects, and overload answered with 503 + Retry-After without losing any acc
 
 import concurrent.futures
 import json
-import re
 import time
 
 import httpx
 import pytest
 
-from conftest import TINY_MODEL, openai_app, start_host
-
-def metric(text: str, name: str, **labels) -> float:
-    selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = r"(?m)^" + re.escape(name) + (r"\{" + re.escape(selector) + r"\}" if labels else "") + r" (\S+)"
-    match = re.search(pattern, text)
-    assert match, f"{name}{{{selector}}} missing from:\n{text}"
-    return float(match.group(1))
+from support import TINY_MODEL, host_metric, metric, openai_app, running_host, wait_for_metric
 
 
 def test_metrics_and_request_ids(host):
@@ -38,7 +30,19 @@ def test_metrics_and_request_ids(host):
     assert metric(text, "nnspin_time_to_first_token_seconds_count", model=TINY_MODEL) >= 1
     assert metric(text, "nnspin_generated_tokens_total", model=TINY_MODEL) >= 1
     assert metric(text, "nnspin_decode_seconds_total", model=TINY_MODEL) > 0
-    assert metric(text, "nnspin_requests_in_flight") >= 0
+
+
+def test_requests_count_as_in_flight_until_their_last_byte(host):
+    # The metrics request itself is in flight while it is answered.
+    idle = host_metric(host, "nnspin_requests_in_flight")
+    assert idle >= 1
+    body = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "go on"}], "max_tokens": 1000,
+            "temperature": 0, "stream": True}
+    with httpx.stream("POST", host.openai_url + "/chat/completions", json=body, timeout=60) as response:
+        lines = response.iter_lines()  # kept: dropping the iterator would close the connection
+        next(lines)
+        assert host_metric(host, "nnspin_requests_in_flight") == idle + 1
+    wait_for_metric(host, "nnspin_requests_in_flight", idle)
 
 
 def test_a_client_disconnecting_mid_stream_frees_its_context(host):
@@ -60,8 +64,7 @@ def test_a_client_disconnecting_mid_stream_frees_its_context(host):
 @pytest.mark.parametrize("stream", [False, True])
 def test_overload_is_refused_with_retry_after_and_nothing_is_lost(tmp_path, stream):
     manifest = openai_app(tmp_path, [TINY_MODEL])
-    host = start_host(manifest, "--max-sequences-per-model", "1", "--max-queue-per-model", "1")
-    try:
+    with running_host(manifest, "--max-sequences-per-model", "1", "--max-queue-per-model", "1") as host:
         body = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "tell"}], "max_tokens": 300,
                 "temperature": 0, "stream": stream}
 
@@ -91,6 +94,3 @@ def test_overload_is_refused_with_retry_after_and_nothing_is_lost(tmp_path, stre
         assert metric(text, "nnspin_requests_total", route="/...", status="200") == len(served)
         assert metric(text, "nnspin_queue_depth", model=TINY_MODEL) == 0
         assert metric(text, "nnspin_execution_contexts", model=TINY_MODEL) == 0
-    finally:
-        host.process.terminate()
-        host.process.wait(timeout=30)

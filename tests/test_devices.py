@@ -4,7 +4,7 @@ on another backend than the command line's default."""
 
 import httpx
 
-from conftest import TINY_MODEL, failed_start, openai_app, start_host
+from support import TINY_MODEL, failed_start, openai_app, running_host
 
 
 def test_gpu_without_a_gpu_fails_the_start_with_one_clear_line(tmp_path):
@@ -21,27 +21,19 @@ def test_gpu_without_a_gpu_fails_the_start_with_one_clear_line(tmp_path):
 
 
 def test_cpu_fallback_only_when_asked(tmp_path):
-    host = start_host(openai_app(tmp_path, [TINY_MODEL]), "--device", "gpu", "--cpu-fallback")
-    try:
+    with running_host(openai_app(tmp_path, [TINY_MODEL]), "--device", "gpu", "--cpu-fallback") as host:
         (model,) = httpx.get(host.openai_url + "/models").json()["data"]
         assert model["device"] == "cpu"
         assert "falling back to the CPU" in "".join(host.log)
-    finally:
-        host.process.terminate()
-        host.process.wait(timeout=30)
 
 
 def test_spin_toml_places_models_per_model(tmp_path):
     manifest = openai_app(tmp_path, [TINY_MODEL])
     with manifest.open("a") as toml:
         toml.write(f'\n[model.{TINY_MODEL}]\nbackend = "openvino"\ndevice = "cpu"\nthreads = 1\nformat = "onnx"\n')
-    host = start_host(manifest)  # the command line's default backend is onnxruntime
-    try:
+    with running_host(manifest) as host:  # the command line's default backend is onnxruntime
         (model,) = httpx.get(host.openai_url + "/models").json()["data"]
         assert (model["backend"], model["device"]) == ("openvino", "cpu")
-    finally:
-        host.process.terminate()
-        host.process.wait(timeout=30)
     with manifest.open("a") as toml:
         toml.write('tpu = "yes"\n')
     assert "unknown field `tpu`" in failed_start(manifest)

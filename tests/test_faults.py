@@ -9,28 +9,12 @@ import time
 import httpx
 import pytest
 
-from conftest import DEFAULT_MODEL, ROOT, TINY_MODEL, failed_start, one_component_app, openai_app, start_host
-from test_openai_api import assert_json_error
-
-CHAT = "/v1/chat/completions"
-
-
-def contexts_alive(host) -> float:
-    text = httpx.get(host.url + "/metrics").text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("nnspin_execution_contexts{"))
-
-
-def wait_for_no_contexts(host, seconds=10.0):
-    deadline = time.monotonic() + seconds
-    while contexts_alive(host) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert contexts_alive(host) == 0
+from support import (CHAT, DEFAULT_MODEL, ROOT, TINY_MODEL, assert_json_error, failed_start, one_component_app,
+                     openai_app, running_host, tiny_chat, wait_for_no_contexts)
 
 
 def still_serving(host):
-    body = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-    assert httpx.post(host.url + CHAT, json=body, timeout=60).status_code == 200
+    tiny_chat(host)
 
 
 @pytest.mark.parametrize(
@@ -106,15 +90,11 @@ def test_an_inference_error_mid_generation_is_500_json_and_frees_the_context(tmp
     shutil.copytree(ROOT / "models" / TINY_MODEL, models / TINY_MODEL)
     (models / TINY_MODEL / "genai_config.json").unlink()
     manifest = one_component_app(tmp_path, "faults", "nnspin_test_faults.wasm", [TINY_MODEL], route="/faults/...")
-    host = start_host(manifest, models_dir=models)
-    try:
+    with running_host(manifest, models_dir=models) as host:
         response = httpx.post(host.url + "/faults/compute-error")
         error = assert_json_error(response, 500)
         assert "inference failed" in error["error"]["message"]
         wait_for_no_contexts(host)
-    finally:
-        host.process.terminate()
-        host.process.wait(timeout=30)
 
 
 def test_a_step_that_does_not_continue_its_cache_is_400_and_frees_the_context(host):

@@ -7,22 +7,12 @@ from urllib.parse import urlparse
 
 import httpx
 
-from conftest import DEFAULT_MODEL, TINY_MODEL
+from support import DEFAULT_MODEL, assert_json_error, tiny_chat
 
 
 def chat_ok(host) -> bool:
-    response = httpx.post(
-        host.openai_url + "/chat/completions",
-        json={"model": TINY_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8},
-        timeout=60,
-    )
-    return response.status_code == 200 and response.json()["choices"][0]["message"]["content"] is not None
-
-
-def assert_json_error(response: httpx.Response, status: int):
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    assert response.json()["detail"]
+    """A request served in full while the faulty ones fail."""
+    return bool(tiny_chat(host, max_tokens=8)["choices"][0]["message"]["content"])
 
 
 def test_a_trapping_handler_fails_alone(host):

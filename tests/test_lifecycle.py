@@ -7,22 +7,16 @@ import time
 import httpx
 import pytest
 
-from conftest import DEFAULT_MODEL, TINY_MODEL, openai_app, start_host
+from support import DEFAULT_MODEL, TINY_MODEL, openai_app, running_host, start_host
+
 
 def manifest(tmp_path, models):
     return openai_app(tmp_path, models)
 
 
-def stop(host, timeout=30):
-    if host.process.poll() is None:
-        host.process.terminate()
-    return host.process.wait(timeout=timeout)
-
-
 def test_health_is_503_while_loading_then_200(tmp_path):
     # Compiling without the cache and loading the default model leave a window of about a second.
-    host = start_host(manifest(tmp_path, [DEFAULT_MODEL]), "--no-cache", wait="listening")
-    try:
+    with running_host(manifest(tmp_path, [DEFAULT_MODEL]), "--no-cache", wait="listening") as host:
         response = httpx.get(host.url + "/health")
         assert response.status_code == 503
         assert response.headers["retry-after"] == "1"
@@ -31,22 +25,17 @@ def test_health_is_503_while_loading_then_200(tmp_path):
         while httpx.get(host.url + "/health").status_code != 200:
             assert time.monotonic() < deadline, "never became ready"
             time.sleep(0.1)
-    finally:
-        stop(host)
 
 
 def test_compiled_components_are_cached_between_starts(tmp_path):
     cache = tmp_path / "cache"
     first = start_host(manifest(tmp_path, [TINY_MODEL]), "--cache-dir", str(cache))
-    stop(first)
+    assert first.stop() == 0
     assert any("origin=Compiled" in line for line in first.log), "".join(first.log)
     assert list(cache.glob("*.cwasm"))
-    second = start_host(manifest(tmp_path, [TINY_MODEL]), "--cache-dir", str(cache))
-    try:
+    with running_host(manifest(tmp_path, [TINY_MODEL]), "--cache-dir", str(cache)) as second:
         assert any("origin=Cache" in line for line in second.log), "".join(second.log)
         assert httpx.get(second.url + "/health").json() == {"ok": True}
-    finally:
-        stop(second)
 
 
 def test_sigterm_lets_the_request_in_flight_finish(tmp_path):

@@ -6,12 +6,13 @@ LocalLab's documented limit of 60 requests a minute in bursts of 10.
 
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
 from locallab_client import LocalLabClient
 
-from conftest import DEFAULT_MODEL, TINY_MODEL
+from support import DEFAULT_MODEL, TINY_MODEL
 
 QUESTION = "What is the capital of France?"
 
@@ -50,7 +51,11 @@ def test_health_and_system_info(base, host):
     assert info["backend"] == host.backend and info["device"] == "cpu"
     assert info["model"]["model_id"] == DEFAULT_MODEL
     assert set(info["versions"]) == {"nnspin", "wasmtime", host.backend}
-    assert info["uptime_seconds"] >= 0
+    # Whole seconds since the host started serving: no more than since its process started, and counting.
+    assert info["uptime_seconds"] <= time.monotonic() - host.started + 1
+    time.sleep(1.05)
+    later = with_client(base, lambda c: c.get_system_info())
+    assert later["uptime_seconds"] >= info["uptime_seconds"] + 1
 
 
 def test_generate_answers_with_the_default_model(base):

@@ -4,7 +4,7 @@ import os
 import shutil
 import subprocess
 
-from conftest import ROOT
+from support import ROOT
 
 
 def test_node_sdk_suite(host):

@@ -8,8 +8,7 @@ import jsonschema
 import openai
 import pytest
 
-from conftest import DEFAULT_MODEL, TINY_MODEL
-from test_openai_api import assert_json_error
+from support import DEFAULT_MODEL, TINY_MODEL, assert_json_error
 
 CITY = {
     "type": "object",
@@ -47,11 +46,6 @@ TIME = {
     },
 }
 WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
-
-
-@pytest.fixture(scope="module")
-def client(host):
-    return openai.OpenAI(base_url=host.openai_url, api_key="unused", max_retries=0, timeout=120)
 
 
 @pytest.mark.parametrize("temperature, seed", [(0, None), (1.0, 3), (1.0, 11)])

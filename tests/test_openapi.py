@@ -8,7 +8,7 @@ import sys
 import httpx
 import pytest
 
-from conftest import ROOT, TINY_MODEL, start_host
+from support import ROOT, TINY_MODEL, component, running_host, write_app
 
 # Every check but positive_data_acceptance: OpenAI's cross-field rules (top_logprobs needs logprobs,
 # tool_choice needs tools, echo excludes logprobs, a served model, a prompt within the context) are
@@ -23,35 +23,16 @@ def api_host(tmp_path_factory):
     """Both APIs on the tiny model, with completions capped at 4 tokens so thousands of generated requests
     stay quick; no rate limit (the fuzzer would only meet 429) and no model management (unloading the
     only model would turn later requests into 503s, which are right but not what this run tests)."""
-    components = ROOT / "target" / "wasm32-wasip2" / "release"
-    manifest = tmp_path_factory.mktemp("openapi") / "spin.toml"
-    manifest.write_text(
-        f"""
-spin_manifest_version = 2
-[application]
-name = "openapi-conformance"
-[[trigger.http]]
-route = "/..."
-component = "openai"
-[[trigger.http]]
-route = "/locallab/..."
-component = "locallab"
-[component.openai]
-source = "{components / "nnspin_openai.wasm"}"
-ai_models = ["{TINY_MODEL}"]
-environment = {{ NNSPIN_MAX_TOKENS_CAP = "4" }}
-[component.locallab]
-source = "{components / "nnspin_locallab.wasm"}"
-ai_models = ["{TINY_MODEL}"]
-environment = {{ NNSPIN_MAX_TOKENS_CAP = "4" }}
-"""
+    capped = {"environment": '{ NNSPIN_MAX_TOKENS_CAP = "4" }'}
+    manifest = write_app(
+        tmp_path_factory.mktemp("openapi"),
+        "openapi-conformance",
+        {"/...": "openai", "/locallab/...": "locallab"},
+        [component("openai", "nnspin_openai.wasm", [TINY_MODEL], **capped),
+         component("locallab", "nnspin_locallab.wasm", [TINY_MODEL], **capped)],
     )
-    host = start_host(manifest, "--backend", "onnxruntime")
-    yield host
-    alive = host.process.poll() is None
-    host.process.terminate()
-    host.process.wait(timeout=30)
-    assert alive, "the host died under schemathesis:\n" + "".join(host.log)
+    with running_host(manifest, "--backend", "onnxruntime") as host:
+        yield host
 
 
 @pytest.mark.parametrize("path, server", [("/openapi.json", "/"), ("/locallab/openapi.json", "/locallab")])
