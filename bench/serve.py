@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
-"""Single-stream figures of nnspin, measured from the client side over HTTP, per inference backend.
+"""Single-stream figures of nnspin, measured from the client side over HTTP, per backend and precision mode.
 
-    bench/serve.py                       # starts target/debug/nnspin with spin.toml on each backend in turn
-    bench/serve.py --backends openvino   # one backend
+    bench/serve.py                                 # target/debug/nnspin with spin.toml in each configuration in turn
+    bench/serve.py --configs onnxruntime:fast      # one configuration (backend:precision)
     bench/serve.py --url http://host:port
 
-Prints, per backend: per-request latency of a cold-started handler (GET /health: a fresh component
+Prints, per configuration: per-request latency of a cold-started handler (GET /health: a fresh component
 instance each time), time to first token for prompts of several lengths, and single-stream decode
-tokens/s (greedy, streamed); then a side-by-side table with each backend's ratio to the first one.
+tokens/s (greedy, streamed); then a side-by-side table with each configuration's ratio to the first one.
 Each figure is the median of --repeat runs, since the machine is noisy.
 """
 
@@ -78,8 +78,9 @@ def measure(url: str, model: str, repeat: int) -> dict[str, float]:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--url", help="measure a running host instead of starting one per backend")
-    p.add_argument("--backends", default="onnxruntime,openvino")
+    p.add_argument("--url", help="measure a running host instead of starting one per configuration")
+    p.add_argument("--configs", default="onnxruntime:exact,onnxruntime:fast,openvino:exact,openvino:fast",
+                   help="backend:precision pairs, comma-separated")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
@@ -87,11 +88,12 @@ def main():
         measure(args.url, args.model, args.repeat)
         return
     results = {}
-    for backend in args.backends.split(","):
-        print(f"{backend}:", flush=True)
-        process, url = start_host("--backend", backend)
+    for config in args.configs.split(","):
+        backend, _, precision = config.partition(":")
+        print(f"{config}:", flush=True)
+        process, url = start_host("--backend", backend, "--precision", precision or "exact")
         try:
-            results[backend] = measure(url, args.model, args.repeat)
+            results[config] = measure(url, args.model, args.repeat)
         finally:
             process.terminate()
             process.wait()

@@ -1,17 +1,19 @@
-"""Fixtures: the real nnspin host, started once per test session on each backend with the default model
-and the tiny random-weight model, and an OpenAI SDK client of it. The helpers are in support.py."""
+"""Fixtures: the real nnspin host, started once per test session on each backend in each precision mode,
+with the default model and the tiny random-weight model, and an OpenAI SDK client of it. The helpers are
+in support.py."""
 
 import openai
 import pytest
 
 from support import COMPONENTS, DEFAULT_MODEL, TINY_MODEL, component, running_host, write_app
 
-# Every test of the shared host runs on each backend, on the same model files.
-BACKENDS = ["onnxruntime", "openvino"]
+# Every test of the shared host runs on each backend in each precision mode, on the same model files.
+CONFIGURATIONS = [(backend, precision) for backend in ("onnxruntime", "openvino") for precision in ("exact", "fast")]
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
+@pytest.fixture(scope="session", params=CONFIGURATIONS, ids=lambda c: "-".join(c))
 def host(request, tmp_path_factory):
+    backend, precision = request.param
     assert (COMPONENTS / "nnspin_locallab.wasm").exists(), "build the components first (tools/setup.sh)"
     granted = tmp_path_factory.mktemp("granted")
     (granted / "greeting.txt").write_text("hello from the host")
@@ -33,8 +35,8 @@ def host(request, tmp_path_factory):
     )
     # Short enough that the endless-loop and slow-client tests end quickly.
     with running_host(manifest, "--max-instance-cpu-ms", "2000", "--client-timeout-secs", "2",
-                      "--backend", request.param) as started:
-        started.backend = request.param
+                      "--backend", backend, "--precision", precision) as started:
+        started.backend, started.precision = backend, precision
         yield started
 
 

@@ -17,10 +17,6 @@ fi
 npm ci --prefix tests/node --no-audit --no-fund --silent
 # The stateful OpenVINO IR of the host's backend tests.
 .venv/bin/python host/tests/fixtures/stateful_ir.py target/test-fixtures/stateful-ir
-# The default model with its weights dequantized to fp32: the reference of the answer-quality test.
-if [ ! -f target/test-fixtures/smollm2-fp32/model.onnx ] || [ tools/export_model.py -nt target/test-fixtures/smollm2-fp32/model.onnx ]; then
-  .venv/bin/python tools/export_model.py --format fp32 --out target/test-fixtures/smollm2-fp32
-fi
 # The deliberately misbehaving component of the isolation tests.
 cargo build --release --target wasm32-wasip2 -p nnspin-test-faults
 

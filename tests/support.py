@@ -28,6 +28,7 @@ class Host:
         # When the process was started (time.monotonic()), for what it reports of its uptime.
         self.started = started
         self.backend = "onnxruntime"
+        self.precision = "exact"
 
     @property
     def openai_url(self) -> str:

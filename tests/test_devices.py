@@ -30,10 +30,11 @@ def test_cpu_fallback_only_when_asked(tmp_path):
 def test_spin_toml_places_models_per_model(tmp_path):
     manifest = openai_app(tmp_path, [TINY_MODEL])
     with manifest.open("a") as toml:
-        toml.write(f'\n[model.{TINY_MODEL}]\nbackend = "openvino"\ndevice = "cpu"\nthreads = 1\nformat = "onnx"\n')
+        toml.write(f'\n[model.{TINY_MODEL}]\nbackend = "openvino"\ndevice = "cpu"\nthreads = 1\nformat = "onnx"\n'
+                   'precision = "fast"\n')
     with running_host(manifest) as host:  # the command line's default backend is onnxruntime
         (model,) = httpx.get(host.openai_url + "/models").json()["data"]
-        assert (model["backend"], model["device"]) == ("openvino", "cpu")
+        assert (model["backend"], model["device"], model["precision"]) == ("openvino", "cpu", "fast")
     with manifest.open("a") as toml:
         toml.write('tpu = "yes"\n')
     assert "unknown field `tpu`" in failed_start(manifest)

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 from support import DEFAULT_MODEL, ROOT, TINY_MODEL, assert_json_error
 
-QUESTION = "What is the capital of France?"
+QUESTION = "What is the capital of France? Answer in English."  # no near tie at its first token
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +32,9 @@ def test_health(host):
     assert response.json() == {"ok": True}
 
 
-def test_models_report_their_backend_and_device(host):
+def test_models_report_their_backend_device_and_precision(host):
     for model in httpx.get(host.openai_url + "/models").json()["data"]:
-        assert (model["backend"], model["device"]) == (host.backend, "cpu")
+        assert (model["backend"], model["device"], model["precision"]) == (host.backend, "cpu", host.precision)
 
 
 def test_models_lists_every_model_of_the_component(client):

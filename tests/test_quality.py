@@ -1,18 +1,28 @@
-"""Answer quality: the default model keeps its GGUF's Q4_1 weights as 4-bit blocks but computes with fp32
-activations (no int8 activations, no second quantization), so on a fixed prompt set its greedy answers are
-those of the same weights dequantized to fp32 (`tools/export_model.py --format fp32`, made by tests/run.sh)."""
+"""Answer quality on a fixed prompt set: whatever the backend and the precision mode, the default model's
+greedy answers carry the facts it knows. (What a fast mode costs in distribution terms, KL divergence and
+perplexity over a long text, is measured by bench/quality.py.)"""
 
-from support import DEFAULT_MODEL, QUESTIONS, ROOT, answer, openai_app, running_host
+import re
 
-FP32_MODEL = "smollm2-fp32"
+import pytest
+
+from support import answer
+
+# A question and a pattern its answer must contain (case-insensitive): facts SmolLM2-135M answers right.
+FACTS = [
+    ("What is the capital of France? Answer in English.", r"\bParis\b"),
+    ("Name three primary colours.", r"\bred\b"),
+    ("List the days of the week.", r"\bMonday\b"),
+    ("Why is the sky blue? Answer briefly.", r"scatter"),
+    ("Who wrote Romeo and Juliet?", r"\bShakespeare\b"),
+    ("What is the boiling point of water in Celsius?", r"\b100\b"),
+    ("What is the chemical symbol for gold?", r"\bAu\b"),
+    ("Which ocean is the largest?", r"\bPacific\b"),
+    ("What gas do plants absorb from the air?", r"carbon dioxide"),
+]
 
 
-def test_greedy_answers_are_those_of_the_fp32_weights(tmp_path):
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / DEFAULT_MODEL).symlink_to(ROOT / "models" / DEFAULT_MODEL)
-    (models / FP32_MODEL).symlink_to(ROOT / "target" / "test-fixtures" / FP32_MODEL)
-    with running_host(openai_app(tmp_path, [DEFAULT_MODEL, FP32_MODEL]), models_dir=models) as host:
-        for question in QUESTIONS:
-            served, reference = (answer(host, question, False, model) for model in (DEFAULT_MODEL, FP32_MODEL))
-            assert served == reference, question
+@pytest.mark.parametrize("question, fact", FACTS, ids=[f for _, f in FACTS])
+def test_greedy_answers_carry_the_expected_facts(host, question, fact):
+    text = answer(host, question, stream=False)
+    assert re.search(fact, text, re.IGNORECASE), text

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use nnspin::api_keys::ApiKeys;
-use nnspin::backend::{BackendKind, Device, WeightFormat};
+use nnspin::backend::{BackendKind, Device, Precision, WeightFormat};
 use nnspin::lifecycle::{self, Server};
 use nnspin::registry::ModelSettings;
 use nnspin::registry::admission::ContextLimits;
@@ -54,6 +54,10 @@ struct UpArgs {
     /// Device for those models: cpu, gpu (ONNX Runtime CUDA or OpenVINO GPU) or tensorrt.
     #[arg(long, default_value = "cpu", env = "NNSPIN_DEVICE")]
     device: Device,
+    /// How exactly those models compute: exact (fp32 activations) or fast (each engine's fast kernels:
+    /// int8 activations on ONNX Runtime, the OpenVINO CPU plugin's defaults); see bench/quality.py.
+    #[arg(long, value_enum, default_value_t = Precision::Exact, env = "NNSPIN_PRECISION")]
+    precision: Precision,
     /// Model files for those models; by default OpenVINO prefers an IR when the directory has one.
     #[arg(long, value_enum, env = "NNSPIN_FORMAT")]
     format: Option<WeightFormat>,
@@ -133,6 +137,7 @@ fn up(args: UpArgs) -> wasmtime::Result<()> {
         model_defaults: ModelSettings {
             backend: args.backend,
             device: args.device,
+            precision: args.precision,
             threads: args.threads,
             format: args.format,
         },

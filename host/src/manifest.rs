@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::backend::{BackendKind, Device, WeightFormat};
+use crate::backend::{BackendKind, Device, Precision, WeightFormat};
 use crate::rate_limit::RateLimit;
 use wasmtime::error::Context;
 
@@ -29,6 +29,7 @@ pub struct Manifest {
 pub struct ModelOverrides {
     pub backend: Option<BackendKind>,
     pub device: Option<Device>,
+    pub precision: Option<Precision>,
     /// Inference threads.
     pub threads: Option<usize>,
     pub format: Option<WeightFormat>,

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use nnspin::backend::onnxruntime::OnnxRuntime;
 use nnspin::backend::openvino::OpenVino;
-use nnspin::backend::{BackendKind, Device, ElementType, Engine, LoadOptions, Tensor};
+use nnspin::backend::{BackendKind, Device, ElementType, Engine, LoadOptions, Precision, Tensor};
 use nnspin::interfaces::bindings::errors::{ErrorCode, HostError};
 use nnspin::interfaces::bindings::graph::{
     ExecutionTarget, GraphEncoding, Host as GraphHost, HostGraph,
@@ -34,7 +34,7 @@ fn models_dir() -> PathBuf {
 
 /// A component's grants over a registry of its own, with the tiny model loaded: each test admits its
 /// contexts apart from the others, however many they hold at once.
-fn grants_on(backend: BackendKind) -> Arc<LlmGrants> {
+fn grants_on(backend: BackendKind, precision: Precision) -> Arc<LlmGrants> {
     let limits = ContextLimits {
         max_active: 4,
         max_queued: 0,
@@ -43,6 +43,7 @@ fn grants_on(backend: BackendKind) -> Arc<LlmGrants> {
         defaults: ModelSettings {
             backend,
             device: Device::Cpu,
+            precision,
             threads: 1,
             format: None,
         },
@@ -76,8 +77,12 @@ impl Fixture {
     }
 
     fn on(backend: BackendKind) -> Self {
+        Self::with(backend, Precision::Exact)
+    }
+
+    fn with(backend: BackendKind, precision: Precision) -> Self {
         Self {
-            grants: grants_on(backend),
+            grants: grants_on(backend, precision),
             table: ResourceTable::new(),
         }
     }
@@ -524,10 +529,41 @@ async fn both_backends_compute_the_same_logits() {
     assert!(difference < 1e-3, "{difference}");
 }
 
+/// Fast mode computes with the engines' fast kernels: logits near the exact ones and, on ONNX Runtime
+/// (int8 activations in every `MatMulNBits`), not equal to them, so the mode took effect. (OpenVINO's
+/// plugin defaults compute exactly as exact mode where the CPU has no bf16.)
+#[tokio::test(flavor = "multi_thread")]
+async fn fast_mode_stays_near_exact() {
+    let tokens = [1, 9906, 11, 1265, 30];
+    for backend in BACKENDS {
+        let mut logits = Vec::new();
+        for precision in [Precision::Exact, Precision::Fast] {
+            let mut fixture = Fixture::with(backend, precision);
+            let mut nn = fixture.view();
+            let ctx = context(&mut nn).await;
+            logits.push(step(&mut nn, &ctx, &tokens, 0).await.unwrap().1);
+        }
+        let scale = logits[0].iter().fold(0.0f32, |m, l| m.max(l.abs()));
+        let difference = max_difference(&logits[0], &logits[1]);
+        println!("{backend:?}: fast differs from exact by {difference} (logits up to {scale})");
+        assert!(
+            difference < 0.05 * scale,
+            "{backend:?}: {difference} of {scale}"
+        );
+        if backend == BackendKind::Onnxruntime {
+            assert!(
+                difference > 1e-4,
+                "int8 activations change the logits: {difference}"
+            );
+        }
+    }
+}
+
 fn load_error(engine: &Engine, device: Device) -> String {
     let options = LoadOptions {
         threads: 1,
         device,
+        precision: Precision::Exact,
         format: None,
     };
     match engine.backend.load(&models_dir().join(MODEL), &options) {
@@ -563,6 +599,7 @@ fn direct_logits(engine: &Engine, dir: &std::path::Path, steps: &[&[i64]]) -> Ve
     let options = LoadOptions {
         threads: 1,
         device: Device::Cpu,
+        precision: Precision::Exact,
         format: None,
     };
     let graph = engine.backend.load(dir, &options).unwrap();

@@ -19,6 +19,7 @@ pub fn model_json(status: &ModelStatus) -> Value {
         "vocab_size": status.info.as_ref().map(|i| i.vocab_size),
         "backend": status.backend,
         "device": status.device,
+        "precision": status.precision,
     })
 }
 

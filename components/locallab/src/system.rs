@@ -19,6 +19,7 @@ pub fn info() -> Value {
         },
         "backend": current.as_ref().map(|m| m.backend.clone()),
         "device": current.as_ref().map(|m| m.device.clone()),
+        "precision": current.as_ref().map(|m| m.precision.clone()),
         "model": current.as_ref().map(model_json),
         "uptime_seconds": info.uptime_seconds,
         "versions": info.versions.into_iter().map(|(k, v)| (k, Value::String(v))).collect::<serde_json::Map<_, _>>(),

@@ -204,5 +204,6 @@ pub fn model_object(model: &ModelInfo) -> Value {
         "context_length": model.context_length,
         "backend": model.backend,
         "device": model.device,
+        "precision": model.precision,
     })
 }

@@ -188,12 +188,34 @@ impl std::str::FromStr for Device {
     }
 }
 
+/// How exactly a model computes. Both keep the weights as exported; they differ in the activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// fp32 activations: the answers of the weights as they are.
+    Exact,
+    /// What each engine's own fast kernels compute: int8 activations for ONNX Runtime's `MatMulNBits`
+    /// (`accuracy_level` 4), the OpenVINO CPU plugin's defaults (bf16 where the CPU has it, dynamic int8
+    /// quantization of weight-compressed matmuls). `bench/quality.py` measures what it costs.
+    Fast,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exact => "exact",
+            Self::Fast => "fast",
+        }
+    }
+}
+
 /// How a graph should be placed and run.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     /// Intra-op threads for one inference; 0 lets the backend choose.
     pub threads: usize,
     pub device: Device,
+    pub precision: Precision,
     /// Which files to read; `None` lets the backend pick from what the directory holds.
     pub format: Option<WeightFormat>,
 }

@@ -10,8 +10,9 @@
 //! - a stateful IR (optimum-intel's export, cache held in the infer request's internal state, with a
 //!   `beam_idx` input): each context owns its infer request, so its state is its sequence's cache.
 //!
-//! CPU inference runs with fp32 activations and no dynamic quantization, so answers match ONNX Runtime's
-//! and the fp32 model's (int8 activations turn the default model's near tie the other way).
+//! In exact mode CPU inference runs with fp32 activations and no dynamic quantization, so answers match
+//! ONNX Runtime's and the fp32 model's; fast mode leaves the CPU plugin its defaults (bf16 inference
+//! where the CPU has it, dynamic int8 quantization of weight-compressed matmuls).
 //!
 //! OpenVINO's model cache (`CACHE_DIR`) is not used: with OpenVINO 2026.4 a model imported from its
 //! cached blob returns NaN logits for these ONNX exports, so each start compiles (about 2.4 s for the
@@ -21,14 +22,15 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use openvino::{
-    CompiledModel, Core, DeviceType, ElementType as OvType, InferRequest, RwPropertyKey, Shape,
+    CompiledModel, Core, DeviceType, ElementType as OvType, InferRequest, PropertyKey,
+    RwPropertyKey, Shape,
 };
 
 use super::decoder::{self, BEAM_IDX, CacheInput};
 use super::library::{WheelLibrary, version_of};
 use super::{
     Backend, BackendError, BackendExecutionContext, BackendGraph, BackendKind, Device, ElementType,
-    Engine, LoadOptions, LoadResult, NamedTensors, Tensor, WeightFormat,
+    Engine, LoadOptions, LoadResult, NamedTensors, Precision, Tensor, WeightFormat,
 };
 
 const LIBRARY: WheelLibrary = WheelLibrary {
@@ -40,6 +42,42 @@ const LIBRARY: WheelLibrary = WheelLibrary {
 
 pub struct OpenVino {
     core: Mutex<Core>,
+    /// Each device's values of the properties exact mode changes, read before any load changed them.
+    defaults: Mutex<Vec<(String, Properties)>>,
+}
+
+type Properties = Vec<(RwPropertyKey, String)>;
+
+/// The properties exact mode sets and fast mode leaves at the plugin's defaults.
+const DYNAMIC_QUANTIZATION: &str = "DYNAMIC_QUANTIZATION_GROUP_SIZE";
+const INFERENCE_PRECISION: &str = "INFERENCE_PRECISION_HINT";
+
+fn precision_key(name: &'static str) -> RwPropertyKey {
+    RwPropertyKey::Other(name.into())
+}
+
+impl OpenVino {
+    /// The plugin's own values of the precision properties on `device`.
+    fn plugin_defaults(
+        &self,
+        core: &mut Core,
+        device: &DeviceType,
+        described: &str,
+    ) -> Result<Properties, BackendError> {
+        let mut defaults = self.defaults.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, values)) = defaults.iter().find(|(d, _)| d == device.as_ref()) {
+            return Ok(values.clone());
+        }
+        let mut values = Vec::new();
+        for name in [DYNAMIC_QUANTIZATION, INFERENCE_PRECISION] {
+            let value = core
+                .get_property(device, &PropertyKey::Other(name.into()))
+                .map_err(load_error(described))?;
+            values.push((precision_key(name), value));
+        }
+        defaults.push((device.as_ref().to_string(), values.clone()));
+        Ok(values)
+    }
 }
 
 impl OpenVino {
@@ -69,6 +107,7 @@ impl OpenVino {
             version,
             backend: Box::new(Self {
                 core: Mutex::new(core),
+                defaults: Mutex::default(),
             }),
         })
     }
@@ -127,18 +166,16 @@ impl Backend for OpenVino {
                 names.join(", ")
             )));
         }
-        let mut properties = vec![
-            // Exact activations: see the module documentation.
-            (
-                RwPropertyKey::Other("DYNAMIC_QUANTIZATION_GROUP_SIZE".into()),
-                "0".to_string(),
-            ),
-            (
-                RwPropertyKey::Other("INFERENCE_PRECISION_HINT".into()),
-                "f32".to_string(),
-            ),
-            (RwPropertyKey::HintPerformanceMode, "LATENCY".to_string()),
-        ];
+        // Properties are the core's, per device, and outlive this load: each mode sets all of its own.
+        let plugin_defaults = self.plugin_defaults(&mut core, &device, &described)?;
+        let mut properties: Properties = match options.precision {
+            Precision::Exact => vec![
+                (precision_key(DYNAMIC_QUANTIZATION), "0".to_string()),
+                (precision_key(INFERENCE_PRECISION), "f32".to_string()),
+            ],
+            Precision::Fast => plugin_defaults,
+        };
+        properties.push((RwPropertyKey::HintPerformanceMode, "LATENCY".to_string()));
         if options.threads > 0 && device == DeviceType::CPU {
             properties.push((
                 RwPropertyKey::InferenceNumThreads,

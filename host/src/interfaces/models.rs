@@ -10,11 +10,11 @@ use crate::registry::model::Model;
 
 impl LlmView<'_> {
     fn status(&self, id: &str, model: Option<&Arc<Model>>) -> ModelStatus {
-        let (backend, device) = match model {
-            Some(m) => (m.backend, m.device),
+        let (backend, device, precision) = match model {
+            Some(m) => (m.backend, m.device, m.precision),
             None => {
                 let settings = self.grants.registry().settings(id);
-                (settings.backend, settings.device)
+                (settings.backend, settings.device, settings.precision)
             }
         };
         ModelStatus {
@@ -24,6 +24,7 @@ impl LlmView<'_> {
             info: model.map(|m| model_info(m)),
             backend: backend.as_str().to_string(),
             device: device.as_str().to_string(),
+            precision: precision.as_str().to_string(),
         }
     }
 

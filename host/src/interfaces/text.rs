@@ -20,6 +20,7 @@ pub(crate) fn model_info(model: &Model) -> ModelInfo {
         owned_by: facts.owned_by.clone(),
         backend: model.backend.as_str().to_string(),
         device: model.device.as_str().to_string(),
+        precision: model.precision.as_str().to_string(),
     }
 }
 

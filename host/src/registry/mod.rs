@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::backend::engines::Engines;
-use crate::backend::{BackendKind, Device, Engine, LoadOptions, WeightFormat};
+use crate::backend::{BackendKind, Device, Engine, LoadOptions, Precision, WeightFormat};
 use crate::manifest::ModelOverrides;
 use crate::metrics::Metrics;
 use admission::ContextLimits;
@@ -21,6 +21,7 @@ use model::Model;
 pub struct ModelSettings {
     pub backend: BackendKind,
     pub device: Device,
+    pub precision: Precision,
     /// Intra-op threads; 0 lets the backend choose.
     pub threads: usize,
     pub format: Option<WeightFormat>,
@@ -34,6 +35,7 @@ impl ModelSettings {
         Self {
             backend: o.backend.unwrap_or(self.backend),
             device: o.device.unwrap_or(self.device),
+            precision: o.precision.unwrap_or(self.precision),
             threads: o.threads.unwrap_or(self.threads),
             format: o.format.or(self.format),
         }
@@ -133,6 +135,7 @@ impl ModelRegistry {
         let mut options = LoadOptions {
             threads: settings.threads,
             device: settings.device,
+            precision: settings.precision,
             format: settings.format,
         };
         let loaded = Model::load(name, &dir, &engine, &options, self.limits);
@@ -146,6 +149,7 @@ impl ModelRegistry {
         });
         self.metrics.model_loaded(name, started.elapsed());
         tracing::info!(model = %name, backend = model.backend.as_str(), device = model.device.as_str(),
+            precision = model.precision.as_str(),
             ms = started.elapsed().as_millis() as u64, "model loaded");
         self.resident
             .write()

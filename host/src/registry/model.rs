@@ -8,7 +8,7 @@ use std::time::UNIX_EPOCH;
 use wasmtime::error::Context;
 
 use super::admission::{Admission, ContextLimits};
-use crate::backend::{BackendGraph, BackendKind, Device, Engine, LoadOptions};
+use crate::backend::{BackendGraph, BackendKind, Device, Engine, LoadOptions, Precision};
 use crate::text::TextModel;
 
 /// What a component is told about a model to drive generation and describe it to clients.
@@ -31,6 +31,7 @@ pub struct Model {
     pub facts: ModelFacts,
     pub backend: BackendKind,
     pub device: Device,
+    pub precision: Precision,
     pub graph: Arc<dyn BackendGraph>,
     /// Shared with the detokenizers of running requests, which may outlive the model's residency.
     pub text: Arc<TextModel>,
@@ -71,9 +72,10 @@ impl Model {
             TextModel::load(dir).with_context(|| format!("model {id:?}: loading its tokenizer"))?;
         let graph = engine.backend.load(dir, options).with_context(|| {
             format!(
-                "model {id:?} on {} ({})",
+                "model {id:?} on {} ({}, {})",
                 engine.kind.as_str(),
-                options.device.as_str()
+                options.device.as_str(),
+                options.precision.as_str()
             )
         })?;
         let created = std::fs::metadata(&config_path)
@@ -95,6 +97,7 @@ impl Model {
             facts,
             backend: engine.kind,
             device: options.device,
+            precision: options.precision,
             graph,
             text: Arc::new(text),
             admission: Admission::new(limits),

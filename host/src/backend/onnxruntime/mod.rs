@@ -5,6 +5,7 @@
 //! buffers ([`shared_cache`]), and their contexts' steps are batched together ([`batcher`]); the others
 //! run each context's steps on their own ([`serial`]).
 
+mod accuracy;
 mod batcher;
 mod serial;
 mod shared_cache;
@@ -21,8 +22,11 @@ use super::decoder::{self, CacheInput, PAST_PREFIX, PRESENT_PREFIX};
 use super::library::{WheelLibrary, version_of};
 use super::{
     Backend, BackendError, BackendExecutionContext, BackendGraph, BackendKind, Device, Engine,
-    LoadOptions, LoadResult, WeightFormat,
+    LoadOptions, LoadResult, Precision, WeightFormat,
 };
+
+/// `MatMulNBits`' `accuracy_level` for fast mode: activations quantized to int8 per block.
+const INT8_ACTIVATIONS: u64 = 4;
 use batcher::Batcher;
 use serial::SerialContext;
 
@@ -140,7 +144,25 @@ impl Backend for OnnxRuntime {
                 ))
             })?;
         }
-        let session = builder.commit_from_file(&path).map_err(load)?;
+        let session = match options.precision {
+            Precision::Exact => builder.commit_from_file(&path).map_err(load)?,
+            Precision::Fast => {
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| BackendError::Load(format!("{}: {e}", path.display())))?;
+                let (fast, nodes) = accuracy::with_accuracy_level(&bytes, INT8_ACTIVATIONS)?;
+                drop(bytes);
+                tracing::info!(model = %model_dir.display(), nodes, "MatMulNBits with int8 activations");
+                // From memory, external weight files are found in the model's directory only if told.
+                builder
+                    .with_config_entry(
+                        "session.model_external_initializers_file_folder_path",
+                        model_dir.to_string_lossy(),
+                    )
+                    .map_err(|e| load(e.into()))?
+                    .commit_from_memory(&fast)
+                    .map_err(load)?
+            }
+        };
         let graph = OnnxGraph::new(session, shares_cache_buffers(model_dir))?;
         tracing::debug!(
             model = %model_dir.display(),
