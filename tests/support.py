@@ -225,3 +225,18 @@ def answer(host: Host, question: str, stream: bool, model: str = DEFAULT_MODEL) 
                 for choice in json.loads(line[6:])["choices"]:
                     text.append(choice["delta"].get("content") or "")
     return "".join(text)
+
+
+def gathered_calls(stream):
+    """The calls of a streamed answer, put together from their deltas as the SDK's helpers do."""
+    calls, content, finish = {}, "", None
+    for chunk in stream:
+        delta = chunk.choices[0].delta
+        content += delta.content or ""
+        for call in delta.tool_calls or []:
+            entry = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
+            entry["id"] += call.id or ""
+            entry["name"] += call.function.name or ""
+            entry["arguments"] += call.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    return [calls[i] for i in sorted(calls)], content, finish

@@ -8,7 +8,9 @@ import jsonschema
 import openai
 import pytest
 
-from support import DEFAULT_MODEL, TINY_MODEL, assert_json_error
+from tokenizers import Tokenizer
+
+from support import DEFAULT_MODEL, ROOT, TINY_MODEL, assert_json_error, gathered_calls
 
 CITY = {
     "type": "object",
@@ -49,6 +51,21 @@ TIME = {
     },
 }
 WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+# A tool with one possible call, so that a call made twice is the same call.
+TOKYO_WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"enum": ["Tokyo"]}}, "required": ["city"]}}}
+TOKYO_QUESTION = [{"role": "user", "content": "What's the weather in Tokyo?"}]
+
+
+def bias_towards(*openings):
+    """A `logit_bias` that makes the default model open its answer with one of `openings`: the 135M model
+    never opens a call under `auto` by itself (under 3% of its first step's probability)."""
+    tokenizer = Tokenizer.from_file(str(ROOT / "models" / DEFAULT_MODEL / "tokenizer.json"))
+    ids = [tokenizer.token_to_id(opening) for opening in openings]
+    assert None not in ids, f"{openings} are not all tokens"
+    return {str(token): 100 for token in ids}
+
 
 
 @pytest.mark.parametrize("temperature, seed", [(0, None), (1.0, 3), (1.0, 11)])
@@ -136,6 +153,51 @@ def test_tool_results_come_back_as_tool_messages(client):
     choice = completion.choices[0]
     assert choice.message.tool_calls is None
     assert choice.message.content
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_call_already_answered_is_not_made_again_under_auto(client, stream):
+    opening_a_call = bias_towards("{", '{"')
+    first = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=TOKYO_QUESTION, tools=[TOKYO_WEATHER], temperature=0,
+        logit_bias=opening_a_call,
+    ).choices[0]
+    (call,) = first.message.tool_calls
+    assert json.loads(call.function.arguments) == {"city": "Tokyo"}
+    answered = TOKYO_QUESTION + [
+        first.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temp_c": 21})},
+    ]
+    kwargs = dict(model=DEFAULT_MODEL, messages=answered, tools=[TOKYO_WEATHER], temperature=0, max_tokens=16,
+                  logit_bias=opening_a_call)
+    # Still pushed towards a call, and the only call there is has its result: the model answers instead.
+    if stream:
+        calls, content, finish = gathered_calls(client.chat.completions.create(stream=True, **kwargs))
+    else:
+        choice = client.chat.completions.create(**kwargs).choices[0]
+        calls, content, finish = choice.message.tool_calls or [], choice.message.content, choice.finish_reason
+    assert (calls, finish) == ([], "length") and content
+    # Asked for a call, it gets one, however often it was made.
+    required = client.chat.completions.create(**{**kwargs, "tool_choice": "required", "max_tokens": 60}).choices[0]
+    assert required.message.tool_calls[0].function.name == "get_weather"
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_parallel_tool_calls_come_as_an_array_unless_false(client, parallel):
+    kwargs = dict(model=DEFAULT_MODEL, messages=[{"role": "user", "content": "Weather and time in Paris?"}],
+                  tools=[WEATHER, TIME], tool_choice="required", temperature=0, max_tokens=200,
+                  parallel_tool_calls=parallel, logit_bias=bias_towards("["))
+    whole = client.chat.completions.create(**kwargs).choices[0]
+    calls, _, finish = gathered_calls(client.chat.completions.create(stream=True, **kwargs))
+    assert finish == whole.finish_reason == "tool_calls"
+    assert [(c["name"], c["arguments"]) for c in calls] == [
+        (c.function.name, c.function.arguments) for c in whole.message.tool_calls]
+    # Pushed towards an array, the model opens one where calls may run in parallel, and cannot otherwise.
+    assert len(calls) >= 1 if parallel else len(calls) == 1
+    assert len({c.id for c in whole.message.tool_calls}) == len(calls)
+    for call in calls:
+        tool = {"get_weather": WEATHER, "get_time": TIME}[call["name"]]
+        jsonschema.validate(json.loads(call["arguments"]), tool["function"]["parameters"])
 
 
 def test_auto_tool_choice_lets_the_model_answer_in_text(client):

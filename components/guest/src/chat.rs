@@ -1,6 +1,12 @@
 //! Chat messages as clients send them, normalised into what a model's chat template expects.
+//!
+//! Tool results are not left as `tool` turns, which chat templates without a tool role (SmolLM2's, most
+//! small models') render as a speaker the model has never seen: each call the conversation had answered
+//! is stated with its result in the system message ("Use this information to answer: f(args) = result"),
+//! where such models use it, and the assistant turns that only made those calls are left out.
 
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::ApiError;
 use crate::bindings::nnspin::llm::text::Message;
@@ -12,13 +18,18 @@ pub struct ChatMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
-    /// Calls an assistant turn made (OpenAI's tool calling), shown to the model as the JSON it wrote.
+    /// Calls an assistant turn made (OpenAI's tool calling).
     #[serde(default)]
     pub tool_calls: Option<Vec<ToolCall>>,
+    /// The call a `tool` message answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ToolCall {
+    #[serde(default)]
+    pub id: Option<String>,
     pub function: FunctionCall,
 }
 
@@ -32,9 +43,9 @@ pub struct FunctionCall {
 
 impl ToolCall {
     /// The call as the model writes one: `{"name": ..., "arguments": {...}}`.
-    pub fn as_model_output(&self) -> String {
-        let arguments: serde_json::Value = serde_json::from_str(&self.function.arguments)
-            .unwrap_or_else(|_| serde_json::Value::String(self.function.arguments.clone()));
+    fn as_model_output(&self) -> String {
+        let arguments: Value = serde_json::from_str(&self.function.arguments)
+            .unwrap_or_else(|_| Value::String(self.function.arguments.clone()));
         serde_json::json!({ "name": self.function.name, "arguments": arguments }).to_string()
     }
 }
@@ -56,18 +67,35 @@ pub struct ContentPart {
 
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
-/// Checks roles and content and turns the messages into template input.
-pub fn template_messages(messages: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
-    if messages.is_empty() {
-        return Err(
-            ApiError::wrong_shape("`messages` must contain at least one message")
-                .with_param("messages"),
-        );
-    }
-    messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
+/// A call the conversation made and the result a `tool` message gave back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnsweredCall {
+    pub name: String,
+    /// The arguments in canonical form ([`canonical_json`]).
+    pub arguments: String,
+    pub result: String,
+}
+
+/// A conversation, checked: its turns as template input and the calls it had answered.
+#[derive(Debug, Clone)]
+pub struct Conversation {
+    turns: Vec<Message>,
+    pub answered: Vec<AnsweredCall>,
+}
+
+impl Conversation {
+    /// Checks roles and content and reads the tool calls and their results.
+    pub fn parse(messages: &[ChatMessage]) -> Result<Self, ApiError> {
+        if messages.is_empty() {
+            return Err(
+                ApiError::wrong_shape("`messages` must contain at least one message")
+                    .with_param("messages"),
+            );
+        }
+        let answers = answers(messages);
+        let mut turns = Vec::with_capacity(messages.len());
+        let mut answered = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
             if !ROLES.contains(&m.role.as_str()) {
                 return Err(ApiError::invalid(format!(
                     "messages[{i}].role {:?} is not one of {}",
@@ -76,37 +104,162 @@ pub fn template_messages(messages: &[ChatMessage]) -> Result<Vec<Message>, ApiEr
                 ))
                 .with_param(format!("messages[{i}].role")));
             }
-            let content = match &m.content {
-                None => m
-                    .tool_calls
-                    .iter()
-                    .flatten()
-                    .map(ToolCall::as_model_output)
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-                Some(Content::Text(text)) => text.clone(),
-                Some(Content::Parts(parts)) => {
-                    let mut text = String::new();
-                    for (j, part) in parts.iter().enumerate() {
-                        match (part.kind.as_str(), &part.text) {
-                            ("text", Some(t)) => text.push_str(t),
-                            _ => {
-                                return Err(ApiError::invalid(format!(
-                                    "messages[{i}].content[{j}] has type {:?}; only text parts are supported",
-                                    part.kind
-                                ))
-                                .with_param(format!("messages[{i}].content")));
-                            }
-                        }
-                    }
-                    text
-                }
+            let content = text(i, m.content.as_ref())?;
+            let calls = m.tool_calls.as_deref().unwrap_or_default();
+            if m.role == "tool" && answers.iter().any(|&(_, _, message)| message == i) {
+                continue;
+            }
+            let answered_here: Vec<_> = answers.iter().filter(|&&(at, _, _)| at == i).collect();
+            for &&(_, call, message) in &answered_here {
+                let call = &calls[call];
+                answered.push(AnsweredCall {
+                    name: call.function.name.clone(),
+                    arguments: canonical_json(&call.function.arguments),
+                    result: text(message, messages[message].content.as_ref())?,
+                });
+            }
+            // The calls no `tool` message answered stay in the turn, as the model wrote them.
+            let unanswered: Vec<String> = (0..calls.len())
+                .filter(|c| !answered_here.iter().any(|&&(_, call, _)| call == *c))
+                .map(|c| calls[c].as_model_output())
+                .collect();
+            let content = match (content.is_empty(), unanswered.is_empty()) {
+                (true, true) if !calls.is_empty() => continue,
+                (_, true) => content,
+                (true, false) => unanswered.join("\n"),
+                (false, false) => format!("{content}\n{}", unanswered.join("\n")),
             };
             // Templates know `system`; `developer` is OpenAI's newer name for it.
-            let role = if m.role == "developer" { "system".to_string() } else { m.role.clone() };
-            Ok(Message { role, content })
+            let role = if m.role == "developer" {
+                "system"
+            } else {
+                m.role.as_str()
+            };
+            turns.push(Message {
+                role: role.to_string(),
+                content,
+            });
+        }
+        Ok(Self { turns, answered })
+    }
+
+    /// The messages a chat template renders: the turns, with `instructions` (the functions the model
+    /// may call, say) and the answered calls' results added to the system message (first, made when
+    /// there is none).
+    pub fn messages(&self, instructions: Option<&str>) -> Vec<Message> {
+        let mut notes: Vec<String> = instructions.map(str::to_string).into_iter().collect();
+        if !self.answered.is_empty() {
+            let results: Vec<String> = self
+                .answered
+                .iter()
+                .map(|c| format!("{}({}) = {}", c.name, c.arguments, c.result))
+                .collect();
+            notes.push(format!(
+                "Use this information to answer: {}",
+                results.join("\n")
+            ));
+        }
+        let mut messages = self.turns.clone();
+        if notes.is_empty() {
+            return messages;
+        }
+        let notes = notes.join("\n\n");
+        match messages.first_mut() {
+            Some(first) if first.role == "system" => {
+                first.content = format!("{}\n\n{notes}", first.content);
+            }
+            _ => messages.insert(
+                0,
+                Message {
+                    role: "system".into(),
+                    content: notes,
+                },
+            ),
+        }
+        messages
+    }
+}
+
+/// Which `tool` message answers which call: `(message of the call, its index there, the tool message)`.
+/// A tool message names its call by `tool_call_id`; one without (some clients send none) answers the
+/// earliest call not answered yet.
+fn answers(messages: &[ChatMessage]) -> Vec<(usize, usize, usize)> {
+    let calls: Vec<(usize, usize, Option<&str>)> = messages
+        .iter()
+        .enumerate()
+        .flat_map(|(i, m)| {
+            m.tool_calls
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(move |(c, call)| (i, c, call.id.as_deref()))
         })
-        .collect()
+        .collect();
+    let mut found: Vec<(usize, usize, usize)> = Vec::new();
+    for (t, message) in messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.role == "tool")
+    {
+        let open = |&&(i, c, _): &&(usize, usize, Option<&str>)| {
+            i < t && !found.iter().any(|&(fi, fc, _)| (fi, fc) == (i, c))
+        };
+        let call = match message.tool_call_id.as_deref() {
+            Some(id) => calls
+                .iter()
+                .filter(open)
+                .find(|(_, _, call_id)| *call_id == Some(id)),
+            None => calls.iter().find(open),
+        };
+        if let Some(&(i, c, _)) = call {
+            found.push((i, c, t));
+        }
+    }
+    found
+}
+
+/// A message's content as text: a string, or its text parts joined.
+fn text(i: usize, content: Option<&Content>) -> Result<String, ApiError> {
+    match content {
+        None => Ok(String::new()),
+        Some(Content::Text(text)) => Ok(text.clone()),
+        Some(Content::Parts(parts)) => {
+            let mut text = String::new();
+            for (j, part) in parts.iter().enumerate() {
+                match (part.kind.as_str(), &part.text) {
+                    ("text", Some(t)) => text.push_str(t),
+                    _ => {
+                        return Err(ApiError::invalid(format!(
+                            "messages[{i}].content[{j}] has type {:?}; only text parts are supported",
+                            part.kind
+                        ))
+                        .with_param(format!("messages[{i}].content")));
+                    }
+                }
+            }
+            Ok(text)
+        }
+    }
+}
+
+/// A JSON text in one canonical form (object keys sorted, no whitespace), so two calls with the same
+/// arguments compare equal however each was written; text that is not JSON stays as it is, trimmed.
+pub fn canonical_json(text: &str) -> String {
+    fn sorted(value: Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+            }
+            Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+            other => other,
+        }
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(value) => sorted(value).to_string(),
+        Err(_) => text.trim().to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -118,35 +271,104 @@ mod tests {
         serde_json::from_str(json).unwrap()
     }
 
+    fn conversation(json: &str) -> Conversation {
+        Conversation::parse(&parse(json)).unwrap()
+    }
+
     #[test]
     fn text_parts_are_joined() {
-        let m = template_messages(&parse(
+        let m = conversation(
             r#"[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]"#,
-        ))
-        .unwrap();
+        )
+        .messages(None);
         assert_eq!(m[0].content, "ab");
     }
 
     #[test]
     fn bad_role_names_the_parameter() {
-        let e = template_messages(&parse(r#"[{"role":"wizard","content":"x"}]"#)).unwrap_err();
+        let e = Conversation::parse(&parse(r#"[{"role":"wizard","content":"x"}]"#)).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidValue);
         assert_eq!(e.param.as_deref(), Some("messages[0].role"));
     }
 
     #[test]
-    fn tool_calls_are_shown_as_the_json_the_model_wrote() {
-        let m = template_messages(&parse(
+    fn unanswered_tool_calls_are_shown_as_the_json_the_model_wrote() {
+        let m = conversation(
             r#"[{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"x\": 1}"}}]}]"#,
-        ))
-        .unwrap();
+        )
+        .messages(None);
         assert_eq!(m[0].content, r#"{"name":"f","arguments":{"x":1}}"#);
+    }
+
+    #[test]
+    fn answered_calls_become_information_in_the_system_message() {
+        let c = conversation(
+            r#"[{"role":"system","content":"Be brief."},
+                {"role":"user","content":"Weather in Tokyo?"},
+                {"role":"assistant","content":null,"tool_calls":[
+                    {"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"unit\": \"c\", \"city\": \"Tokyo\"}"}},
+                    {"id":"call_2","type":"function","function":{"name":"get_time","arguments":"{}"}}]},
+                {"role":"tool","tool_call_id":"call_1","content":"{\"temp_c\": 21}"}]"#,
+        );
+        assert_eq!(
+            c.answered,
+            [AnsweredCall {
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Tokyo","unit":"c"}"#.into(),
+                result: r#"{"temp_c": 21}"#.into(),
+            }]
+        );
+        let m = c.messages(Some("You can call functions."));
+        assert_eq!(
+            m.len(),
+            3,
+            "the tool turn is folded; the unanswered call stays"
+        );
+        assert_eq!(m[0].role, "system");
+        assert!(
+            m[0].content
+                .starts_with("Be brief.\n\nYou can call functions.\n\n")
+        );
+        assert!(m[0].content.ends_with(
+            r#"Use this information to answer: get_weather({"city":"Tokyo","unit":"c"}) = {"temp_c": 21}"#
+        ));
+        assert_eq!(m[2].content, r#"{"name":"get_time","arguments":{}}"#);
+    }
+
+    #[test]
+    fn tool_messages_without_ids_answer_the_earliest_open_call() {
+        let c = conversation(
+            r#"[{"role":"user","content":"q"},
+                {"role":"assistant","tool_calls":[{"function":{"name":"a","arguments":"{}"}},{"function":{"name":"b","arguments":"{}"}}]},
+                {"role":"tool","content":"1"},{"role":"tool","content":"2"}]"#,
+        );
+        let results: Vec<_> = c
+            .answered
+            .iter()
+            .map(|a| (a.name.as_str(), a.result.as_str()))
+            .collect();
+        assert_eq!(results, [("a", "1"), ("b", "2")]);
+        assert_eq!(
+            c.messages(None).len(),
+            2,
+            "the system note and the question"
+        );
+    }
+
+    #[test]
+    fn canonical_json_ignores_key_order_and_spacing_only() {
+        assert_eq!(
+            canonical_json(r#"{ "b": [1, {"d": 2, "c": 3}], "a": "x" }"#),
+            canonical_json(r#"{"a":"x","b":[1,{"c":3,"d":2}]}"#)
+        );
+        assert_ne!(canonical_json(r#"{"a": 1}"#), canonical_json(r#"{"a": 2}"#));
+        assert_eq!(canonical_json("  not json "), "not json");
     }
 
     #[test]
     fn empty_messages_are_refused() {
         assert_eq!(
-            template_messages(&[]).unwrap_err().kind,
+            Conversation::parse(&[]).unwrap_err().kind,
             ErrorKind::WrongShape
         );
     }

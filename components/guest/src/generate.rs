@@ -70,6 +70,9 @@ pub struct Outcome {
     pub finish_reason: FinishReason,
     /// The output is JSON held to the requested structure.
     pub structured: bool,
+    /// The structure let the model decline to write text ([`Structure::JsonOrDecline`]), and it did:
+    /// the output is empty.
+    pub declined: bool,
 }
 
 /// A whole generated completion: its text, its tokens' log-probabilities (when asked for) and how it
@@ -239,6 +242,7 @@ fn decode(
         completion_tokens: 0,
         finish_reason: FinishReason::Length,
         structured: false,
+        declined: false,
     };
     let mut logits = step(execution, prompt, 0)?;
     let mut position = prompt.len();
@@ -253,6 +257,10 @@ fn decode(
         }
         if let Some(constraint) = &mut constraint {
             constraint.mask(row, model.vocabulary(), eos)?;
+            if constraint.is_declined() {
+                outcome.declined = true;
+                break FinishReason::Stop;
+            }
         }
         let token = sampler.sample(row);
         if eos.contains(&token) {

@@ -12,25 +12,48 @@ use crate::vocabulary::Vocabulary;
 pub enum Structure {
     /// A JSON value matching the schema.
     Json(Schema),
-    /// Either free text, or (when the first token opens a JSON object) a JSON value matching the
-    /// schema: how a model chooses between answering and calling a tool.
+    /// Either free text or a JSON value matching the schema: how a model that may call a tool chooses
+    /// between answering and calling. The first step decides, by comparing the probability of the
+    /// tokens that open a value the schema accepts with that of the tokens that begin text.
     JsonOrText(Schema),
+    /// A JSON value matching the schema, or nothing: decided as [`Structure::JsonOrText`] decides, but
+    /// choosing text ends the output at once (it is declined), so that the answer can be written from
+    /// another prompt.
+    JsonOrDecline(Schema),
+    /// Free text that does not open with a JSON object: a model's answer when it may not call.
+    Text,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// The first tokens decide between JSON and text.
-    Deciding,
+    /// The first step decides between JSON and text; `decline` ends the output rather than writing text.
+    Deciding {
+        decline: bool,
+    },
     Json,
+    /// Text was chosen where it is declined: nothing is generated.
+    Declined,
+    /// Text that has shown nothing visible yet, so it may not open an object.
+    TextStart,
     Text,
+}
+
+/// How a [`Structure::JsonOrText`] output chose: the probability of the tokens that open a JSON value
+/// (a call) and of those that begin text, at the first step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    pub json: f32,
+    pub text: f32,
 }
 
 /// Tokens checked first each step; most steps find their answer among them.
 const CANDIDATES: usize = 1024;
 
 pub struct Constraint {
-    grammar: JsonGrammar,
+    /// `None` for [`Structure::Text`].
+    grammar: Option<JsonGrammar>,
     mode: Mode,
+    decision: Option<Decision>,
     /// Reused across steps: token ids ordered by logit.
     order: Vec<u32>,
     allowed: Vec<(u32, f32)>,
@@ -38,13 +61,22 @@ pub struct Constraint {
 
 impl Constraint {
     pub fn new(structure: Structure) -> Self {
-        let (schema, mode) = match structure {
-            Structure::Json(schema) => (schema, Mode::Json),
-            Structure::JsonOrText(schema) => (schema, Mode::Deciding),
+        let (grammar, mode) = match structure {
+            Structure::Json(schema) => (Some(JsonGrammar::new(schema)), Mode::Json),
+            Structure::JsonOrText(schema) => (
+                Some(JsonGrammar::new(schema)),
+                Mode::Deciding { decline: false },
+            ),
+            Structure::JsonOrDecline(schema) => (
+                Some(JsonGrammar::new(schema)),
+                Mode::Deciding { decline: true },
+            ),
+            Structure::Text => (None, Mode::TextStart),
         };
         Self {
-            grammar: JsonGrammar::new(schema),
+            grammar,
             mode,
+            decision: None,
             order: Vec::new(),
             allowed: Vec::new(),
         }
@@ -57,21 +89,17 @@ impl Constraint {
 
     /// The JSON value is complete; generation ends here.
     pub fn is_complete(&self) -> bool {
-        self.mode == Mode::Json && self.grammar.is_complete()
+        self.mode == Mode::Json && self.grammar.as_ref().is_some_and(JsonGrammar::is_complete)
     }
 
-    fn allows(&self, token: u32, bytes: &[u8], eos: &[u32]) -> bool {
-        if eos.contains(&token) {
-            return match self.mode {
-                Mode::Json => self.grammar.can_end(),
-                Mode::Deciding | Mode::Text => true,
-            };
-        }
-        match self.mode {
-            Mode::Json => self.grammar.accepts(bytes),
-            Mode::Deciding => !opens_object(bytes) || self.grammar.accepts(bytes),
-            Mode::Text => true,
-        }
+    /// Text was chosen where it is declined: the output ends before its first token.
+    pub fn is_declined(&self) -> bool {
+        self.mode == Mode::Declined
+    }
+
+    /// How the first step chose between JSON and text, once it has.
+    pub fn decision(&self) -> Option<Decision> {
+        self.decision
     }
 
     /// Sets the logits of forbidden tokens to -inf.
@@ -81,9 +109,62 @@ impl Constraint {
         vocabulary: &Vocabulary,
         eos: &[u32],
     ) -> Result<(), ApiError> {
-        if self.mode == Mode::Text {
-            return Ok(());
+        match self.mode {
+            Mode::Text | Mode::Declined => Ok(()),
+            Mode::TextStart => {
+                for (token, logit) in row.iter_mut().enumerate() {
+                    if first_visible(vocabulary.token(token as u32)) == Some(b'{') {
+                        *logit = f32::NEG_INFINITY;
+                    }
+                }
+                Ok(())
+            }
+            Mode::Deciding { decline } => {
+                self.decide(row, vocabulary, eos, decline);
+                self.mask(row, vocabulary, eos)
+            }
+            Mode::Json => self.mask_json(row, vocabulary, eos),
         }
+    }
+
+    /// Compares the probability of opening a value the schema accepts with that of beginning text, and
+    /// takes the likelier side. Tokens of whitespace only lean to neither.
+    fn decide(&mut self, row: &[f32], vocabulary: &Vocabulary, eos: &[u32], decline: bool) {
+        let grammar = self.grammar.as_ref().expect("deciding needs a schema");
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let (mut json, mut text) = (0.0f32, 0.0f32);
+        for (token, &logit) in row.iter().enumerate() {
+            let bytes = vocabulary.token(token as u32);
+            let weight = (logit - max).exp();
+            match first_visible(bytes) {
+                _ if eos.contains(&(token as u32)) => text += weight,
+                Some(b'{' | b'[') if grammar.accepts(bytes) => json += weight,
+                // A malformed opening (`{x`) is neither a call nor text.
+                Some(b'{') => {}
+                Some(_) => text += weight,
+                None if bytes.is_empty() => text += weight,
+                None => {}
+            }
+        }
+        let total = (json + text).max(f32::MIN_POSITIVE);
+        self.decision = Some(Decision {
+            json: json / total,
+            text: text / total,
+        });
+        self.mode = match (json > text, decline) {
+            (true, _) => Mode::Json,
+            (false, true) => Mode::Declined,
+            (false, false) => Mode::TextStart,
+        };
+    }
+
+    fn mask_json(
+        &mut self,
+        row: &mut [f32],
+        vocabulary: &Vocabulary,
+        eos: &[u32],
+    ) -> Result<(), ApiError> {
+        let grammar = self.grammar.as_ref().expect("JSON needs a schema");
         self.order.clear();
         self.order.extend(0..row.len() as u32);
         let first = CANDIDATES.min(row.len());
@@ -95,7 +176,11 @@ impl Constraint {
         self.allowed.clear();
         for window in [&self.order[..first], &self.order[first..]] {
             for &token in window {
-                if self.allows(token, vocabulary.token(token), eos) {
+                let allowed = match eos.contains(&token) {
+                    true => grammar.can_end(),
+                    false => grammar.accepts(vocabulary.token(token)),
+                };
+                if allowed {
                     self.allowed.push((token, row[token as usize]));
                 }
             }
@@ -119,24 +204,19 @@ impl Constraint {
     pub fn observe(&mut self, bytes: &[u8]) {
         match self.mode {
             Mode::Json => {
-                self.grammar.advance(bytes);
-            }
-            Mode::Deciding if opens_object(bytes) && self.grammar.advance(bytes) => {
-                self.mode = Mode::Json;
-            }
-            Mode::Deciding if bytes.iter().all(u8::is_ascii_whitespace) => {
-                if !self.grammar.advance(bytes) {
-                    self.mode = Mode::Text;
+                if let Some(grammar) = &mut self.grammar {
+                    grammar.advance(bytes);
                 }
             }
-            Mode::Deciding | Mode::Text => self.mode = Mode::Text,
+            Mode::TextStart if first_visible(bytes).is_some() => self.mode = Mode::Text,
+            Mode::Deciding { .. } | Mode::Declined | Mode::TextStart | Mode::Text => {}
         }
     }
 }
 
-/// Whether a token begins (after whitespace) a JSON object.
-fn opens_object(bytes: &[u8]) -> bool {
-    bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+/// The first byte of a token that is not whitespace.
+fn first_visible(bytes: &[u8]) -> Option<u8> {
+    bytes.iter().copied().find(|b| !b.is_ascii_whitespace())
 }
 
 #[cfg(test)]
@@ -181,17 +261,68 @@ mod tests {
     }
 
     #[test]
-    fn json_or_text_follows_the_first_token() {
-        let vocab = vocabulary(&["<eos>", "Hello", "{\"", "{x"]);
+    fn json_or_text_takes_the_likelier_side() {
+        let vocab = vocabulary(&["<eos>", "Hello", "{\"", "{x", " ", "[1"]);
         let schema = Schema::any_object();
+        // Text is likelier than a call: objects may not open, and text goes on freely.
         let mut text = Constraint::new(Structure::JsonOrText(schema.clone()));
-        let mut row = vec![0.0; 4];
+        let mut row = vec![0.0, 2.0, 1.5, 3.0, 5.0, 1.0];
         text.mask(&mut row, &vocab, &[0]).unwrap();
-        assert_eq!(row, [0.0, 0.0, 0.0, f32::NEG_INFINITY]);
+        let decision = text.decision().unwrap();
+        assert!(decision.text > decision.json, "{decision:?}");
+        assert_eq!(row[2], f32::NEG_INFINITY, "no call once text was chosen");
+        assert_eq!(row[3], f32::NEG_INFINITY);
+        assert_eq!((row[1], row[4], row[5]), (2.0, 5.0, 1.0));
         text.observe(b"Hello");
         assert!(!text.is_json());
+        // The likeliest single token begins text, but the tokens that open a call are likelier
+        // together: the call is chosen, as one sampled token would not have chosen it.
+        let vocab = vocabulary(&["<eos>", "Hello", "{\"", "{ \"", " "]);
         let mut json = Constraint::new(Structure::JsonOrText(schema));
+        let mut row = vec![-10.0, 2.0, 1.6, 1.6, 0.0];
+        json.mask(&mut row, &vocab, &[0]).unwrap();
+        assert!(json.decision().unwrap().json > 0.5 && json.is_json());
+        assert_eq!(
+            (row[1], row[2]),
+            (f32::NEG_INFINITY, 1.6),
+            "only the value may begin"
+        );
         json.observe(b"{\"");
-        assert!(json.is_json());
+        assert!(json.is_json() && !json.is_complete());
+    }
+
+    #[test]
+    fn declining_text_ends_the_output_and_a_call_goes_on() {
+        let vocab = vocabulary(&["<eos>", "Hello", "{\"", " "]);
+        let mut declined = Constraint::new(Structure::JsonOrDecline(Schema::any_object()));
+        let mut row = vec![0.0, 3.0, 1.0, 0.0];
+        declined.mask(&mut row, &vocab, &[0]).unwrap();
+        assert!(declined.is_declined() && !declined.is_json());
+        let mut calling = Constraint::new(Structure::JsonOrDecline(Schema::any_object()));
+        let mut row = vec![0.0, 1.0, 3.0, 0.0];
+        calling.mask(&mut row, &vocab, &[0]).unwrap();
+        assert!(calling.is_json() && !calling.is_declined());
+        assert_eq!(row[1], f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn text_only_may_not_open_with_an_object() {
+        let vocab = vocabulary(&["<eos>", "Hello", "{\"", " ", " {"]);
+        let mut answer = Constraint::new(Structure::Text);
+        let mut row = vec![0.0; 5];
+        answer.mask(&mut row, &vocab, &[0]).unwrap();
+        assert_eq!(row, [0.0, 0.0, f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY]);
+        answer.observe(b" ");
+        let mut row = vec![0.0; 5];
+        answer.mask(&mut row, &vocab, &[0]).unwrap();
+        assert_eq!(
+            row[4],
+            f32::NEG_INFINITY,
+            "whitespace first does not lift the rule"
+        );
+        answer.observe(b"Hello");
+        let mut row = vec![0.0; 5];
+        answer.mask(&mut row, &vocab, &[0]).unwrap();
+        assert_eq!(row, [0.0; 5], "braces are fine inside text");
     }
 }

@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use nnspin_guest::ApiError;
 use nnspin_guest::bindings::nnspin::llm::text::Message;
-use nnspin_guest::chat::{self, ChatMessage};
+use nnspin_guest::chat::{ChatMessage, Conversation};
 use nnspin_guest::generate::{self, GenerationParams};
 use nnspin_guest::request::{check_range, parse_body, whole_number};
 use nnspin_guest::sampling::{PenaltyParams, SamplingParams};
@@ -97,7 +97,7 @@ impl ChatRequest {
         let body: ChatBody = parse_body(body)?;
         body.settings.validate()?;
         Ok(Self {
-            messages: chat::template_messages(&body.messages)?,
+            messages: Conversation::parse(&body.messages)?.messages(None),
             settings: body.settings,
         })
     }

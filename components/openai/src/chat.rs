@@ -1,10 +1,14 @@
 //! `POST /v1/chat/completions`: whole responses and SSE streams, with structured output, tool calls
 //! and logprobs.
 
+use std::borrow::Cow;
+
 use serde_json::{Value, json};
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
+use nnspin_guest::ApiError;
 use nnspin_guest::generate::{Completed, GenerationRequest, Outcome, Piece};
+use nnspin_guest::model::Model;
 use nnspin_guest::sampling::TokenLogprob;
 
 use crate::choices::{self, Endpoint, Sequence, StreamedChoice};
@@ -18,15 +22,8 @@ pub fn chat_completions(request: IncomingRequest, out: ResponseOutparam) {
         Ok(prepared) => prepared,
         Err(error) => return errors::send(out, &error),
     };
-    // A last assistant message is a prefill: the model continues it.
-    let prompt = match chat.messages.last() {
-        Some(last) if last.role == "assistant" => model.continuation_prompt(&chat.messages),
-        _ => model.chat_prompt(&chat.messages),
-    };
-    let generation =
-        prompt.and_then(|prompt| GenerationRequest::new(&model, prompt, chat.generation_params()));
-    let generation = match generation {
-        Ok(generation) => generation,
+    let (generation, answer) = match Generations::new(&chat, &model) {
+        Ok(generations) => (generations.main, generations.answer),
         Err(error) => return errors::send(out, &error),
     };
     let usage = Usage {
@@ -36,16 +33,46 @@ pub fn chat_completions(request: IncomingRequest, out: ResponseOutparam) {
     let endpoint = Chat {
         request: &chat,
         generation: &generation,
+        answer: answer.as_ref(),
     };
     choices::respond(out, &endpoint, &model, usage, &chat.sampling);
 }
 
-struct Chat<'a, 'm> {
-    request: &'a ChatRequest,
-    generation: &'a GenerationRequest<'m>,
+/// What a chat request generates from: its prompt, and (under `auto` once calls have results) the
+/// answer in text written apart from the calls.
+pub struct Generations<'m> {
+    pub main: GenerationRequest<'m>,
+    pub answer: Option<GenerationRequest<'m>>,
 }
 
-impl Chat<'_, '_> {
+impl<'m> Generations<'m> {
+    pub fn new(chat: &ChatRequest, model: &'m Model) -> Result<Self, ApiError> {
+        // A last assistant message is a prefill: the model continues it.
+        let prompt = match chat.messages.last() {
+            Some(last) if last.role == "assistant" => model.continuation_prompt(&chat.messages)?,
+            _ => model.chat_prompt(&chat.messages)?,
+        };
+        let main = GenerationRequest::new(model, prompt, chat.generation_params())?;
+        // Its prompt is no longer than the main one, so it fits wherever that does.
+        let answer = chat.answer_messages.as_ref().map(|messages| {
+            GenerationRequest::new(model, model.chat_prompt(messages)?, chat.answer_params())
+        });
+        Ok(Self {
+            main,
+            answer: answer.transpose()?,
+        })
+    }
+}
+
+/// A chat request's generations, and how their outputs read: as text, or as tool calls.
+pub struct Chat<'a, 'm> {
+    pub request: &'a ChatRequest,
+    pub generation: &'a GenerationRequest<'m>,
+    /// Generated instead of a call the conversation has already answered.
+    pub answer: Option<&'a GenerationRequest<'m>>,
+}
+
+impl<'a, 'm> Chat<'a, 'm> {
     fn logprobs(&self, logprobs: &[TokenLogprob]) -> Value {
         match self.request.logprobs {
             Some(_) => response::chat_logprobs(self.generation.model().vocabulary(), logprobs),
@@ -53,11 +80,37 @@ impl Chat<'_, '_> {
         }
     }
 
-    /// The model's output as a tool call, if it wrote one.
-    fn call(&self, text: &str, outcome: &Outcome) -> Option<Call> {
-        (self.request.tools && outcome.structured)
+    /// The model's output as tool calls, if it wrote any, less those the conversation has already
+    /// answered (when it can answer in text instead).
+    pub fn calls(&self, text: &str, outcome: &Outcome) -> Option<Vec<Call>> {
+        let mut calls = (self.request.tools && outcome.structured)
             .then(|| Call::parse(text))
-            .flatten()
+            .flatten()?;
+        if self.answer.is_some() {
+            calls.retain(|call| !call.repeats(&self.request.answered));
+        }
+        Some(calls)
+    }
+
+    /// The answer to generate instead of this output: when the model declined to call, or made only
+    /// calls already answered.
+    pub fn replacement(&self, text: &str, outcome: &Outcome) -> Option<&'a GenerationRequest<'m>> {
+        let only_repeats = self
+            .calls(text, outcome)
+            .is_some_and(|calls| calls.is_empty());
+        self.answer.filter(|_| outcome.declined || only_repeats)
+    }
+
+    /// The `tool_calls` of a message, each with its `index` when streamed.
+    fn tool_calls(calls: &[Call], indexed: bool) -> Value {
+        let calls = calls.iter().enumerate().map(|(i, call)| {
+            let mut call = call.to_json();
+            if indexed {
+                call["index"] = json!(i);
+            }
+            call
+        });
+        Value::Array(calls.collect())
     }
 }
 
@@ -81,12 +134,13 @@ impl Endpoint for Chat<'_, '_> {
             logprobs,
             outcome,
         } = completed;
-        let (message, finish_reason) = match self.call(&text, &outcome) {
-            Some(call) => (
-                json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [call.to_json()]}),
+        let (message, finish_reason) = match self.calls(&text, &outcome) {
+            Some(calls) if !calls.is_empty() => (
+                json!({"role": "assistant", "content": null, "refusal": null,
+                       "tool_calls": Self::tool_calls(&calls, false)}),
                 "tool_calls",
             ),
-            None => (
+            _ => (
                 json!({"role": "assistant", "content": text, "refusal": null}),
                 outcome.finish_reason.as_str(),
             ),
@@ -99,27 +153,70 @@ impl Endpoint for Chat<'_, '_> {
         })
     }
 
-    fn streamed(&self, index: u32) -> Box<dyn StreamedChoice + '_> {
+    fn instead(&self, completed: &Completed) -> Option<&GenerationRequest<'_>> {
+        self.replacement(&completed.text, &completed.outcome)
+    }
+
+    fn streamed(&self, index: u32) -> Box<dyn StreamedChoice<'_> + '_> {
         Box::new(StreamedChat {
             chat: self,
             index,
-            deciding: self.request.tools,
-            calling: false,
-            held: String::new(),
+            hold: CallHold::new(self.request.tools),
             held_logprobs: Vec::new(),
         })
     }
 }
 
-/// A streamed chat choice. A possible tool call (output opening with `{` when tools are offered) is held
-/// back and sent whole once complete.
+/// A streamed output that may be a tool call, held back: until its first visible text (a call may still
+/// come), and wholly once it opens with `{` or `[` (a call is sent whole once complete).
+pub struct CallHold {
+    deciding: bool,
+    calling: bool,
+    /// What is held back.
+    pub held: String,
+}
+
+impl CallHold {
+    /// `tools`: calls are offered (else nothing is held).
+    pub fn new(tools: bool) -> Self {
+        Self {
+            deciding: tools,
+            calling: false,
+            held: String::new(),
+        }
+    }
+
+    /// The text to send now: the piece itself, or what was held with it; `None` holds it back.
+    pub fn pass<'t>(&mut self, text: &'t str) -> Option<Cow<'t, str>> {
+        if !self.deciding && !self.calling {
+            return Some(Cow::Borrowed(text));
+        }
+        self.held.push_str(text);
+        let visible = self.held.trim_start();
+        if visible.is_empty() || self.calling {
+            return None;
+        }
+        self.deciding = false;
+        self.calling = visible.starts_with(['{', '[']);
+        match self.calling {
+            true => None,
+            false => Some(Cow::Owned(std::mem::take(&mut self.held))),
+        }
+    }
+
+    /// Drops what was held: the answer generated in its place streams as text from its first piece.
+    pub fn release(&mut self) {
+        self.held.clear();
+        (self.deciding, self.calling) = (false, false);
+    }
+}
+
+/// A streamed chat choice.
 struct StreamedChat<'s> {
     chat: &'s Chat<'s, 's>,
     index: u32,
-    /// Until the first visible text, an offered tool call may still come: text is held back.
-    deciding: bool,
-    calling: bool,
-    held: String,
+    hold: CallHold,
+    /// The log-probabilities of the text held back.
     held_logprobs: Vec<TokenLogprob>,
 }
 
@@ -129,7 +226,7 @@ impl StreamedChat<'_> {
     }
 }
 
-impl StreamedChoice for StreamedChat<'_> {
+impl<'s> StreamedChoice<'s> for StreamedChat<'s> {
     fn opening(&mut self) -> Vec<Value> {
         vec![self.delta(
             json!({ "role": "assistant", "content": "" }),
@@ -139,39 +236,32 @@ impl StreamedChoice for StreamedChat<'_> {
     }
 
     fn piece(&mut self, piece: Piece<'_>) -> Option<Value> {
-        if !self.deciding && !self.calling {
-            let logprobs = self.chat.logprobs(piece.logprobs);
-            return Some(self.delta(json!({ "content": piece.text }), logprobs, None));
-        }
-        self.held.push_str(piece.text);
         self.held_logprobs.extend_from_slice(piece.logprobs);
-        let visible = self.held.trim_start();
-        if visible.is_empty() || self.calling {
-            return None;
-        }
-        self.deciding = false;
-        self.calling = visible.starts_with('{');
-        if self.calling {
-            return None;
-        }
-        let text = std::mem::take(&mut self.held);
+        let text = self.hold.pass(piece.text)?;
         let logprobs = self.chat.logprobs(&std::mem::take(&mut self.held_logprobs));
         Some(self.delta(json!({ "content": text }), logprobs, None))
+    }
+
+    fn instead(&mut self, outcome: &Outcome) -> Option<&'s GenerationRequest<'s>> {
+        let answer = self.chat.replacement(&self.hold.held, outcome)?;
+        self.hold.release();
+        self.held_logprobs.clear();
+        Some(answer)
     }
 
     fn closing(&mut self, outcome: &Outcome) -> Vec<Value> {
         let mut chunks = Vec::with_capacity(2);
         let logprobs = self.chat.logprobs(&self.held_logprobs);
-        let finish = match self.chat.call(&self.held, outcome) {
-            Some(call) => {
-                let mut call = call.to_json();
-                call["index"] = json!(0);
-                chunks.push(self.delta(json!({ "tool_calls": [call] }), logprobs, None));
+        let held = &self.hold.held;
+        let finish = match self.chat.calls(held, outcome) {
+            Some(calls) if !calls.is_empty() => {
+                let calls = Chat::tool_calls(&calls, true);
+                chunks.push(self.delta(json!({ "tool_calls": calls }), logprobs, None));
                 "tool_calls"
             }
-            None => {
-                if !self.held.is_empty() {
-                    chunks.push(self.delta(json!({ "content": self.held }), logprobs, None));
+            _ => {
+                if !held.is_empty() {
+                    chunks.push(self.delta(json!({ "content": held }), logprobs, None));
                 }
                 outcome.finish_reason.as_str()
             }

@@ -8,7 +8,7 @@
 use serde_json::Value;
 use wasip2::http::types::ResponseOutparam;
 
-use nnspin_guest::generate::{Completed, GenerationRequest, Outcome, Piece};
+use nnspin_guest::generate::{Completed, Generation, GenerationRequest, Outcome, Piece};
 use nnspin_guest::http::{self, EventStream, Framing};
 use nnspin_guest::model::Model;
 
@@ -38,16 +38,28 @@ pub trait Endpoint {
     /// A whole choice.
     fn choice(&self, index: u32, completed: Completed) -> Value;
 
+    /// The generation to run in place of an output the endpoint will not send (chat: a call the
+    /// conversation has already answered), if any.
+    fn instead(&self, _completed: &Completed) -> Option<&GenerationRequest<'_>> {
+        None
+    }
+
     /// A streamed choice, its state kept between its pieces.
-    fn streamed(&self, index: u32) -> Box<dyn StreamedChoice + '_>;
+    fn streamed(&self, index: u32) -> Box<dyn StreamedChoice<'_> + '_>;
 }
 
 /// The chunks of one streamed choice, each a `choices` entry.
-pub trait StreamedChoice {
+pub trait StreamedChoice<'r> {
     /// Before any token: chat's assistant role, completions' echoed prompt.
     fn opening(&mut self) -> Vec<Value>;
     /// For a piece of generated text; `None` holds it back.
     fn piece(&mut self, piece: Piece<'_>) -> Option<Value>;
+    /// Once the generation has ended, before [`closing`](Self::closing): a generation to run in its
+    /// place when what was held back is not to be sent (it is dropped, and the new pieces stream as
+    /// this choice's).
+    fn instead(&mut self, _outcome: &Outcome) -> Option<&'r GenerationRequest<'r>> {
+        None
+    }
     /// Once the generation has ended: what was held back, and the finish reason.
     fn closing(&mut self, outcome: &Outcome) -> Vec<Value>;
 }
@@ -81,7 +93,14 @@ fn whole_choices<E: Endpoint>(
 ) {
     let mut choices = Vec::with_capacity(sequences.len());
     for sequence in sequences {
-        match sequence.generation.complete(sequence.choice) {
+        let completed = sequence
+            .generation
+            .complete(sequence.choice)
+            .and_then(|completed| match endpoint.instead(&completed) {
+                Some(answer) => answer.complete(sequence.choice),
+                None => Ok(completed),
+            });
+        match completed {
             Ok(completed) => {
                 usage.completion_tokens += completed.outcome.completion_tokens;
                 choices.push(endpoint.choice(sequence.index, completed));
@@ -126,12 +145,20 @@ fn stream_choices<E: Endpoint>(
             Some(generation) => Ok(generation),
             None => sequence.generation.open(sequence.choice),
         };
-        let result = generation.and_then(|generation| {
+        let mut run = |generation: Generation<'_, '_>, streamed: &mut dyn StreamedChoice<'_>| {
             generation.run(|piece| match streamed.piece(piece) {
                 Some(choice) => send(&mut events, choice),
                 None => true,
             })
-        });
+        };
+        let result = generation
+            .and_then(|generation| run(generation, streamed.as_mut()))
+            .and_then(|outcome| match streamed.instead(&outcome) {
+                Some(answer) => answer
+                    .open(sequence.choice)
+                    .and_then(|generation| run(generation, streamed.as_mut())),
+                None => Ok(outcome),
+            });
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(error) => return response::fail_stream(events, &error),

@@ -169,7 +169,7 @@ impl Endpoint for Completions<'_, '_> {
         )
     }
 
-    fn streamed(&self, index: u32) -> Box<dyn StreamedChoice + '_> {
+    fn streamed(&self, index: u32) -> Box<dyn StreamedChoice<'_> + '_> {
         Box::new(StreamedCompletion {
             completions: self,
             index,
@@ -185,7 +185,7 @@ struct StreamedCompletion<'s> {
     offset: usize,
 }
 
-impl StreamedChoice for StreamedCompletion<'_> {
+impl StreamedChoice<'_> for StreamedCompletion<'_> {
     fn opening(&mut self) -> Vec<Value> {
         let echoed = self.completions.echoed(self.index);
         self.offset = echoed.len();

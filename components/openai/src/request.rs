@@ -11,7 +11,7 @@ use wasip2::http::types::IncomingRequest;
 
 use nnspin_guest::ApiError;
 use nnspin_guest::bindings::nnspin::llm::text::Message;
-use nnspin_guest::chat::{self, ChatMessage};
+use nnspin_guest::chat::{AnsweredCall, ChatMessage, Conversation};
 use nnspin_guest::generate::{self, GenerationParams};
 use nnspin_guest::http;
 use nnspin_guest::json_schema::Schema;
@@ -112,6 +112,8 @@ struct ChatBody {
     tools: Option<Value>,
     #[serde(default)]
     tool_choice: Option<Value>,
+    #[serde(default)]
+    parallel_tool_calls: Option<bool>,
 }
 
 /// A valid chat completion request.
@@ -126,6 +128,12 @@ pub struct ChatRequest {
     pub tools: bool,
     /// The messages as template input, the functions described to the model.
     pub messages: Vec<Message>,
+    /// The calls the conversation made and had answered.
+    pub answered: Vec<AnsweredCall>,
+    /// Under `auto` once calls have results, the prompt an answer in text is written from: the
+    /// conversation with the results, without the functions. The main prompt then only decides between
+    /// a new call and this answer, and a call that repeats one already answered gives this answer too.
+    pub answer_messages: Option<Vec<Message>>,
 }
 
 impl ChatRequest {
@@ -153,15 +161,24 @@ impl ChatRequest {
             }
         }
         let format = response_structure(body.response_format.as_ref())?;
-        let tools = Tools::from_request(body.tools.as_ref(), body.tool_choice.as_ref())?;
+        let tools = Tools::from_request(
+            body.tools.as_ref(),
+            body.tool_choice.as_ref(),
+            body.parallel_tool_calls != Some(false),
+        )?;
+        let conversation = Conversation::parse(&body.messages)?;
+        // Once calls have results, an answer in text is written from a prompt without the functions
+        // (small models use the results better so); a last assistant turn is continued as it is.
+        let prefilled = body.messages.last().is_some_and(|m| m.role == "assistant");
+        let answer_messages = tools
+            .as_ref()
+            .filter(|tools| !tools.required() && !conversation.answered.is_empty() && !prefilled)
+            .map(|_| conversation.messages(None));
         let structure = match &tools {
-            Some(tools) => Some(tools.structure()?),
+            Some(tools) => Some(tools.structure(answer_messages.is_some())?),
             None => format,
         };
-        let mut messages = chat::template_messages(&body.messages)?;
-        if let Some(tools) = &tools {
-            tools.describe(&mut messages);
-        }
+        let instructions = tools.as_ref().map(Tools::instructions);
         Ok(Self {
             sampling: body.sampling,
             max_completion_tokens: body.max_completion_tokens,
@@ -170,7 +187,9 @@ impl ChatRequest {
                 .then(|| body.top_logprobs.unwrap_or(0) as usize),
             structure,
             tools: tools.is_some(),
-            messages,
+            messages: conversation.messages(instructions.as_deref()),
+            answered: conversation.answered,
+            answer_messages,
         })
     }
 
@@ -182,6 +201,15 @@ impl ChatRequest {
         params.logprobs = self.logprobs;
         params.structure = self.structure.clone();
         params
+    }
+
+    /// Settings of the answer in text that replaces a repeated call: the same sampling, with no call
+    /// allowed.
+    pub fn answer_params(&self) -> GenerationParams {
+        GenerationParams {
+            structure: Some(Structure::Text),
+            ..self.generation_params()
+        }
     }
 }
 
@@ -475,6 +503,39 @@ mod tests {
         let strict = br#"{"messages": [{"role":"user","content":"hi"}], "response_format":
             {"type": "json_schema", "json_schema": {"name": "n", "strict": true, "schema": {"type": "object"}}}}"#;
         assert!(ChatRequest::parse(strict).unwrap().structure.is_some());
+    }
+
+    #[test]
+    fn tool_results_under_auto_get_an_answer_prompt_without_the_functions() {
+        let body = |choice: &str, last: &str| {
+            format!(
+                r#"{{"messages": [{{"role":"user","content":"Weather in Tokyo?"}},
+                    {{"role":"assistant","tool_calls":[{{"id":"c1","type":"function","function":{{"name":"get_weather","arguments":"{{}}"}}}}]}},
+                    {{"role":"tool","tool_call_id":"c1","content":"21"}}{last}],
+                  "tools": [{{"type":"function","function":{{"name":"get_weather"}}}}], "tool_choice": "{choice}"}}"#
+            )
+        };
+        let auto = ChatRequest::parse(body("auto", "").as_bytes()).unwrap();
+        assert!(matches!(auto.structure, Some(Structure::JsonOrDecline(_))));
+        assert!(
+            auto.messages[0]
+                .content
+                .contains("You can call these functions")
+        );
+        let answer = auto.answer_messages.unwrap();
+        assert!(!answer[0].content.contains("You can call these functions"));
+        assert!(answer[0].content.contains("get_weather({}) = 21"));
+        assert_eq!(auto.answered.len(), 1);
+        let required = ChatRequest::parse(body("required", "").as_bytes()).unwrap();
+        assert!(required.answer_messages.is_none());
+        assert!(matches!(required.structure, Some(Structure::Json(_))));
+        let prefilled = body("auto", r#",{"role":"assistant","content":"It is"}"#);
+        let prefilled = ChatRequest::parse(prefilled.as_bytes()).unwrap();
+        assert!(prefilled.answer_messages.is_none());
+        assert!(matches!(
+            prefilled.structure,
+            Some(Structure::JsonOrText(_))
+        ));
     }
 
     #[test]

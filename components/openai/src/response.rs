@@ -19,18 +19,21 @@ pub struct Completion {
     model: String,
 }
 
+/// A fresh id as OpenAI's look: `prefix` and 24 random hex digits.
+pub fn fresh_id(prefix: &str) -> String {
+    let random = wasip2::random::random::get_random_bytes(12);
+    random.iter().fold(String::from(prefix), |mut id, b| {
+        id.push_str(&format!("{b:02x}"));
+        id
+    })
+}
+
 impl Completion {
     /// `prefix` is `chatcmpl` or `cmpl`, as OpenAI's ids begin.
     pub fn new(prefix: &str, model: &str) -> Self {
-        let random = wasip2::random::random::get_random_bytes(12);
-        let id = random
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>();
-        let created = wasip2::clocks::wall_clock::now().seconds;
         Self {
-            id: format!("{prefix}-{id}"),
-            created,
+            id: fresh_id(&format!("{prefix}-")),
+            created: wasip2::clocks::wall_clock::now().seconds,
             model: model.to_string(),
         }
     }

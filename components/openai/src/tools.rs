@@ -1,14 +1,22 @@
 //! Tool calling: the functions of `tools` are described to the model in the system prompt, and a call
-//! is written as `{"name": ..., "arguments": {...}}`, held by constrained decoding to the schema of the
-//! chosen function. `tool_choice` decides whether the model may (`auto`), must (`required`, a named
-//! function) or may not (`none`) call one; with `auto` the model's first token decides.
+//! is written as `{"name": ..., "arguments": {...}}` (several as a JSON array of them, unless
+//! `parallel_tool_calls` is false), held by constrained decoding to the schema of the chosen function.
+//! `tool_choice` decides whether the model may (`auto`), must (`required`, a named function) or may not
+//! (`none`) call one. Under `auto` the first step compares the probability of opening a call with that
+//! of answering in text ([`Structure::JsonOrText`]), and a call the conversation has already answered is
+//! not made again ([`Call::repeats`]): the model answers from its result instead.
 
 use serde_json::{Map, Value, json};
 
 use nnspin_guest::ApiError;
-use nnspin_guest::bindings::nnspin::llm::text::Message;
+use nnspin_guest::chat::{AnsweredCall, canonical_json};
 use nnspin_guest::json_schema::Schema;
 use nnspin_guest::structured::Structure;
+
+use crate::response::fresh_id;
+
+/// Most calls one answer may make when calls run in parallel.
+const MAX_PARALLEL_CALLS: usize = 8;
 
 /// A function the model may call.
 #[derive(Debug, Clone)]
@@ -25,6 +33,8 @@ pub struct Tools {
     callable: Vec<Function>,
     /// The model must call one.
     required: bool,
+    /// The model may make several calls in one answer (`parallel_tool_calls`, true unless false).
+    parallel: bool,
 }
 
 fn invalid(param: &str, message: impl Into<String>) -> ApiError {
@@ -36,6 +46,7 @@ impl Tools {
     pub fn from_request(
         tools: Option<&Value>,
         tool_choice: Option<&Value>,
+        parallel: bool,
     ) -> Result<Option<Self>, ApiError> {
         let functions = match tools {
             None | Some(Value::Null) => Vec::new(),
@@ -79,6 +90,7 @@ impl Tools {
                 return Ok(Some(Self {
                     callable: vec![chosen.clone()],
                     required: true,
+                    parallel,
                 }));
             }
             Some(_) => {
@@ -100,11 +112,17 @@ impl Tools {
         Ok(Some(Self {
             callable: functions,
             required: choice == "required",
+            parallel,
         }))
     }
 
-    /// Tells the model about the functions: added to the system message (or as one, first).
-    pub fn describe(&self, messages: &mut Vec<Message>) {
+    /// The model must call a function.
+    pub fn required(&self) -> bool {
+        self.required
+    }
+
+    /// What the model is told about the functions, for the system message.
+    pub fn instructions(&self) -> String {
         let listing: Vec<String> = self
             .callable
             .iter()
@@ -118,26 +136,15 @@ impl Tools {
         } else {
             "To call one, reply with only a JSON object of the form"
         };
-        let text = format!(
+        format!(
             "You can call these functions:\n{}\n{instruction} {{\"name\": <function name>, \"arguments\": <arguments object>}}.",
             listing.join("\n")
-        );
-        match messages.first_mut() {
-            Some(first) if first.role == "system" => {
-                first.content = format!("{}\n\n{text}", first.content);
-            }
-            _ => messages.insert(
-                0,
-                Message {
-                    role: "system".into(),
-                    content: text,
-                },
-            ),
-        }
+        )
     }
 
-    /// The output's structure: a call of one of the callable functions, or (with `auto`) text instead.
-    pub fn structure(&self) -> Result<Structure, ApiError> {
+    /// The output's structure: a call of one of the callable functions, or (with `auto`) text instead;
+    /// declined text, when `answer_apart` (the answer is written from a prompt of its own).
+    pub fn structure(&self, answer_apart: bool) -> Result<Structure, ApiError> {
         let mut definitions = Map::new();
         let calls: Vec<Value> = self
             .callable
@@ -161,16 +168,22 @@ impl Tools {
                 })
             })
             .collect();
-        let mut schema = json!({ "anyOf": calls });
+        let mut schema = match self.parallel {
+            true => json!({"anyOf": [
+                {"anyOf": calls},
+                {"type": "array", "items": {"anyOf": calls}, "minItems": 1, "maxItems": MAX_PARALLEL_CALLS},
+            ]}),
+            false => json!({ "anyOf": calls }),
+        };
         if let Value::Object(root) = &mut schema {
             root.extend(definitions);
         }
         let schema = Schema::compile(&schema)
             .map_err(|e| invalid("tools", format!("a function's `parameters`: {e}")))?;
-        Ok(if self.required {
-            Structure::Json(schema)
-        } else {
-            Structure::JsonOrText(schema)
+        Ok(match (self.required, answer_apart) {
+            (true, _) => Structure::Json(schema),
+            (false, true) => Structure::JsonOrDecline(schema),
+            (false, false) => Structure::JsonOrText(schema),
         })
     }
 }
@@ -231,21 +244,34 @@ pub struct Call {
 }
 
 impl Call {
-    /// Reads a structured output as a call; `None` if it is not one (such as a cut-off output).
-    pub fn parse(output: &str) -> Option<Self> {
-        let value: Value = serde_json::from_str(output).ok()?;
-        Some(Self {
-            name: value.get("name")?.as_str()?.to_string(),
-            arguments: value.get("arguments")?.to_string(),
-        })
+    /// Reads a structured output as calls: one object, or an array of them; `None` if it is not a call
+    /// (such as a cut-off output).
+    pub fn parse(output: &str) -> Option<Vec<Self>> {
+        let one = |value: &Value| {
+            Some(Self {
+                name: value.get("name")?.as_str()?.to_string(),
+                arguments: value.get("arguments")?.to_string(),
+            })
+        };
+        match serde_json::from_str(output).ok()? {
+            Value::Array(calls) if !calls.is_empty() => calls.iter().map(one).collect(),
+            value => one(&value).map(|call| vec![call]),
+        }
+    }
+
+    /// The conversation has already made this call (same function, same arguments once canonical) and
+    /// sent back its result: making it again would only loop an agent.
+    pub fn repeats(&self, answered: &[AnsweredCall]) -> bool {
+        let arguments = canonical_json(&self.arguments);
+        answered
+            .iter()
+            .any(|a| a.name == self.name && a.arguments == arguments)
     }
 
     /// OpenAI's `tool_calls` entry, with a fresh id.
     pub fn to_json(&self) -> Value {
-        let random = wasip2::random::random::get_random_bytes(12);
-        let id: String = random.iter().map(|b| format!("{b:02x}")).collect();
         json!({
-            "id": format!("call_{id}"),
+            "id": fresh_id("call_"),
             "type": "function",
             "function": {"name": self.name, "arguments": self.arguments},
         })
@@ -265,9 +291,9 @@ mod tests {
     #[test]
     fn tool_choice_is_validated() {
         let t = tools();
-        assert!(Tools::from_request(Some(&t), None).unwrap().is_some());
+        assert!(Tools::from_request(Some(&t), None, true).unwrap().is_some());
         assert!(
-            Tools::from_request(Some(&t), Some(&json!("none")))
+            Tools::from_request(Some(&t), Some(&json!("none")), true)
                 .unwrap()
                 .is_none()
         );
@@ -284,27 +310,83 @@ mod tests {
             ),
             (json!({"not": "a list"}), json!("auto")),
         ] {
-            let e = Tools::from_request(Some(&tools), Some(&choice)).unwrap_err();
+            let e = Tools::from_request(Some(&tools), Some(&choice), true).unwrap_err();
             assert_eq!(status(e.kind), 400, "{tools} {choice}");
         }
     }
 
     #[test]
-    fn described_in_the_system_message_and_parsed_back() {
-        let tools = Tools::from_request(Some(&tools()), Some(&json!("required")))
+    fn described_to_the_model_and_parsed_back() {
+        let tools = Tools::from_request(Some(&tools()), Some(&json!("required")), false)
             .unwrap()
             .unwrap();
-        let mut messages = vec![Message {
-            role: "user".into(),
-            content: "hi".into(),
-        }];
-        tools.describe(&mut messages);
-        assert_eq!(messages[0].role, "system");
-        assert!(messages[0].content.contains("get_weather"));
-        assert!(matches!(tools.structure().unwrap(), Structure::Json(_)));
-        let call =
+        assert!(tools.instructions().contains("get_weather"));
+        assert!(matches!(
+            tools.structure(false).unwrap(),
+            Structure::Json(_)
+        ));
+        let calls =
             Call::parse(r#"{"name": "get_weather", "arguments": {"city": "Paris"}}"#).unwrap();
-        assert_eq!(call.arguments, r#"{"city":"Paris"}"#);
+        assert_eq!(calls[0].arguments, r#"{"city":"Paris"}"#);
         assert!(Call::parse(r#"{"name": "get_weather", "argu"#).is_none());
+        let calls = Call::parse(
+            r#"[{"name": "a", "arguments": {}}, {"name": "b", "arguments": {"x": 1}}]"#,
+        )
+        .unwrap();
+        let names: Vec<_> = calls.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(Call::parse("[]").is_none() && Call::parse(r#"[{"name": "a"}]"#).is_none());
+    }
+
+    #[test]
+    fn parallel_calls_are_arrays_only_when_allowed() {
+        use nnspin_guest::json_grammar::JsonGrammar;
+        let array = br#"[{"name": "get_weather", "arguments": {"city": "Paris"}}]"#;
+        for (parallel, accepted) in [(true, true), (false, false)] {
+            let tools = Tools::from_request(Some(&tools()), None, parallel)
+                .unwrap()
+                .unwrap();
+            let Structure::JsonOrText(schema) = tools.structure(false).unwrap() else {
+                panic!("auto lets the model answer in text");
+            };
+            let mut grammar = JsonGrammar::new(schema);
+            let fits = grammar.accepts(array) && {
+                grammar.advance(array);
+                grammar.is_complete()
+            };
+            assert_eq!(fits, accepted, "parallel_tool_calls {parallel}");
+        }
+    }
+
+    fn answered(name: &str, arguments: &str) -> AnsweredCall {
+        AnsweredCall {
+            name: name.into(),
+            arguments: canonical_json(arguments),
+            result: "{\"temp_c\": 21}".into(),
+        }
+    }
+
+    #[test]
+    fn a_call_already_answered_is_a_repeat_however_it_is_written() {
+        let done = [answered(
+            "get_weather",
+            r#"{"city": "Tokyo", "unit": "celsius"}"#,
+        )];
+        let call = |name: &str, arguments: &str| Call {
+            name: name.into(),
+            arguments: arguments.into(),
+        };
+        assert!(call("get_weather", r#"{"unit":"celsius","city":"Tokyo"}"#).repeats(&done));
+        assert!(
+            call(
+                "get_weather",
+                "{ \"city\" : \"Tokyo\",\n \"unit\": \"celsius\" }"
+            )
+            .repeats(&done)
+        );
+        assert!(!call("get_weather", r#"{"city":"Paris","unit":"celsius"}"#).repeats(&done));
+        assert!(!call("get_weather", r#"{"city":"Tokyo"}"#).repeats(&done));
+        assert!(!call("get_time", r#"{"city":"Tokyo","unit":"celsius"}"#).repeats(&done));
+        assert!(!call("get_weather", r#"{"city":"Tokyo","unit":"celsius"}"#).repeats(&[]));
     }
 }
