@@ -102,6 +102,27 @@ test("logprobs tokens concatenate to the content", async () => {
   assert.ok(choice.logprobs.content.every((t) => t.top_logprobs.length === 2 && t.logprob <= 0));
 });
 
+test("responses: whole, streamed with the SDK's helper, and a function call", async () => {
+  const request = { model: MODEL, input: FRANCE[0].content, temperature: 0, max_output_tokens: 40 };
+  const response = await client.responses.create(request);
+  assert.equal(response.object, "response");
+  assert.match(response.output_text, /Paris/);
+  const stream = client.responses.stream(request);
+  let deltas = "";
+  stream.on("response.output_text.delta", (event) => { deltas += event.delta; });
+  const final = await stream.finalResponse();
+  assert.equal(deltas, response.output_text);
+  assert.equal(final.output_text, response.output_text);
+  const call = await client.responses.create({
+    model: MODEL, temperature: 0, tool_choice: "required", input: "What is the weather in Paris?",
+    tools: [{ type: "function", name: "get_weather", strict: false,
+      parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] } }],
+  });
+  assert.equal(call.output[0].type, "function_call");
+  assert.equal(call.output[0].name, "get_weather");
+  assert.match(call.output[0].call_id, /^call_/);
+});
+
 test("legacy completions continue a prompt", async () => {
   const completion = await client.completions.create({
     model: MODEL, prompt: "The capital of France is", max_tokens: 4, temperature: 0,

@@ -223,10 +223,30 @@ impl EventStream {
 
     /// Sends one event; false once the client has disconnected.
     pub fn send(&mut self, data: &str) -> bool {
+        self.write(None, data)
+    }
+
+    pub fn send_json(&mut self, value: &impl Serialize) -> bool {
+        self.send(&serde_json::to_string(value).expect("event values serialize"))
+    }
+
+    /// Sends one named event (`event: NAME` before its JSON data), as OpenAI's Responses API streams;
+    /// JSON lines carry the data only.
+    pub fn send_named(&mut self, name: &str, value: &impl Serialize) -> bool {
+        let data = serde_json::to_string(value).expect("event values serialize");
+        self.write(Some(name), &data)
+    }
+
+    fn write(&mut self, name: Option<&str>, data: &str) -> bool {
         if self.open {
-            let mut event = String::with_capacity(data.len() + 8);
+            let mut event = String::with_capacity(data.len() + 32);
             match self.framing {
                 Framing::ServerSentEvents => {
+                    if let Some(name) = name {
+                        event.push_str("event: ");
+                        event.push_str(name);
+                        event.push('\n');
+                    }
                     event.push_str("data: ");
                     event.push_str(data);
                     event.push_str("\n\n");
@@ -239,10 +259,6 @@ impl EventStream {
             self.open = write_all(&self.stream, event.as_bytes());
         }
         self.open
-    }
-
-    pub fn send_json(&mut self, value: &impl Serialize) -> bool {
-        self.send(&serde_json::to_string(value).expect("event values serialize"))
     }
 
     pub fn finish(self) {

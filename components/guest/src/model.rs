@@ -42,6 +42,15 @@ impl Model {
             .get_or_init(|| self.tokenizer.vocabulary().into())
     }
 
+    /// The prompt of a chat: a last assistant message is a prefill the model continues, else the
+    /// template opens the assistant's turn.
+    pub fn conversation_prompt(&self, messages: &[Message]) -> Result<Vec<u32>, ApiError> {
+        match messages.last() {
+            Some(last) if last.role == "assistant" => self.continuation_prompt(messages),
+            _ => self.chat_prompt(messages),
+        }
+    }
+
     /// Renders the chat template so that the model continues the last message, an assistant turn the
     /// client started (a prefill), instead of opening a new turn.
     pub fn continuation_prompt(&self, messages: &[Message]) -> Result<Vec<u32>, ApiError> {
@@ -68,6 +77,19 @@ impl Model {
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ApiError> {
         self.tokenizer.encode(text).map_err(text_error)
+    }
+
+    /// The text of `tokens`, special tokens included; ids beyond the vocabulary are refused.
+    pub fn decode(&self, tokens: &[u32]) -> Result<String, ApiError> {
+        if let Some(&token) = tokens.iter().find(|&&t| t >= self.info.vocab_size) {
+            return Err(ApiError::invalid(format!(
+                "token {token} is beyond the vocabulary ({} tokens)",
+                self.info.vocab_size
+            ))
+            .with_param("tokens"));
+        }
+        let detokenizer = self.tokenizer.detokenizer(false);
+        Ok(tokens.iter().map(|&t| detokenizer.push(t)).collect())
     }
 }
 

@@ -47,11 +47,7 @@ pub struct Generations<'m> {
 
 impl<'m> Generations<'m> {
     pub fn new(chat: &ChatRequest, model: &'m Model) -> Result<Self, ApiError> {
-        // A last assistant message is a prefill: the model continues it.
-        let prompt = match chat.messages.last() {
-            Some(last) if last.role == "assistant" => model.continuation_prompt(&chat.messages)?,
-            _ => model.chat_prompt(&chat.messages)?,
-        };
+        let prompt = model.conversation_prompt(&chat.messages)?;
         let main = GenerationRequest::new(model, prompt, chat.generation_params())?;
         // Its prompt is no longer than the main one, so it fits wherever that does.
         let answer = chat.answer_messages.as_ref().map(|messages| {

@@ -1,6 +1,6 @@
-//! The OpenAI API as a WASI component: `/v1/models`, `/v1/chat/completions` and the legacy
-//! `/v1/completions` (both with SSE streaming), and `/health`, over the shared generation loop of
-//! `nnspin-guest`.
+//! The OpenAI API as a WASI component: `/v1/models`, `/v1/chat/completions`, `/v1/responses` and the
+//! legacy `/v1/completions` (all with SSE streaming), `/tokenize` and `/detokenize` (vLLM's), and
+//! `/health`, over the shared generation loop of `nnspin-guest`.
 
 // Natively nothing calls the handler; the wasm build keeps every lint.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
@@ -12,6 +12,8 @@ mod completions;
 pub mod errors;
 pub mod request;
 mod response;
+pub mod responses;
+mod tokenize;
 mod tools;
 
 use nnspin_guest::ApiError;
@@ -41,6 +43,9 @@ impl wasip2::exports::http::incoming_handler::Guest for OpenAi {
             }
             ("POST", "/v1/chat/completions") => chat::chat_completions(request, out),
             ("POST", "/v1/completions") => completions::completions(request, out),
+            ("POST", "/v1/responses") => responses::responses(request, out),
+            ("POST", "/tokenize") => tokenize::tokenize(request, out),
+            ("POST", "/detokenize") => tokenize::detokenize(request, out),
             (_, path)
                 if matches!(path, "/health" | "/openapi.json" | "/v1/models")
                     || path.starts_with(MODEL_PREFIX) =>
@@ -50,7 +55,14 @@ impl wasip2::exports::http::incoming_handler::Guest for OpenAi {
                     &ApiError::method_not_allowed(&head.method, &head.path, "GET"),
                 )
             }
-            (_, "/v1/chat/completions" | "/v1/completions") => errors::send(
+            (
+                _,
+                "/v1/chat/completions"
+                | "/v1/completions"
+                | "/v1/responses"
+                | "/tokenize"
+                | "/detokenize",
+            ) => errors::send(
                 out,
                 &ApiError::method_not_allowed(&head.method, &head.path, "POST"),
             ),

@@ -82,6 +82,18 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
+/// The model id to open: the requested one, or the default for a missing model or `"auto"`.
+pub fn model_id(requested: Option<&str>) -> Result<String, ApiError> {
+    match requested {
+        Some(id) if !id.is_empty() && id != "auto" => Ok(id.to_string()),
+        _ => model::models()
+            .into_iter()
+            .next()
+            .map(|m| m.id)
+            .ok_or_else(|| ApiError::internal("this component has no model")),
+    }
+}
+
 /// Reads a request body as `parse` does and opens the model its `sampling` fields name.
 pub fn read<R>(
     request: IncomingRequest,
@@ -348,16 +360,8 @@ impl SamplingFields {
         Ok(())
     }
 
-    /// The model id to open: the requested one, or the default for a missing model or `"auto"`.
     pub fn resolve_model(&self) -> Result<String, ApiError> {
-        match self.model.as_deref() {
-            Some(id) if !id.is_empty() && id != "auto" => Ok(id.to_string()),
-            _ => model::models()
-                .into_iter()
-                .next()
-                .map(|m| m.id)
-                .ok_or_else(|| ApiError::internal("this component has no model")),
-        }
+        model_id(self.model.as_deref())
     }
 
     pub fn include_usage(&self) -> bool {

@@ -1,4 +1,4 @@
-//! OpenAI request bodies (chat and legacy completions) through the whole validation layer that runs
+//! OpenAI request bodies (chat, Responses and legacy completions) through the whole validation layer that runs
 //! before a model is opened: parsing, ranges, `response_format` schemas, tools, messages. Any body must
 //! end in a request or a 400 (OpenAI's status for every invalid request), never a panic.
 #![no_main]
@@ -7,6 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use nnspin_guest::ApiError;
 use nnspin_openai::errors::status;
 use nnspin_openai::request::{ChatRequest, CompletionRequest};
+use nnspin_openai::responses::ResponsesRequest;
 
 fn refused_with_400<T>(result: Result<T, ApiError>) -> Option<T> {
     match result {
@@ -25,6 +26,7 @@ fuzz_target!(|body: &[u8]| {
     {
         chat.generation_params();
     }
+    refused_with_400(ResponsesRequest::parse(body));
     if let Some(completion) = refused_with_400(CompletionRequest::parse(body))
         && completion.sampling.seed.is_some()
     {
