@@ -19,6 +19,7 @@ pub mod metrics;
 pub(crate) mod outbound;
 pub(crate) mod rate_limit;
 pub mod registry;
+pub mod runtime_config;
 pub mod serve;
 pub mod text;
 

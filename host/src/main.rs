@@ -34,7 +34,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct UpArgs {
-    /// The app manifest.
+    /// The app manifest: a spin.toml, or a directory holding one.
     #[arg(
         short = 'f',
         long = "from",
@@ -42,9 +42,15 @@ struct UpArgs {
         env = "NNSPIN_MANIFEST"
     )]
     manifest: PathBuf,
-    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
-    #[arg(long, default_value = "127.0.0.1:3000", env = "NNSPIN_LISTEN")]
-    listen: String,
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed). Without it,
+    /// 0.0.0.0:$PORT where PORT is set (Knative's and Cloud Run's contract), else 127.0.0.1:3000.
+    #[arg(long, env = "NNSPIN_LISTEN")]
+    listen: Option<String>,
+    /// Spin's runtime configuration file, as SpinKube's executor passes it: `[llm_compute] type =
+    /// "spin"` is accepted (nnspin computes locally); sections for services nnspin does not provide
+    /// are refused.
+    #[arg(long)]
+    runtime_config_file: Option<PathBuf>,
     /// Directory holding one model directory per name listed in the components' `ai_models`.
     #[arg(long, default_value = "models", env = "NNSPIN_MODELS_DIR")]
     models_dir: PathBuf,
@@ -130,8 +136,15 @@ fn main() -> std::process::ExitCode {
 
 fn up(args: UpArgs) -> wasmtime::Result<()> {
     let api_keys = api_keys(&args)?;
+    if let Some(file) = &args.runtime_config_file {
+        nnspin::runtime_config::check_file(file)?;
+    }
+    let listen = listen_address(
+        args.listen.as_deref(),
+        std::env::var("PORT").ok().as_deref(),
+    );
     let config = app::AppConfig {
-        manifest: args.manifest,
+        manifest: nnspin::manifest::locate(&args.manifest),
         models_dir: args.models_dir,
         cache_dir: (!args.no_cache).then(|| args.cache_dir.unwrap_or_else(default_cache_dir)),
         model_defaults: ModelSettings {
@@ -156,7 +169,9 @@ fn up(args: UpArgs) -> wasmtime::Result<()> {
     runtime.block_on(async move {
         // Listen first: while models and components load, requests get 503 instead of a refused
         // connection, which is what health checks of scale-to-zero platforms expect.
-        let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
         // Tests and scripts wait for these lines.
         println!("nnspin listening on http://{}", listener.local_addr()?);
         let server = Arc::new(Server::new(api_keys));
@@ -184,6 +199,15 @@ fn up(args: UpArgs) -> wasmtime::Result<()> {
     })
 }
 
+/// Where to listen: `--listen`, else every interface on `$PORT`, else the local default.
+fn listen_address(listen: Option<&str>, port: Option<&str>) -> String {
+    match (listen, port) {
+        (Some(listen), _) => listen.to_string(),
+        (None, Some(port)) if !port.is_empty() => format!("0.0.0.0:{port}"),
+        _ => "127.0.0.1:3000".to_string(),
+    }
+}
+
 /// Keys from `NNSPIN_API_KEYS` and `--api-keys-file`; none means no key is needed.
 fn api_keys(args: &UpArgs) -> wasmtime::Result<ApiKeys> {
     let mut text = std::env::var("NNSPIN_API_KEYS").unwrap_or_default();
@@ -209,4 +233,20 @@ fn default_cache_dir() -> PathBuf {
             || PathBuf::from(".nnspin-cache"),
             |cache| cache.join("nnspin"),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listen_address;
+
+    #[test]
+    fn listen_falls_back_to_port_then_the_local_default() {
+        assert_eq!(
+            listen_address(Some("127.0.0.1:0"), Some("9000")),
+            "127.0.0.1:0"
+        );
+        assert_eq!(listen_address(None, Some("9000")), "0.0.0.0:9000");
+        assert_eq!(listen_address(None, Some("")), "127.0.0.1:3000");
+        assert_eq!(listen_address(None, None), "127.0.0.1:3000");
+    }
 }

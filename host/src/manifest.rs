@@ -9,6 +9,14 @@ use crate::backend::{BackendKind, Device, Precision, WeightFormat};
 use crate::rate_limit::RateLimit;
 use wasmtime::error::Context;
 
+/// The manifest a `-f` argument names: a file, or a directory's `spin.toml` (as `spin up -f` reads one).
+pub fn locate(path: &Path) -> PathBuf {
+    match path.is_dir() {
+        true => path.join("spin.toml"),
+        false => path.to_path_buf(),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub struct Manifest {
     pub spin_manifest_version: u32,
