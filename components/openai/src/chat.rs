@@ -64,7 +64,8 @@ impl<'m> Generations<'m> {
 pub struct Chat<'a, 'm> {
     pub request: &'a ChatRequest,
     pub generation: &'a GenerationRequest<'m>,
-    /// Generated instead of a call the conversation has already answered.
+    /// The answer in text, generated when the model declines to call or only repeats calls the
+    /// conversation has already answered.
     pub answer: Option<&'a GenerationRequest<'m>>,
 }
 
