@@ -101,8 +101,12 @@ impl ResponsesRequest {
         if !body.instructions.is_null() && !body.instructions.is_string() {
             return Err(invalid("instructions", "`instructions` must be a string"));
         }
-        if !body.metadata.is_null() && !body.metadata.is_object() {
-            return Err(invalid("metadata", "`metadata` must be an object"));
+        let strings = |map: &Map<String, Value>| map.values().all(Value::is_string);
+        if !body.metadata.is_null() && !body.metadata.as_object().is_some_and(strings) {
+            return Err(invalid(
+                "metadata",
+                "`metadata` must be an object whose values are strings",
+            ));
         }
         let mut messages = Vec::new();
         if let Some(instructions) = body.instructions.as_str() {
@@ -163,6 +167,9 @@ fn responses_param(mut error: ApiError) -> ApiError {
     error
 }
 
+/// The roles a message item may have; tool results are `function_call_output` items.
+const MESSAGE_ROLES: [&str; 4] = ["system", "developer", "user", "assistant"];
+
 /// `input` as chat messages: a string is one user message; a list holds message items (a role and
 /// text content), `function_call` items (the assistant's calls) and `function_call_output` items.
 fn input_messages(input: &Value) -> Result<Vec<Value>, ApiError> {
@@ -181,19 +188,26 @@ fn input_messages(input: &Value) -> Result<Vec<Value>, ApiError> {
         let param = format!("input[{i}]");
         let field = |name: &str| item.get(name).and_then(Value::as_str);
         match (field("type"), field("role")) {
-            (Some("message") | None, Some(role)) => messages.push(json!({
-                "role": role,
-                "content": content_text(&param, item.get("content"))?,
-            })),
+            (Some("message") | None, Some(role)) if MESSAGE_ROLES.contains(&role) => {
+                messages.push(json!({
+                    "role": role,
+                    "content": content_text(&param, item.get("content"))?,
+                }))
+            }
             (Some("function_call"), _) => {
-                let (Some(call_id), Some(name)) = (field("call_id"), field("name")) else {
+                let (Some(call_id), Some(name), Some(arguments)) =
+                    (field("call_id"), field("name"), field("arguments"))
+                else {
                     return Err(invalid(
                         &param,
-                        format!("`{param}` (a function_call) needs `call_id` and `name`"),
+                        format!(
+                            "`{param}` (a function_call) needs `call_id`, `name` and `arguments` \
+                             as strings"
+                        ),
                     ));
                 };
                 let call = json!({"id": call_id, "type": "function",
-                    "function": {"name": name, "arguments": field("arguments").unwrap_or("{}")}});
+                    "function": {"name": name, "arguments": arguments}});
                 // Calls in a row are one assistant turn, as the model made them.
                 match messages.last_mut() {
                     Some(last) if last["role"] == "assistant" && last["tool_calls"].is_array() => {
@@ -219,6 +233,18 @@ fn input_messages(input: &Value) -> Result<Vec<Value>, ApiError> {
                 };
                 messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": output}));
             }
+            (Some("message") | None, role) => {
+                return Err(invalid(
+                    &param,
+                    format!(
+                        "`{param}` must be a message with a `role` of {}, a function_call or a \
+                         function_call_output{}",
+                        MESSAGE_ROLES.join(", "),
+                        role.map(|role| format!(", not the role {role:?}"))
+                            .unwrap_or_default()
+                    ),
+                ));
+            }
             (Some(other), _) => {
                 return Err(invalid(
                     &param,
@@ -226,12 +252,6 @@ fn input_messages(input: &Value) -> Result<Vec<Value>, ApiError> {
                         "`{param}.type` {other:?} is not supported: items are messages, function_call \
                          and function_call_output"
                     ),
-                ));
-            }
-            (None, None) => {
-                return Err(invalid(
-                    &param,
-                    format!("`{param}` must be an item with a `type` or a `role`"),
                 ));
             }
         }
@@ -277,6 +297,13 @@ fn chat_tools(tools: &Value) -> Result<Value, ApiError> {
         .enumerate()
         .map(|(i, tool)| match tool.get("type").and_then(Value::as_str) {
             Some("function") => {
+                let strict = tool.get("strict").unwrap_or(&Value::Null);
+                if !strict.is_null() && !strict.is_boolean() {
+                    return Err(invalid(
+                        &format!("tools[{i}].strict"),
+                        format!("`tools[{i}].strict` must be a boolean"),
+                    ));
+                }
                 let mut function = tool.as_object().cloned().unwrap_or_default();
                 function.remove("type");
                 function.remove("strict");
@@ -396,8 +423,16 @@ mod tests {
                 "input[0]",
             ),
             (
+                json!({"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": null}]}),
+                "input[0]",
+            ),
+            (
+                json!({"input": [{"type": "function_call", "call_id": "c", "name": "f"}]}),
+                "input[0]",
+            ),
+            (
                 json!({"input": [{"role": "wizard", "content": "x"}]}),
-                "input",
+                "input[0]",
             ),
             (
                 json!({"input": "hi", "tools": [{"type": "web_search"}]}),
@@ -412,6 +447,19 @@ mod tests {
             (json!({"input": "hi", "stream": "yes"}), "stream"),
             (json!({"input": "hi", "store": 0}), "store"),
             (json!({"input": "hi", "metadata": []}), "metadata"),
+            (json!({"input": "hi", "metadata": {"k": 1}}), "metadata"),
+            (
+                json!({"input": [{"role": "tool", "content": "x"}]}),
+                "input[0]",
+            ),
+            (
+                json!({"input": [{"type": "message", "content": "x"}]}),
+                "input[0]",
+            ),
+            (
+                json!({"input": "hi", "tools": [{"type": "function", "name": "f", "strict": "yes"}]}),
+                "tools[0].strict",
+            ),
         ] {
             let e = parse(body.clone())
                 .err()
