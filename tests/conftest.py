@@ -1,11 +1,11 @@
 """Fixtures: the real nnspin host, started once per test session on each backend in each precision mode,
-with the default model and the tiny random-weight model, and an OpenAI SDK client of it. The helpers are
-in support.py."""
+with the default model, the tiny random-weight model and the embedding model, and an OpenAI SDK client of
+it. The helpers are in support.py."""
 
 import openai
 import pytest
 
-from support import COMPONENTS, DEFAULT_MODEL, TINY_MODEL, component, running_host, write_app
+from support import COMPONENTS, DEFAULT_MODEL, EMBEDDING_MODEL, TINY_MODEL, component, running_host, write_app
 
 # Every test of the shared host runs on each backend in each precision mode, on the same model files.
 CONFIGURATIONS = [(backend, precision) for backend in ("onnxruntime", "openvino") for precision in ("exact", "fast")]
@@ -23,7 +23,7 @@ def host(request, tmp_path_factory):
         "nnspin-e2e",
         {"/...": "openai", "/locallab/...": "locallab", "/limited/...": "limited", "/faults/...": "faults"},
         [
-            component("openai", "nnspin_openai.wasm", both),
+            component("openai", "nnspin_openai.wasm", both + [EMBEDDING_MODEL]),
             component("locallab", "nnspin_locallab.wasm", both, model_management="true"),
             # The same LocalLab component with LocalLab's documented rate limit.
             component("limited", "nnspin_locallab.wasm", [TINY_MODEL],

@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPONENTS = ROOT / "target" / "wasm32-wasip2" / "release"
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny-random"
+# sentence-transformers/all-MiniLM-L6-v2, exported by tools/export_encoder.py.
+EMBEDDING_MODEL = "all-minilm-l6-v2"
 CHAT = "/v1/chat/completions"
 
 

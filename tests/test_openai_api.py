@@ -8,7 +8,7 @@ import openai
 import pytest
 from tokenizers import Tokenizer
 
-from support import DEFAULT_MODEL, ROOT, TINY_MODEL, assert_json_error
+from support import DEFAULT_MODEL, EMBEDDING_MODEL, ROOT, TINY_MODEL, assert_json_error
 
 QUESTION = "What is the capital of France? Answer in English."  # no near tie at its first token
 
@@ -38,8 +38,9 @@ def test_models_report_their_backend_device_and_precision(host):
 
 
 def test_models_lists_every_model_of_the_component(client):
-    ids = [m.id for m in client.models.list().data]
-    assert ids == [DEFAULT_MODEL, TINY_MODEL]
+    models = client.models.list().data
+    assert [m.id for m in models] == [DEFAULT_MODEL, TINY_MODEL, EMBEDDING_MODEL]
+    assert [(m.task, m.dimensions) for m in models] == [("generate", None), ("generate", None), ("embed", 384)]
     model = client.models.retrieve(DEFAULT_MODEL)
     assert model.object == "model" and model.owned_by
 

@@ -8,7 +8,7 @@ import sys
 import httpx
 import pytest
 
-from support import ROOT, TINY_MODEL, component, running_host, write_app
+from support import EMBEDDING_MODEL, ROOT, TINY_MODEL, component, running_host, write_app
 
 # Every check but positive_data_acceptance: OpenAI's cross-field rules (top_logprobs needs logprobs,
 # tool_choice needs tools, echo excludes logprobs, a served model, a prompt within the context) are
@@ -28,7 +28,7 @@ def api_host(tmp_path_factory):
         tmp_path_factory.mktemp("openapi"),
         "openapi-conformance",
         {"/...": "openai", "/locallab/...": "locallab"},
-        [component("openai", "nnspin_openai.wasm", [TINY_MODEL], **capped),
+        [component("openai", "nnspin_openai.wasm", [TINY_MODEL, EMBEDDING_MODEL], **capped),
          component("locallab", "nnspin_locallab.wasm", [TINY_MODEL], **capped)],
     )
     with running_host(manifest, "--backend", "onnxruntime") as host:

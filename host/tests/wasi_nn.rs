@@ -16,7 +16,9 @@ use nnspin::interfaces::bindings::graph::{
 };
 use nnspin::interfaces::bindings::inference::HostGraphExecutionContext;
 use nnspin::interfaces::bindings::tensor::{HostTensor, TensorType};
-use nnspin::interfaces::bindings::text::{HostDetokenizer, HostTokenizer, Message, TextError};
+use nnspin::interfaces::bindings::text::{
+    HostDetokenizer, HostTokenizer, Message, ModelTask, TextError,
+};
 use nnspin::interfaces::resources::{ExecutionContext, NnError};
 use nnspin::interfaces::view::{LlmApp, LlmGrants, LlmView};
 use nnspin::metrics::Metrics;
@@ -25,6 +27,8 @@ use nnspin::registry::{ModelRegistry, ModelSettings, Placement};
 use wasmtime::component::{Resource, ResourceTable};
 
 const MODEL: &str = "tiny-random";
+/// all-MiniLM-L6-v2 as `tools/export_encoder.py` writes it (the test script prepares it too).
+const ENCODER: &str = "all-minilm-l6-v2";
 
 fn models_dir() -> PathBuf {
     std::env::var_os("NNSPIN_MODELS_DIR")
@@ -35,6 +39,11 @@ fn models_dir() -> PathBuf {
 /// A component's grants over a registry of its own, with the tiny model loaded: each test admits its
 /// contexts apart from the others, however many they hold at once.
 fn grants_on(backend: BackendKind, precision: Precision) -> Arc<LlmGrants> {
+    grants_of(MODEL, backend, precision)
+}
+
+/// The same, for one model.
+fn grants_of(model: &str, backend: BackendKind, precision: Precision) -> Arc<LlmGrants> {
     let limits = ContextLimits {
         max_active: 4,
         max_queued: 0,
@@ -53,13 +62,13 @@ fn grants_on(backend: BackendKind, precision: Precision) -> Arc<LlmGrants> {
     let metrics = Arc::new(Metrics::default());
     let registry = ModelRegistry::new(&models_dir(), placement, limits, metrics);
     registry
-        .preload(&[MODEL.to_string()])
-        .expect("the tiny model loads (run tools/export_model.py --tiny --out models/tiny-random)");
+        .preload(&[model.to_string()])
+        .unwrap_or_else(|e| panic!("{model} loads (tools/setup.sh exports it): {e:#}"));
     let app = Arc::new(LlmApp {
         registry: Arc::new(registry),
         started: Instant::now(),
     });
-    Arc::new(LlmGrants::new(app, vec![MODEL.to_string()], false))
+    Arc::new(LlmGrants::new(app, vec![model.to_string()], false))
 }
 
 /// A component's grants and a resource table, as one instance has them.
@@ -457,14 +466,14 @@ async fn text_interface_templates_encodes_and_streams_utf8_whole() {
         "{prompt}"
     );
     assert!(prompt.ends_with("<|im_start|>assistant\n"), "{prompt}");
-    let ids = HostTokenizer::encode(&mut text, borrow(&tok), prompt)
+    let ids = HostTokenizer::encode(&mut text, borrow(&tok), prompt, false)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(ids[0], 1, "special tokens in the text are recognised");
 
     let sentence = "Déjà vu: 42 🦀 naïve";
-    let ids = HostTokenizer::encode(&mut text, borrow(&tok), sentence.into())
+    let ids = HostTokenizer::encode(&mut text, borrow(&tok), sentence.into(), false)
         .await
         .unwrap()
         .unwrap();
@@ -506,10 +515,15 @@ async fn vocabulary_bytes_reassemble_encoded_text() {
     };
     assert!(token(2).is_empty(), "special tokens have no bytes");
     let sentence = "Déjà vu: {\"answer\": 42} 🦀\n\tnaïve";
-    let ids = HostTokenizer::encode(&mut text, Resource::new_borrow(tok.rep()), sentence.into())
-        .await
-        .unwrap()
-        .unwrap();
+    let ids = HostTokenizer::encode(
+        &mut text,
+        Resource::new_borrow(tok.rep()),
+        sentence.into(),
+        false,
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let joined: Vec<u8> = ids.iter().flat_map(|&id| token(id).to_vec()).collect();
     assert_eq!(String::from_utf8(joined).unwrap(), sentence);
 }
@@ -650,4 +664,124 @@ fn a_stateful_openvino_ir_keeps_its_cache_in_the_request_state() {
         max_difference(&stepwise, &alone) > 1e-2,
         "a fresh context starts from an empty state"
     );
+}
+
+/// Runs the encoder on padded rows; the vectors, or the wasi-nn error.
+async fn encode_rows(
+    nn: &mut LlmView<'_>,
+    rows: &[&[i64]],
+) -> Result<Vec<Vec<f32>>, (ErrorCode, String)> {
+    let width = rows.iter().map(|r| r.len()).max().unwrap();
+    let ids = rows
+        .iter()
+        .flat_map(|r| (0..width).map(|i| r.get(i).copied().unwrap_or(0)));
+    let mask = rows
+        .iter()
+        .flat_map(|r| (0..width).map(|i| i64::from(i < r.len())));
+    let dims = vec![rows.len() as u32, width as u32];
+    let inputs = vec![
+        (
+            "input_ids".to_string(),
+            tensor(nn, dims.clone(), i64_bytes(ids.collect::<Vec<_>>())).await,
+        ),
+        (
+            "attention_mask".to_string(),
+            tensor(nn, dims, i64_bytes(mask.collect::<Vec<_>>())).await,
+        ),
+    ];
+    let graph = GraphHost::load_by_name(nn, ENCODER.into())
+        .await
+        .unwrap()
+        .unwrap();
+    let ctx = HostGraph::init_execution_context(nn, graph)
+        .await
+        .unwrap()
+        .unwrap();
+    match HostGraphExecutionContext::compute(nn, ctx, inputs)
+        .await
+        .unwrap()
+    {
+        Ok(outputs) => {
+            let names: Vec<_> = outputs.iter().map(|(name, _)| name.as_str()).collect();
+            assert_eq!(names, ["sentence_embedding"], "only the vectors come back");
+            let vectors = nn.table.get(&outputs[0].1).unwrap();
+            assert_eq!(vectors.dims, vec![rows.len() as u32, 384]);
+            Ok(vectors
+                .data
+                .chunks_exact(4 * 384)
+                .map(|row| {
+                    row.chunks_exact(4)
+                        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                        .collect()
+                })
+                .collect())
+        }
+        Err(error) => {
+            let code = code(nn, Resource::new_borrow(error.rep())).await;
+            Err((code, HostError::data(nn, error).await.unwrap()))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_encoder_serves_vectors_on_both_backends() {
+    // [CLS] a man is eating food . [SEP], and a shorter row padded beside it.
+    let long: &[i64] = &[101, 1037, 2158, 2003, 5983, 2833, 1012, 102];
+    let short: &[i64] = &[101, 7592, 102];
+    let mut by_backend = Vec::new();
+    for backend in BACKENDS {
+        let mut fixture = Fixture {
+            grants: grants_of(ENCODER, backend, Precision::Exact),
+            table: ResourceTable::new(),
+        };
+        let mut nn = fixture.view();
+        let tok = HostTokenizer::open(&mut nn, ENCODER.into())
+            .await
+            .unwrap()
+            .unwrap();
+        let info = HostTokenizer::info(&mut nn, Resource::new_borrow(tok.rep()))
+            .await
+            .unwrap();
+        assert!(matches!(info.task, ModelTask::Embedding(384)));
+        assert_eq!(
+            info.context_length, 256,
+            "sentence-transformers' max_seq_length"
+        );
+        let framed = HostTokenizer::encode(
+            &mut nn,
+            Resource::new_borrow(tok.rep()),
+            "A man is eating food.".into(),
+            true,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(framed, long.iter().map(|&t| t as u32).collect::<Vec<_>>());
+        let messages = vec![Message {
+            role: "user".into(),
+            content: "hi".into(),
+        }];
+        let no_template = HostTokenizer::apply_chat_template(&mut nn, tok, messages, true)
+            .await
+            .unwrap();
+        assert!(
+            matches!(no_template, Err(TextError::InvalidInput(m)) if m.contains("no chat template"))
+        );
+
+        let batch = encode_rows(&mut nn, &[long, short]).await.unwrap();
+        let alone = encode_rows(&mut nn, &[short]).await.unwrap();
+        assert!(
+            max_difference(&batch[1], &alone[0]) < 1e-5,
+            "padding changes nothing"
+        );
+        let norm: f32 = batch[0].iter().map(|v| v * v).sum();
+        assert!((norm - 1.0).abs() < 1e-4, "normalised");
+        let too_many = vec![short; 64 * 256 / 3 + 1];
+        let refused = encode_rows(&mut nn, &too_many).await.unwrap_err();
+        assert_eq!(refused.0, ErrorCode::InvalidArgument, "{}", refused.1);
+        by_backend.push(batch);
+    }
+    for (a, b) in by_backend[0].iter().zip(&by_backend[1]) {
+        assert!(max_difference(a, b) < 1e-4);
+    }
 }

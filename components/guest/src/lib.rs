@@ -14,6 +14,7 @@ pub mod bindings {
 }
 
 pub mod chat;
+pub mod embed;
 pub mod error;
 pub mod generate;
 pub mod http;

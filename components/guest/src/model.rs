@@ -4,7 +4,9 @@
 use std::cell::OnceCell;
 
 use crate::ApiError;
-use crate::bindings::nnspin::llm::text::{self, Message, ModelInfo, TextError, Tokenizer};
+use crate::bindings::nnspin::llm::text::{
+    self, Message, ModelInfo, ModelTask, TextError, Tokenizer,
+};
 use crate::bindings::wasi::nn::errors::{Error as NnError, ErrorCode};
 use crate::bindings::wasi::nn::graph::{self, Graph};
 use crate::vocabulary::Vocabulary;
@@ -14,6 +16,14 @@ pub struct Model {
     pub(crate) tokenizer: Tokenizer,
     pub(crate) graph: Graph,
     vocabulary: OnceCell<Vocabulary>,
+}
+
+/// What a model serves, in vLLM's words (`--task generate|embed`), and its vectors' size if it embeds.
+pub fn task(info: &ModelInfo) -> (&'static str, Option<u32>) {
+    match info.task {
+        ModelTask::Generation => ("generate", None),
+        ModelTask::Embedding(dimensions) => ("embed", Some(dimensions)),
+    }
 }
 
 /// The models this component may use, the first being the default.
@@ -34,6 +44,33 @@ impl Model {
             graph,
             vocabulary: OnceCell::new(),
         })
+    }
+
+    /// Opens a model that generates text (for chat, completions and responses); an embedding model is
+    /// a 400 naming it.
+    pub fn open_generator(name: &str) -> Result<Self, ApiError> {
+        let model = Self::open(name)?;
+        match model.info.task {
+            ModelTask::Generation => Ok(model),
+            ModelTask::Embedding(_) => Err(ApiError::invalid(format!(
+                "model {name:?} is an embedding model: it serves /v1/embeddings, not text generation"
+            ))
+            .with_param("model")),
+        }
+    }
+
+    /// Opens an embedding model and the dimensions of its vectors; a generation model is a 400 naming
+    /// it.
+    pub fn open_encoder(name: &str) -> Result<(Self, u32), ApiError> {
+        let model = Self::open(name)?;
+        match model.info.task {
+            ModelTask::Embedding(dimensions) => Ok((model, dimensions)),
+            ModelTask::Generation => Err(ApiError::invalid(format!(
+                "model {name:?} generates text and does not serve embeddings: use an embedding model \
+                 of GET /v1/models"
+            ))
+            .with_param("model")),
+        }
     }
 
     /// Each token's bytes, fetched from the host on first use.
@@ -75,8 +112,14 @@ impl Model {
         self.encode(&prompt)
     }
 
+    /// Token ids of `text` as written (a prompt's template frames it, not the tokenizer).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ApiError> {
-        self.tokenizer.encode(text).map_err(text_error)
+        self.tokenizer.encode(text, false).map_err(text_error)
+    }
+
+    /// Token ids of `text` framed as the tokenizer frames its model's inputs (BERT's `[CLS] … [SEP]`).
+    pub fn encode_framed(&self, text: &str) -> Result<Vec<u32>, ApiError> {
+        self.tokenizer.encode(text, true).map_err(text_error)
     }
 
     /// The text of `tokens`, special tokens included; ids beyond the vocabulary are refused.

@@ -17,12 +17,12 @@ use crate::request::{BatchRequest, ChatRequest, GenerateRequest, Settings};
 /// The model a request names, or the current one.
 fn open_model(requested: Option<&str>) -> Result<Model, ApiError> {
     match requested.filter(|id| !id.is_empty()) {
-        Some(id) => Model::open(id),
+        Some(id) => Model::open_generator(id),
         None => {
             let current = models::current().ok_or_else(|| {
                 ApiError::unavailable("no model is loaded: load one with POST /models/load")
             })?;
-            Model::open(&current.id)
+            Model::open_generator(&current.id)
         }
     }
 }

@@ -9,12 +9,15 @@ use nnspin_guest::bindings::nnspin::llm::models::{self, ModelError, ModelStatus}
 use crate::request::ModelRequest;
 
 pub fn model_json(status: &ModelStatus) -> Value {
+    let task = status.info.as_ref().map(nnspin_guest::model::task);
     json!({
         "id": status.id,
         "model_id": status.id,
         "name": status.id,
         "loaded": status.loaded,
         "current": status.current,
+        "task": task.map(|(task, _)| task),
+        "dimensions": task.and_then(|(_, dimensions)| dimensions),
         "context_length": status.info.as_ref().map(|i| i.context_length),
         "vocab_size": status.info.as_ref().map(|i| i.vocab_size),
         "backend": status.backend,

@@ -1,5 +1,5 @@
 //! The OpenAI API as a WASI component: `/v1/models`, `/v1/chat/completions`, `/v1/responses` and the
-//! legacy `/v1/completions` (all with SSE streaming), `/tokenize` and `/detokenize` (vLLM's), and
+//! legacy `/v1/completions` (all with SSE streaming), `/v1/embeddings`, `/tokenize` and `/detokenize` (vLLM's), and
 //! `/health`, over the shared generation loop of `nnspin-guest`.
 
 // Natively nothing calls the handler; the wasm build keeps every lint.
@@ -8,6 +8,7 @@
 mod chat;
 mod choices;
 mod completions;
+pub mod embeddings;
 // Public (with an rlib beside the component) so `tests/fuzz` can drive the validation layer natively.
 pub mod errors;
 pub mod request;
@@ -44,6 +45,7 @@ impl wasip2::exports::http::incoming_handler::Guest for OpenAi {
             ("POST", "/v1/chat/completions") => chat::chat_completions(request, out),
             ("POST", "/v1/completions") => completions::completions(request, out),
             ("POST", "/v1/responses") => responses::responses(request, out),
+            ("POST", "/v1/embeddings") => embeddings::embeddings(request, out),
             ("POST", "/tokenize") => tokenize::tokenize(request, out),
             ("POST", "/detokenize") => tokenize::detokenize(request, out),
             (_, path)
@@ -60,6 +62,7 @@ impl wasip2::exports::http::incoming_handler::Guest for OpenAi {
                 "/v1/chat/completions"
                 | "/v1/completions"
                 | "/v1/responses"
+                | "/v1/embeddings"
                 | "/tokenize"
                 | "/detokenize",
             ) => errors::send(

@@ -10,7 +10,7 @@ use serde_json::Value;
 use wasip2::http::types::IncomingRequest;
 
 use nnspin_guest::ApiError;
-use nnspin_guest::bindings::nnspin::llm::text::Message;
+use nnspin_guest::bindings::nnspin::llm::text::{Message, ModelTask};
 use nnspin_guest::chat::{AnsweredCall, ChatMessage, Conversation};
 use nnspin_guest::generate::{self, GenerationParams};
 use nnspin_guest::http;
@@ -82,15 +82,26 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-/// The model id to open: the requested one, or the default for a missing model or `"auto"`.
-pub fn model_id(requested: Option<&str>) -> Result<String, ApiError> {
+/// The model id to open: the requested one, or for a missing model or `"auto"` the first the component
+/// may use that generates text (`embedding` false) or embeds (`embedding` true).
+pub fn model_id(requested: Option<&str>, embedding: bool) -> Result<String, ApiError> {
     match requested {
         Some(id) if !id.is_empty() && id != "auto" => Ok(id.to_string()),
         _ => model::models()
             .into_iter()
-            .next()
+            .find(|m| matches!(m.task, ModelTask::Embedding(_)) == embedding)
             .map(|m| m.id)
-            .ok_or_else(|| ApiError::internal("this component has no model")),
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "this server has no {} model: name one of GET /v1/models",
+                    if embedding {
+                        "embedding"
+                    } else {
+                        "text generation"
+                    }
+                ))
+                .with_param("model")
+            }),
     }
 }
 
@@ -101,7 +112,7 @@ pub fn read<R>(
     sampling: fn(&R) -> &SamplingFields,
 ) -> Result<(R, Model), ApiError> {
     let request = parse(&http::read_body(request)?)?;
-    let model = Model::open(&sampling(&request).resolve_model()?)?;
+    let model = Model::open_generator(&sampling(&request).resolve_model()?)?;
     Ok((request, model))
 }
 
@@ -361,7 +372,7 @@ impl SamplingFields {
     }
 
     pub fn resolve_model(&self) -> Result<String, ApiError> {
-        model_id(self.model.as_deref())
+        model_id(self.model.as_deref(), false)
     }
 
     pub fn include_usage(&self) -> bool {

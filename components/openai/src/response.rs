@@ -199,11 +199,14 @@ pub fn legacy_logprobs(vocabulary: &Vocabulary, logprobs: &[TokenLogprob], offse
 }
 
 pub fn model_object(model: &ModelInfo) -> Value {
+    let (task, dimensions) = nnspin_guest::model::task(model);
     json!({
         "id": model.id,
         "object": "model",
         "created": model.created,
         "owned_by": model.owned_by,
+        "task": task,
+        "dimensions": dimensions,
         "context_length": model.context_length,
         "backend": model.backend,
         "device": model.device,

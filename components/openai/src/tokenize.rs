@@ -70,7 +70,7 @@ struct DetokenizeRequest {
 
 /// The model a request names, or the default.
 fn open(model: Option<&str>) -> Result<Model, ApiError> {
-    Model::open(&request::model_id(model)?)
+    Model::open(&request::model_id(model, false)?)
 }
 
 pub fn tokenize(request: IncomingRequest, out: ResponseOutparam) {

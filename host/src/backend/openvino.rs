@@ -193,7 +193,7 @@ impl Backend for OpenVino {
             .compile_model(&model, device)
             .map_err(load_error(&described))?;
         drop(core);
-        Ok(Arc::new(OpenVinoGraph::new(compiled)?))
+        Ok(Arc::new(OpenVinoGraph::new(compiled, &model)?))
     }
 }
 
@@ -201,12 +201,17 @@ struct OpenVinoGraph {
     /// Creating infer requests needs `&mut`; inference itself runs on each context's own request.
     compiled: Mutex<CompiledModel>,
     caches: Arc<[CacheInput]>,
+    /// The outputs a guest reads: every one but the caches (a decoder's `logits`, an encoder's
+    /// `sentence_embedding`).
+    results: Arc<[String]>,
     /// A stateful model's `beam_idx` input: which cache row each batch row continues.
     beam_idx: bool,
 }
 
 impl OpenVinoGraph {
-    fn new(compiled: CompiledModel) -> Result<Self, BackendError> {
+    /// `model` is the model as read: its outputs carry the names the file gives them, while the compiled
+    /// model's may answer with an internal one (`Add_672/out0` for `logits`).
+    fn new(compiled: CompiledModel, model: &openvino::Model) -> Result<Self, BackendError> {
         let fail = load_error("reading the compiled model");
         let mut inputs = Vec::new();
         for i in 0..compiled.get_input_size().map_err(&fail)? {
@@ -214,9 +219,9 @@ impl OpenVinoGraph {
             inputs.push((port.get_name().map_err(&fail)?, port));
         }
         let mut outputs = Vec::new();
-        for i in 0..compiled.get_output_size().map_err(&fail)? {
+        for i in 0..model.get_outputs_len().map_err(&fail)? {
             outputs.push(
-                compiled
+                model
                     .get_output_by_index(i)
                     .and_then(|port| port.get_name())
                     .map_err(&fail)?,
@@ -238,9 +243,14 @@ impl OpenVinoGraph {
             outputs.iter().any(|output| output == present)
         })?;
         let beam_idx = inputs.iter().any(|(name, _)| name == BEAM_IDX);
+        let results = outputs
+            .into_iter()
+            .filter(|output| !caches.iter().any(|cache| &cache.present == output))
+            .collect();
         Ok(Self {
             compiled: Mutex::new(compiled),
             caches: caches.into(),
+            results,
             beam_idx,
         })
     }
@@ -257,6 +267,7 @@ impl BackendGraph for OpenVinoGraph {
         Ok(Box::new(OpenVinoContext {
             request,
             caches: self.caches.clone(),
+            results: self.results.clone(),
             beam_idx: self.beam_idx,
             started: false,
         }))
@@ -266,6 +277,7 @@ impl BackendGraph for OpenVinoGraph {
 struct OpenVinoContext {
     request: InferRequest,
     caches: Arc<[CacheInput]>,
+    results: Arc<[String]>,
     beam_idx: bool,
     /// Whether the caches hold this sequence's past (set after the first step).
     started: bool,
@@ -314,11 +326,16 @@ impl BackendExecutionContext for OpenVinoContext {
                 .set_tensor(&cache.name, &present)
                 .map_err(BackendError::runtime)?;
         }
-        let logits = self
-            .request
-            .get_tensor("logits")
-            .map_err(BackendError::runtime)?;
-        Ok(vec![("logits".to_string(), from_openvino(&logits)?)])
+        self.results
+            .iter()
+            .map(|name| {
+                let tensor = self
+                    .request
+                    .get_tensor(name)
+                    .map_err(BackendError::runtime)?;
+                Ok((name.clone(), from_openvino(&tensor)?))
+            })
+            .collect()
     }
 }
 

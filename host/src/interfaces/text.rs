@@ -2,10 +2,10 @@
 
 use wasmtime::component::Resource;
 
-use super::bindings::text::{self, Message, ModelInfo, TextError};
+use super::bindings::text::{self, Message, ModelInfo, ModelTask, TextError};
 use super::resources::TokenizerHandle;
 use super::view::LlmView;
-use crate::registry::model::Model;
+use crate::registry::model::{Model, Task};
 use crate::text::detokenizer::Detokenizer;
 
 /// What a component is told about a model.
@@ -13,6 +13,10 @@ pub(crate) fn model_info(model: &Model) -> ModelInfo {
     let facts = &model.facts;
     ModelInfo {
         id: facts.id.clone(),
+        task: match facts.task {
+            Task::Generation => ModelTask::Generation,
+            Task::Embedding { dimensions } => ModelTask::Embedding(dimensions),
+        },
         context_length: facts.context_length,
         vocab_size: facts.vocab_size,
         eos_token_ids: facts.eos_token_ids.clone(),
@@ -55,13 +59,14 @@ impl text::HostTokenizer for LlmView<'_> {
         &mut self,
         tokenizer: Resource<TokenizerHandle>,
         text: String,
+        add_special_tokens: bool,
     ) -> wasmtime::Result<Result<Vec<u32>, TextError>> {
         Ok(self
             .table
             .get(&tokenizer)?
             .0
             .text
-            .encode(&text)
+            .encode(&text, add_special_tokens)
             .map_err(invalid))
     }
 

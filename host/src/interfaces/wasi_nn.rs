@@ -18,6 +18,7 @@ use super::bindings::{errors, graph, inference, tensor};
 use super::resources::{ExecutionContext, Graph, NnError};
 use super::view::LlmView;
 use crate::backend::{BackendError, ElementType, Tensor};
+use crate::registry::model::Task;
 
 /// The wasi-nn error code a guest reads for each kind of failure.
 fn code(error: &NnError) -> ErrorCode {
@@ -130,6 +131,10 @@ impl graph::HostGraph for LlmView<'_> {
 
 impl inference::Host for LlmView<'_> {}
 
+/// Most rows of full context length one pass may hold: an encoder's batch (rows × positions) is bounded
+/// so that a guest cannot make one pass allocate without limit.
+const MAX_FULL_ROWS_PER_PASS: u64 = 64;
+
 /// Token ids and positions index tables inside the engines, and some kernels do not check their bounds
 /// (ONNX Runtime's `GatherBlockQuantized` reads past its table for an id beyond the vocabulary): a
 /// component must not be able to make the host read memory it does not own, so they are checked here,
@@ -149,6 +154,15 @@ fn check_indices(
             return Err(BackendError::InvalidArgument(format!(
                 "attention_mask covers {positions} positions, beyond the model's context of \
                  {context_length}"
+            )));
+        }
+        if name == "input_ids"
+            && tensor.element_count() as u64 > MAX_FULL_ROWS_PER_PASS * u64::from(context_length)
+        {
+            return Err(BackendError::InvalidArgument(format!(
+                "input_ids holds {} tokens, more than one pass may ({MAX_FULL_ROWS_PER_PASS} rows of \
+                 {context_length})",
+                tensor.element_count()
             )));
         }
         let limit = match name.as_str() {
@@ -201,11 +215,16 @@ impl inference::HostGraphExecutionContext for LlmView<'_> {
             Ok(outputs) => {
                 state.backend = Some(backend);
                 state.computes += 1;
-                let id = &state.model.facts.id;
-                if state.computes == 1 {
-                    state.metrics.first_token(id, state.opened.elapsed());
-                } else {
-                    state.metrics.decoded(id, new_tokens, started.elapsed());
+                // Token timings are a decoder's; an encoder's pass makes no tokens.
+                let facts = &state.model.facts;
+                if facts.task == Task::Generation {
+                    if state.computes == 1 {
+                        state.metrics.first_token(&facts.id, state.opened.elapsed());
+                    } else {
+                        state
+                            .metrics
+                            .decoded(&facts.id, new_tokens, started.elapsed());
+                    }
                 }
                 let mut named = Vec::with_capacity(outputs.len());
                 for (name, tensor) in outputs {

@@ -11,16 +11,27 @@ use super::admission::{Admission, ContextLimits};
 use crate::backend::{BackendGraph, BackendKind, Device, Engine, LoadOptions, Precision};
 use crate::text::TextModel;
 
+/// What a model computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// A decoder: next-token logits, for chat and completions.
+    Generation,
+    /// A sentence encoder: one vector of `dimensions` per input.
+    Embedding { dimensions: u32 },
+}
+
 /// What a component is told about a model to drive generation and describe it to clients.
 #[derive(Debug, Clone)]
 pub struct ModelFacts {
     /// The name in spin.toml's `ai_models` and the models directory.
     pub id: String,
-    /// Most tokens (prompt and completion together) one sequence may hold.
+    pub task: Task,
+    /// Most tokens (prompt and completion together) one sequence may hold; an embedding model's longest
+    /// input.
     pub context_length: u32,
     /// Size of the logits vector the model produces for each position.
     pub vocab_size: u32,
-    /// Tokens that end a completion.
+    /// Tokens that end a completion (none for an embedding model).
     pub eos_token_ids: Vec<u32>,
     /// When the model files were written, in seconds since the Unix epoch.
     pub created: u64,
@@ -59,15 +70,27 @@ impl Model {
                 .with_context(|| format!("model {id:?}: reading {}", config_path.display()))?,
         )
         .with_context(|| format!("model {id:?}: parsing {}", config_path.display()))?;
-        let generation: serde_json::Value = std::fs::read(dir.join("generation_config.json"))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
-        let eos_token_ids = token_ids(&generation["eos_token_id"])
-            .or_else(|| token_ids(&config["eos_token_id"]))
-            .with_context(|| {
-                format!("model {id:?}: no eos_token_id in generation_config.json or config.json")
-            })?;
+        let embedding = sentence_encoder(dir);
+        let (task, eos_token_ids) = match &embedding {
+            Some(encoder) => (
+                Task::Embedding {
+                    dimensions: encoder.dimensions,
+                },
+                Vec::new(),
+            ),
+            None => {
+                let generation = read_json(&dir.join("generation_config.json"));
+                let eos = token_ids(&generation["eos_token_id"])
+                    .or_else(|| token_ids(&config["eos_token_id"]))
+                    .with_context(|| {
+                        format!(
+                            "model {id:?}: no eos_token_id in generation_config.json or config.json"
+                        )
+                    })?;
+                (Task::Generation, eos)
+            }
+        };
+        let position_limit = config["max_position_embeddings"].as_u64().unwrap_or(2048) as u32;
         let text =
             TextModel::load(dir).with_context(|| format!("model {id:?}: loading its tokenizer"))?;
         let graph = engine.backend.load(dir, options).with_context(|| {
@@ -85,7 +108,10 @@ impl Model {
             .map_or(0, |d| d.as_secs());
         let facts = ModelFacts {
             id: id.to_string(),
-            context_length: config["max_position_embeddings"].as_u64().unwrap_or(2048) as u32,
+            task,
+            context_length: embedding
+                .and_then(|encoder| encoder.max_input_tokens)
+                .map_or(position_limit, |limit| limit.min(position_limit)),
             vocab_size: config["vocab_size"]
                 .as_u64()
                 .map_or_else(|| text.vocab_size(), |v| v as u32),
@@ -103,6 +129,39 @@ impl Model {
             admission: Admission::new(limits),
         })
     }
+}
+
+/// A sentence-transformers model directory (`modules.json` naming a Pooling module): an encoder whose
+/// graph hands back pooled vectors (`sentence_embedding`, as this project's export and Optimum's write).
+struct SentenceEncoder {
+    dimensions: u32,
+    /// `sentence_bert_config.json`'s `max_seq_length`: the inputs the model was trained on, which can be
+    /// fewer than its position table holds.
+    max_input_tokens: Option<u32>,
+}
+
+fn sentence_encoder(dir: &Path) -> Option<SentenceEncoder> {
+    let modules = read_json(&dir.join("modules.json"));
+    let pooling = modules.as_array()?.iter().find(|module| {
+        module["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with(".Pooling"))
+    })?;
+    let pooling = read_json(&dir.join(pooling["path"].as_str()?).join("config.json"));
+    Some(SentenceEncoder {
+        dimensions: pooling["word_embedding_dimension"].as_u64()? as u32,
+        max_input_tokens: read_json(&dir.join("sentence_bert_config.json"))["max_seq_length"]
+            .as_u64()
+            .map(|n| n as u32),
+    })
+}
+
+/// A JSON file's value; null where the file is missing or unreadable (every reader treats it as absent).
+fn read_json(path: &Path) -> serde_json::Value {
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
 }
 
 fn token_ids(value: &serde_json::Value) -> Option<Vec<u32>> {

@@ -53,6 +53,11 @@ pub async fn serve(
             },
             reason = &mut stop => break reason,
         };
+        // A body streams in many small writes (every SSE event, every 4 KiB a component writes): with
+        // Nagle's algorithm each write after the first waits for the client's delayed ACK, about 40 ms.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("setting TCP_NODELAY failed: {e}");
+        }
         let server = server.clone();
         let service = hyper::service::service_fn(move |req| {
             let server = server.clone();

@@ -32,6 +32,7 @@ pub enum TextError {
 /// A model's tokenizer and compiled chat template.
 pub struct TextModel {
     tokenizer: Tokenizer,
+    /// Holds the chat template when the model has one (encoders have none).
     templates: Environment<'static>,
     bos_token: String,
     eos_token: String,
@@ -58,9 +59,6 @@ impl TextModel {
                 .to_string(),
             _ => String::new(),
         };
-        let template = config["chat_template"].as_str().ok_or_else(|| {
-            wasmtime::format_err!("{} has no chat_template", config_path.display())
-        })?;
         let mut templates = Environment::new();
         templates.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         templates.add_function(
@@ -69,9 +67,13 @@ impl TextModel {
                 Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
             },
         );
-        templates
-            .add_template_owned(CHAT_TEMPLATE, template.to_string())
-            .map_err(|e| wasmtime::format_err!("{}: chat template: {e}", config_path.display()))?;
+        if let Some(template) = config["chat_template"].as_str() {
+            templates
+                .add_template_owned(CHAT_TEMPLATE, template.to_string())
+                .map_err(|e| {
+                    wasmtime::format_err!("{}: chat template: {e}", config_path.display())
+                })?;
+        }
         Ok(Self {
             tokenizer,
             templates,
@@ -81,9 +83,10 @@ impl TextModel {
         })
     }
 
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TextError> {
+    /// With `add_special_tokens`, the tokenizer's post-processor frames the text (BERT's `[CLS] … [SEP]`).
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, TextError> {
         self.tokenizer
-            .encode_fast(text, false)
+            .encode_fast(text, add_special_tokens)
             .map(|encoding| encoding.get_ids().to_vec())
             .map_err(|e| TextError::Tokenizer(e.to_string()))
     }
@@ -97,13 +100,13 @@ impl TextModel {
             .iter()
             .map(|m| context! { role => m.role, content => m.content })
             .collect();
-        self.templates
-            .get_template(CHAT_TEMPLATE)
-            .and_then(|t| {
-                t.render(context! {
-                    messages, add_generation_prompt,
-                    bos_token => self.bos_token, eos_token => self.eos_token,
-                })
+        let template = self.templates.get_template(CHAT_TEMPLATE).map_err(|_| {
+            TextError::Template("the model has no chat template (it is not a chat model)".into())
+        })?;
+        template
+            .render(context! {
+                messages, add_generation_prompt,
+                bos_token => self.bos_token, eos_token => self.eos_token,
             })
             .map_err(|e| TextError::Template(e.to_string()))
     }

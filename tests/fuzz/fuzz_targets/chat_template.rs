@@ -44,7 +44,9 @@ fuzz_target!(|input: &[u8]| {
     let Ok(prompt) = MODEL.apply_chat_template(&messages, flags & 1 == 1) else {
         return;
     };
-    let tokens = MODEL.encode(&prompt).expect("rendered prompts tokenize");
+    let tokens = MODEL
+        .encode(&prompt, false)
+        .expect("rendered prompts tokenize");
     // Counted once: `vocab_size` builds the tokenizer's whole vocabulary map.
     let vocab_size = MODEL.vocab_size();
     assert!(tokens.iter().all(|&t| t < vocab_size));

@@ -1,10 +1,11 @@
-//! OpenAI request bodies (chat, Responses and legacy completions) through the whole validation layer that runs
+//! OpenAI request bodies (chat, Responses, legacy completions and embeddings) through the whole validation layer that runs
 //! before a model is opened: parsing, ranges, `response_format` schemas, tools, messages. Any body must
 //! end in a request or a 400 (OpenAI's status for every invalid request), never a panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use nnspin_guest::ApiError;
+use nnspin_openai::embeddings::EmbeddingsRequest;
 use nnspin_openai::errors::status;
 use nnspin_openai::request::{ChatRequest, CompletionRequest};
 use nnspin_openai::responses::ResponsesRequest;
@@ -27,6 +28,7 @@ fuzz_target!(|body: &[u8]| {
         chat.generation_params();
     }
     refused_with_400(ResponsesRequest::parse(body));
+    refused_with_400(EmbeddingsRequest::parse(body));
     if let Some(completion) = refused_with_400(CompletionRequest::parse(body))
         && completion.sampling.seed.is_some()
     {
