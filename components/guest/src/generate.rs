@@ -5,8 +5,8 @@
 
 use crate::ApiError;
 use crate::bindings::wasi::nn::inference::GraphExecutionContext;
-use crate::bindings::wasi::nn::tensor::{Tensor, TensorType};
-use crate::model::{Model, nn_error};
+use crate::bindings::wasi::nn::tensor::TensorType;
+use crate::model::{Model, nn_error, nn_inputs};
 use crate::sampling::{self, Penalties, PenaltyParams, Sampler, SamplingParams, TokenLogprob};
 use crate::stop::StopFilter;
 use crate::structured::{Constraint, Structure};
@@ -315,31 +315,7 @@ fn step(
     tokens: &[u32],
     past: usize,
 ) -> Result<Vec<f32>, ApiError> {
-    let n = tokens.len();
-    let ids: Vec<u8> = tokens
-        .iter()
-        .flat_map(|&t| i64::from(t).to_le_bytes())
-        .collect();
-    let mask: Vec<u8> = std::iter::repeat_n(1i64.to_le_bytes(), past + n)
-        .flatten()
-        .collect();
-    let positions: Vec<u8> = (past..past + n)
-        .flat_map(|p| (p as i64).to_le_bytes())
-        .collect();
-    let inputs = vec![
-        (
-            "input_ids".to_string(),
-            Tensor::new(&[1, n as u32], TensorType::I64, &ids),
-        ),
-        (
-            "attention_mask".to_string(),
-            Tensor::new(&[1, (past + n) as u32], TensorType::I64, &mask),
-        ),
-        (
-            "position_ids".to_string(),
-            Tensor::new(&[1, n as u32], TensorType::I64, &positions),
-        ),
-    ];
+    let inputs = nn_inputs(nnspin_core::inputs::decoder_step(tokens, past));
     let outputs = execution.compute(inputs).map_err(|e| nn_error(&e))?;
     let (_, logits) = outputs
         .into_iter()
@@ -348,11 +324,7 @@ fn step(
     if logits.ty() != TensorType::Fp32 {
         return Err(ApiError::internal("the model's logits are not fp32"));
     }
-    Ok(logits
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
+    Ok(nnspin_core::inputs::f32_values(&logits.data()))
 }
 
 /// The last position's row: models that return logits for every position end with the one we need.

@@ -22,9 +22,9 @@ pub mod json_grammar;
 pub mod json_schema;
 pub mod model;
 pub mod request;
-pub mod sampling;
 pub mod stop;
 pub mod structured;
 pub mod vocabulary;
 
 pub use error::{ApiError, ErrorKind};
+pub use nnspin_core::sampling;

@@ -9,6 +9,7 @@ use crate::bindings::nnspin::llm::text::{
 };
 use crate::bindings::wasi::nn::errors::{Error as NnError, ErrorCode};
 use crate::bindings::wasi::nn::graph::{self, Graph};
+use crate::bindings::wasi::nn::tensor::{Tensor, TensorType};
 use crate::vocabulary::Vocabulary;
 
 pub struct Model {
@@ -141,6 +142,19 @@ fn text_error(e: TextError) -> ApiError {
         TextError::NotFound(message) => ApiError::not_found(message),
         TextError::InvalidInput(message) => ApiError::invalid(message).with_param("messages"),
     }
+}
+
+/// A pass's inputs as the wasi-nn tensors `compute` takes.
+pub(crate) fn nn_inputs(
+    inputs: impl IntoIterator<Item = nnspin_core::inputs::Input>,
+) -> Vec<(String, Tensor)> {
+    inputs
+        .into_iter()
+        .map(|input| {
+            let tensor = Tensor::new(&input.dims, TensorType::I64, &input.data);
+            (input.name.to_string(), tensor)
+        })
+        .collect()
 }
 
 /// The API error for a wasi-nn failure.

@@ -1,4 +1,5 @@
-//! Host bindings of the `nnspin:llm/llm` world: `wasi:nn` plus nnspin's `text`, `models` and `system`.
+//! Host bindings of the `nnspin:llm/host` world: `wasi:nn`, nnspin's `text`, `models` and `system`, and
+//! Spin's `fermyon:spin/llm`.
 //!
 //! wasmtime-wasi-nn's host calls are synchronous, so a long `compute` would block a tokio worker; these
 //! bindings are async and inference runs on the blocking pool. Resources map onto types of
@@ -7,7 +8,7 @@
 
 wasmtime::component::bindgen!({
     path: "../wit",
-    world: "nnspin:llm/llm",
+    world: "nnspin:llm/host",
     imports: { default: async | trappable },
     with: {
         "wasi:nn/graph.graph": super::resources::Graph,
@@ -19,5 +20,6 @@ wasmtime::component::bindgen!({
     },
 });
 
+pub use self::fermyon::spin::llm as spin_llm;
 pub use self::nnspin::llm::{models, system, text};
 pub use self::wasi::nn::{errors, graph, inference, tensor};

@@ -102,5 +102,6 @@ pub fn add_to_linker<T: Send + 'static>(
     bindings::text::add_to_linker::<_, Llm>(linker, view)?;
     bindings::models::add_to_linker::<_, Llm>(linker, view)?;
     bindings::system::add_to_linker::<_, Llm>(linker, view)?;
+    bindings::spin_llm::add_to_linker::<_, Llm>(linker, view)?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! loading raw model bytes from a guest is refused, since models are loaded once per process, not per
 //! request. `compute` runs on tokio's blocking pool so inference never stalls the HTTP workers.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::component::Resource;
@@ -18,7 +19,8 @@ use super::bindings::{errors, graph, inference, tensor};
 use super::resources::{ExecutionContext, Graph, NnError};
 use super::view::LlmView;
 use crate::backend::{BackendError, ElementType, Tensor};
-use crate::registry::model::Task;
+use crate::metrics::Metrics;
+use crate::registry::model::{Model, Task};
 
 /// The wasi-nn error code a guest reads for each kind of failure.
 fn code(error: &NnError) -> ErrorCode {
@@ -94,31 +96,8 @@ impl graph::HostGraph for LlmView<'_> {
     ) -> NnResult<Resource<inference::GraphExecutionContext>> {
         let model = self.table.get(&graph)?.0.clone();
         let metrics = self.grants.registry().metrics().clone();
-        let id = &model.facts.id;
-        let slot = match model
-            .admission
-            .admit(|delta| metrics.queue_changed(id, delta))
-            .await
-        {
-            Ok(slot) => slot,
-            Err(full) => {
-                metrics.rejected(id);
-                return self.fail(full);
-            }
-        };
-        match model.graph.init_execution_context() {
-            Ok(backend) => {
-                metrics.context_opened(id);
-                let context = ExecutionContext {
-                    backend: Some(backend),
-                    model,
-                    metrics,
-                    opened: Instant::now(),
-                    computes: 0,
-                    _slot: slot,
-                };
-                Ok(Ok(self.table.push(context)?))
-            }
+        match open_context(model, metrics).await {
+            Ok(context) => Ok(Ok(self.table.push(context)?)),
             Err(e) => self.fail(e),
         }
     }
@@ -127,6 +106,36 @@ impl graph::HostGraph for LlmView<'_> {
         self.table.delete(graph)?;
         Ok(())
     }
+}
+
+/// Takes one of the model's slots (waiting in its queue, or refused when that is full) and opens an
+/// engine context on it: every sequence a component runs, through wasi-nn or Spin's LLM interface.
+pub(crate) async fn open_context(
+    model: Arc<Model>,
+    metrics: Arc<Metrics>,
+) -> Result<ExecutionContext, NnError> {
+    let id = &model.facts.id;
+    let slot = match model
+        .admission
+        .admit(|delta| metrics.queue_changed(id, delta))
+        .await
+    {
+        Ok(slot) => slot,
+        Err(full) => {
+            metrics.rejected(id);
+            return Err(full.into());
+        }
+    };
+    let backend = model.graph.init_execution_context()?;
+    metrics.context_opened(id);
+    Ok(ExecutionContext {
+        backend: Some(backend),
+        model,
+        metrics,
+        opened: Instant::now(),
+        computes: 0,
+        _slot: slot,
+    })
 }
 
 impl inference::Host for LlmView<'_> {}
