@@ -20,12 +20,12 @@ npm ci --prefix tests/node --no-audit --no-fund --silent
 # The deliberately misbehaving component of the isolation tests.
 cargo build --release --target wasm32-wasip2 -p nnspin-test-faults
 # A Spin app written with spin-sdk, for the tests of Spin's LLM interface.
-cargo build --release --target wasm32-wasip2 --manifest-path examples/spin-llm/Cargo.toml
+cargo build --release --target wasm32-wasip2 --manifest-path tests/components/spin-llm/Cargo.toml
 
 printf '\n==> cargo fmt --check\n'
 cargo fmt --all --check
 cargo fmt --manifest-path tests/fuzz/Cargo.toml --check
-cargo fmt --manifest-path examples/spin-llm/Cargo.toml --check
+cargo fmt --manifest-path tests/components/spin-llm/Cargo.toml --check
 printf '\n==> cargo test\n'
 cargo test --workspace
 printf '\n==> end-to-end tests\n'

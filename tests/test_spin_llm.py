@@ -1,6 +1,6 @@
 """Spin's LLM interface (`fermyon:spin/llm@2.0.0`) on nnspin's host, driven by a real Spin app:
-examples/spin-llm, written with spin-sdk's `llm` module and built as Spin builds it. Its greedy answers
-are the OpenAI component's for the same prompt, its vectors the same as /v1/embeddings', and every
+tests/components/spin-llm, written with spin-sdk's `llm` module and built as Spin builds it. Its greedy
+answers are the OpenAI component's for the same prompt, its vectors the same as /v1/embeddings', and every
 error of the interface comes back as the error variant the app maps to a status."""
 
 import httpx
@@ -8,7 +8,7 @@ import pytest
 
 from support import DEFAULT_MODEL, EMBEDDING_MODEL, ROOT, component, running_host, write_app
 
-EXAMPLE = ROOT / "examples" / "spin-llm"
+EXAMPLE = ROOT / "tests" / "components" / "spin-llm"
 WASM = EXAMPLE / "target" / "wasm32-wasip2" / "release" / "spin_llm_example.wasm"
 PROMPT = "The capital of France is"
 
@@ -17,7 +17,7 @@ PROMPT = "The capital of France is"
 def app_host(tmp_path_factory):
     """The Spin app at /..., the OpenAI component at /v1/... on the same resident models."""
     assert WASM.exists(), "build it: cargo build --release --target wasm32-wasip2 --manifest-path " \
-                          "examples/spin-llm/Cargo.toml"
+                          "tests/components/spin-llm/Cargo.toml"
     spin_app = "\n".join(['[component.spin-app]', f'source = "{WASM}"',
                           f'ai_models = ["{DEFAULT_MODEL}", "{EMBEDDING_MODEL}"]'])
     manifest = write_app(
@@ -74,7 +74,7 @@ def test_interface_errors_reach_the_app(app_host, path, body, says):
 
 
 def test_the_example_serves_from_its_own_manifest():
-    """`nnspin up -f examples/spin-llm`, the directory form Spin's own CLI takes."""
+    """`nnspin up -f tests/components/spin-llm`, the directory form Spin's own CLI takes."""
     with running_host(EXAMPLE) as host:
         body = post(host, "/infer", {"model": DEFAULT_MODEL, "prompt": PROMPT, "max_tokens": 8,
                                      "temperature": 0}).json()

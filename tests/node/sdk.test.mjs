@@ -8,6 +8,7 @@ assert.ok(baseURL, "set NNSPIN_OPENAI_URL (tests/test_openai_node_sdk.py does)")
 const client = new OpenAI({ baseURL, apiKey: "unused", maxRetries: 0, timeout: 120_000 });
 const MODEL = "smollm2-135m-instruct";
 const TINY = "tiny-random";
+const EMBEDDING = "all-minilm-l6-v2";
 const FRANCE = [{ role: "user", content: "What is the capital of France? Answer in English." }];
 
 test("chat completion answers Paris", async () => {
@@ -121,6 +122,21 @@ test("responses: whole, streamed with the SDK's helper, and a function call", as
   assert.equal(call.output[0].type, "function_call");
   assert.equal(call.output[0].name, "get_weather");
   assert.match(call.output[0].call_id, /^call_/);
+});
+
+test("embeddings: float and base64 (the SDK's default, decoded by it) agree", async () => {
+  const input = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby."];
+  const floats = await client.embeddings.create({ model: EMBEDDING, input, encoding_format: "float" });
+  const decoded = await client.embeddings.create({ model: EMBEDDING, input });
+  assert.equal(floats.data.length, 3);
+  assert.equal(floats.data[0].embedding.length, 384);
+  const dot = (a, b) => a.reduce((sum, x, i) => sum + x * b[i], 0);
+  for (let i = 0; i < 3; i++) {
+    assert.ok(Math.abs(dot(floats.data[i].embedding, decoded.data[i].embedding) - 1) < 1e-5);
+  }
+  const [food, bread, baby] = floats.data.map((d) => d.embedding);
+  assert.ok(dot(food, bread) > dot(food, baby));
+  assert.ok(floats.usage.prompt_tokens > 0);
 });
 
 test("legacy completions continue a prompt", async () => {

@@ -8,6 +8,7 @@
 //! `compute` calls ([`decoder`]), so no cache bytes ever cross the component boundary.
 
 pub mod decoder;
+pub mod encoder;
 pub mod engines;
 /// Finds the engines' native libraries; only the engine backends use it.
 #[cfg(any(feature = "onnxruntime", feature = "openvino"))]

@@ -3,10 +3,12 @@
 //! It serves the decoder contract ([`decoder`](crate::backend::decoder)) in one of two ways. Models whose
 //! `genai_config.json` declares `past_present_share_buffer` keep every sequence's cache in place in shared
 //! buffers ([`shared_cache`]), and their contexts' steps are batched together ([`batcher`]); the others
-//! run each context's steps on their own ([`serial`]).
+//! run each context's steps on their own ([`serial`]). Encoders ([`encoder`](super::encoder)) batch the
+//! passes of concurrent contexts ([`encoder_batcher`]).
 
 mod accuracy;
 mod batcher;
+mod encoder_batcher;
 mod serial;
 mod shared_cache;
 mod tensors;
@@ -19,6 +21,7 @@ use ort::session::{Session, builder::GraphOptimizationLevel};
 use ort::value::{TensorElementType, ValueType};
 
 use super::decoder::{self, CacheInput, PAST_PREFIX, PRESENT_PREFIX};
+use super::encoder;
 use super::library::{WheelLibrary, version_of};
 use super::{
     Backend, BackendError, BackendExecutionContext, BackendGraph, BackendKind, Device, Engine,
@@ -28,6 +31,7 @@ use super::{
 /// `MatMulNBits`' `accuracy_level` for fast mode: activations quantized to int8 per block.
 const INT8_ACTIVATIONS: u64 = 4;
 use batcher::Batcher;
+use encoder_batcher::EncoderBatcher;
 use serial::SerialContext;
 
 pub struct OnnxRuntime {
@@ -191,6 +195,8 @@ enum OnnxGraph {
     },
     /// Contexts' steps go to the model's scheduler, which batches them.
     Batched(Batcher),
+    /// An encoder: contexts' passes go to the model's thread, which merges those that arrive together.
+    Encoder(EncoderBatcher),
 }
 
 impl OnnxGraph {
@@ -202,6 +208,17 @@ impl OnnxGraph {
             _ => (input.name(), None, Vec::new()),
         });
         let outputs = session.outputs();
+        let input_types = session.inputs().iter().map(|input| match input.dtype() {
+            ValueType::Tensor { ty, .. } => (input.name(), tensors::element_type(*ty)),
+            _ => (input.name(), None),
+        });
+        let output_ranks = outputs.iter().map(|output| match output.dtype() {
+            ValueType::Tensor { shape, .. } => shape.len(),
+            _ => 0,
+        });
+        if encoder::follows_contract(input_types, output_ranks) {
+            return Ok(Self::Encoder(EncoderBatcher::start(session)?));
+        }
         let caches = decoder::cache_inputs(inputs, |present| {
             outputs.iter().any(|output| output.name() == present)
         })?;
@@ -269,6 +286,7 @@ impl BackendGraph for OnnxGraph {
                 Box::new(SerialContext::new(session.clone(), caches.clone()))
             }
             Self::Batched(batcher) => Box::new(batcher.context()),
+            Self::Encoder(batcher) => Box::new(batcher.context()),
         })
     }
 }
