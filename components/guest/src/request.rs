@@ -66,6 +66,23 @@ where
         .ok_or_else(|| D::Error::custom(format!("expected a whole number in range, got {number}")))
 }
 
+/// Deserializes an optional setting held as `f32` (temperature, top_p, penalties). A JSON number too
+/// small for `f32` keeps its side of zero (`-1e-310` becomes the smallest negative `f32`, not `-0.0`), so a
+/// negative value still fails a `>= 0` range check instead of passing as zero.
+pub fn float<'de, D>(deserializer: D) -> Result<Option<f32>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Ok(Option::<f64>::deserialize(deserializer)?.map(|v| {
+        let narrowed = v as f32;
+        if narrowed == 0.0 && v != 0.0 {
+            f32::MIN_POSITIVE.copysign(v as f32)
+        } else {
+            narrowed
+        }
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +107,22 @@ mod tests {
     struct Counts {
         #[serde(default, deserialize_with = "whole_number")]
         n: Option<u32>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Setting {
+        #[serde(default, deserialize_with = "float")]
+        t: Option<f32>,
+    }
+
+    #[test]
+    fn numbers_too_small_for_f32_keep_their_sign() {
+        let t = |body: &str| parse_body::<Setting>(body.as_bytes()).unwrap().t.unwrap();
+        assert!(check_range("t", Some(t(r#"{"t": -2.2e-311}"#)), 0.0, 1.0).is_err());
+        assert!(check_range("t", Some(t(r#"{"t": -0.0}"#)), 0.0, 1.0).is_ok());
+        assert!(t(r#"{"t": 1e-310}"#) > 0.0);
+        assert_eq!(t(r#"{"t": 0.5}"#), 0.5);
+        assert!(check_range("t", Some(t(r#"{"t": 1e39}"#)), 0.0, 2.0).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use nnspin_guest::ApiError;
 use nnspin_guest::bindings::nnspin::llm::text::Message;
 use nnspin_guest::chat::{ChatMessage, Conversation};
 use nnspin_guest::generate::{self, GenerationParams};
-use nnspin_guest::request::{check_range, parse_body, whole_number};
+use nnspin_guest::request::{check_range, float, parse_body, whole_number};
 use nnspin_guest::sampling::{PenaltyParams, SamplingParams};
 
 /// New tokens when the request names no length.
@@ -29,18 +29,18 @@ pub struct Settings {
     pub max_tokens: Option<u32>,
     #[serde(default, deserialize_with = "whole_number")]
     pub max_new_tokens: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "float")]
     pub temperature: Option<f32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "float")]
     pub top_p: Option<f32>,
     #[serde(default, deserialize_with = "whole_number")]
     pub top_k: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "float")]
     pub repetition_penalty: Option<f32>,
     #[serde(default)]
     pub do_sample: Option<bool>,
     /// Seconds the server may spend generating.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "float")]
     pub max_time: Option<f32>,
     #[serde(default, deserialize_with = "whole_number")]
     pub seed: Option<u64>,

@@ -16,7 +16,7 @@ use nnspin_guest::generate::{self, GenerationParams};
 use nnspin_guest::http;
 use nnspin_guest::json_schema::Schema;
 use nnspin_guest::model::{self, Model};
-use nnspin_guest::request::{check_range, parse_body, whole_number};
+use nnspin_guest::request::{check_range, float, parse_body, whole_number};
 use nnspin_guest::sampling::{PenaltyParams, SamplingParams};
 use nnspin_guest::structured::Structure;
 
@@ -42,9 +42,9 @@ pub struct SamplingFields {
     pub model: Option<String>,
     #[serde(default, deserialize_with = "whole_number")]
     pub max_tokens: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "float")]
     pub temperature: Option<f32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "float")]
     pub top_p: Option<f32>,
     #[serde(default, deserialize_with = "whole_number")]
     pub top_k: Option<u32>,
@@ -56,9 +56,9 @@ pub struct SamplingFields {
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
     pub stop: Option<Stop>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "float")]
     pub presence_penalty: Option<f32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "float")]
     pub frequency_penalty: Option<f32>,
     /// Token id (as a string) → bias added to its logit, -100..100.
     #[serde(default)]
