@@ -96,31 +96,38 @@ class HttpEngine:
         self.url, self.model, self.pid = url, model, pid
 
     def stream(self, user: str, max_tokens: int) -> tuple[float, int, float]:
-        body = json.dumps({
-            "model": self.model, "temperature": 0, "max_tokens": max_tokens,
-            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
-            "logit_bias": {str(token): -100 for token in EOS},
-            "stream": True, "stream_options": {"include_usage": True},
-        }).encode()
-        request = urllib.request.Request(self.url + "/v1/chat/completions", data=body,
-                                         headers={"content-type": "application/json"})
-        started = time.perf_counter()
-        first, pieces, usage = None, 0, None
-        with urllib.request.urlopen(request, timeout=600) as response:
-            for line in response:
-                if not line.startswith(b"data: {"):
-                    continue
-                event = json.loads(line[6:])
-                usage = event.get("usage") or usage
-                if event.get("choices") and event["choices"][0]["delta"].get("content"):
-                    pieces += 1
-                    first = first or time.perf_counter()
-        ended = time.perf_counter()
-        tokens = usage["completion_tokens"] if usage else pieces
-        return first - started, tokens, ended - started
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+        first, pieces, usage, total = stream_chat(self.url, self.model, messages, max_tokens)
+        tokens = usage["completion_tokens"] if usage else len(pieces)
+        return first, tokens, total
 
     def rss_mib(self) -> float:
         return rss_mib(self.pid)
+
+
+def stream_chat(url: str, model: str, messages: list[dict], max_tokens: int) -> tuple[float, list[str], dict, float]:
+    """Streams one greedy chat completion of exactly `max_tokens` tokens (end of turn suppressed) from an
+    OpenAI-compatible server; returns the seconds to its first content, the content's pieces, the usage
+    (empty if the server sends none) and the seconds in all."""
+    body = json.dumps({
+        "model": model, "messages": messages, "temperature": 0, "max_tokens": max_tokens,
+        "logit_bias": {str(token): -100 for token in EOS},
+        "stream": True, "stream_options": {"include_usage": True},
+    }).encode()
+    request = urllib.request.Request(url + "/v1/chat/completions", data=body,
+                                     headers={"content-type": "application/json"})
+    started = time.perf_counter()
+    first, pieces, usage = None, [], {}
+    with urllib.request.urlopen(request, timeout=600) as response:
+        for line in response:
+            if not line.startswith(b"data: {"):
+                continue
+            event = json.loads(line[6:])
+            usage = event.get("usage") or usage
+            if event.get("choices") and event["choices"][0]["delta"].get("content"):
+                first = first or time.perf_counter()
+                pieces.append(event["choices"][0]["delta"]["content"])
+    return first - started, pieces, usage, time.perf_counter() - started
 
 
 class OrtGenai:
@@ -213,14 +220,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_llama_cpp() -> tuple[subprocess.Popen, str]:
+def start_llama_cpp(*extra: str) -> tuple[subprocess.Popen, str]:
+    """llama-cpp-python's OpenAI server on the GGUF, with `extra` server options."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / "llama_cpp_server.py"), "--model", str(gguf()), "--host", "127.0.0.1",
          "--port", str(port), "--n_threads", str(THREADS), "--n_threads_batch", str(THREADS),
          "--n_ctx", "4096", "--n_batch", "512",
          # By default a new request cancels the one being served; queue them instead.
-         "--interrupt_requests", "False"],
+         "--interrupt_requests", "False", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"

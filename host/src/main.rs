@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use nnspin::api_keys::ApiKeys;
 use nnspin::backend::{BackendKind, Device, Precision, WeightFormat};
 use nnspin::lifecycle::{self, Server};
-use nnspin::registry::ModelSettings;
 use nnspin::registry::admission::ContextLimits;
+use nnspin::registry::{DEFAULT_PREFIX_CACHE_MIB, ModelSettings};
 use nnspin::{app, serve};
 use wasmtime::error::Context;
 
@@ -70,6 +70,11 @@ struct UpArgs {
     /// Inference threads per model (0: the backend's default, one per core).
     #[arg(long, default_value_t = 0, env = "NNSPIN_THREADS")]
     threads: usize,
+    /// Memory per model, in MiB, that finished sequences' KV caches may keep so later prompts sharing
+    /// their prefix (the next turn of a chat, a common system prompt) skip its prefill; 0 switches
+    /// prefix caching off. ONNX Runtime's batched models only.
+    #[arg(long, default_value_t = DEFAULT_PREFIX_CACHE_MIB, env = "NNSPIN_PREFIX_CACHE_MIB")]
+    prefix_cache_mib: u64,
     /// When a model's GPU cannot be used, load it on the CPU (with a warning) instead of failing.
     #[arg(long)]
     cpu_fallback: bool,
@@ -153,6 +158,7 @@ fn up(args: UpArgs) -> wasmtime::Result<()> {
             precision: args.precision,
             threads: args.threads,
             format: args.format,
+            prefix_cache_mib: args.prefix_cache_mib,
         },
         cpu_fallback: args.cpu_fallback,
         max_instances: args.max_instances,

@@ -41,6 +41,8 @@ pub struct ModelOverrides {
     /// Inference threads.
     pub threads: Option<usize>,
     pub format: Option<WeightFormat>,
+    /// Memory finished sequences' KV caches may keep for later prompts, in MiB (0: none).
+    pub prefix_cache_mib: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,8 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::backend::prefix_cache::PrefixCacheStats;
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -62,6 +64,8 @@ struct ModelFigures {
     time_to_first_token: Histogram,
     generated_tokens: u64,
     decode_seconds: f64,
+    /// Kept by the model's scheduler, read when rendering.
+    prefix_cache: Option<Arc<PrefixCacheStats>>,
 }
 
 #[derive(Debug, Default)]
@@ -118,6 +122,11 @@ impl Metrics {
         self.model(model, |m| m.rejected += 1);
     }
 
+    /// A loaded model's prefix cache (its scheduler keeps the figures).
+    pub fn prefix_cache(&self, model: &str, stats: Arc<PrefixCacheStats>) {
+        self.model(model, |m| m.prefix_cache = Some(stats));
+    }
+
     /// The first `compute` of a context: the prompt's prefill, from the context's creation.
     pub fn first_token(&self, model: &str, since_open: Duration) {
         self.model(model, |m| {
@@ -161,6 +170,17 @@ impl Metrics {
             gauge(&mut out, "nnspin_rejected_total", "Requests refused because the model's queue was full.", "counter", &|m| m.rejected.to_string());
             gauge(&mut out, "nnspin_generated_tokens_total", "Tokens decoded after the first.", "counter", &|m| m.generated_tokens.to_string());
             gauge(&mut out, "nnspin_decode_seconds_total", "Time spent decoding them (tokens/s = ratio of rates).", "counter", &|m| m.decode_seconds.to_string());
+            let cache = |out: &mut String, name: &str, help: &str, kind: &str, value: fn(&PrefixCacheStats) -> u64| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for (model, stats) in f.models.iter().filter_map(|(model, m)| Some((model, m.prefix_cache.as_ref()?))) {
+                    let _ = writeln!(out, "{name}{{model=\"{model}\"}} {}", value(stats));
+                }
+            };
+            cache(&mut out, "nnspin_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", "counter", PrefixCacheStats::queried_tokens);
+            cache(&mut out, "nnspin_prefix_cache_hits_total", "Prompt tokens found in the prefix cache, their prefill skipped.", "counter", PrefixCacheStats::hit_tokens);
+            cache(&mut out, "nnspin_prefix_cache_resident_tokens", "Tokens whose keys and values a later prompt could start from.", "gauge", PrefixCacheStats::resident_tokens);
+            cache(&mut out, "nnspin_prefix_cache_evictions_total", "Finished sequences' caches dropped to stay within the budget.", "counter", PrefixCacheStats::evictions);
+            cache(&mut out, "nnspin_kv_cache_bytes", "Memory of the model's KV cache buffers.", "gauge", PrefixCacheStats::kv_bytes);
             out.push_str("# HELP nnspin_time_to_first_token_seconds From opening a context to the prompt's logits.\n");
             out.push_str("# TYPE nnspin_time_to_first_token_seconds histogram\n");
             for (model, figures) in &f.models {
@@ -197,5 +217,16 @@ mod tests {
             text.contains("nnspin_time_to_first_token_seconds_bucket{model=\"m\",le=\"0.1\"} 1")
         );
         assert!(text.contains("nnspin_generated_tokens_total{model=\"m\"} 1"));
+        assert!(
+            !text.contains("nnspin_kv_cache_bytes{"),
+            "no prefix cache, no figures"
+        );
+        let stats = Arc::new(PrefixCacheStats::default());
+        stats.set_kv_bytes(4096);
+        metrics.prefix_cache("m", stats);
+        let text = metrics.render(0);
+        assert!(text.contains("nnspin_kv_cache_bytes{model=\"m\"} 4096"));
+        assert!(text.contains("# TYPE nnspin_prefix_cache_hits_total counter"));
+        assert!(text.contains("nnspin_prefix_cache_queries_total{model=\"m\"} 0"));
     }
 }

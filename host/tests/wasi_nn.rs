@@ -23,7 +23,7 @@ use nnspin::interfaces::resources::{ExecutionContext, NnError};
 use nnspin::interfaces::view::{LlmApp, LlmGrants, LlmView};
 use nnspin::metrics::Metrics;
 use nnspin::registry::admission::ContextLimits;
-use nnspin::registry::{ModelRegistry, ModelSettings, Placement};
+use nnspin::registry::{DEFAULT_PREFIX_CACHE_MIB, ModelRegistry, ModelSettings, Placement};
 use wasmtime::component::{Resource, ResourceTable};
 
 const MODEL: &str = "tiny-random";
@@ -55,6 +55,7 @@ fn grants_of(model: &str, backend: BackendKind, precision: Precision) -> Arc<Llm
             precision,
             threads: 1,
             format: None,
+            prefix_cache_mib: DEFAULT_PREFIX_CACHE_MIB,
         },
         overrides: Default::default(),
         cpu_fallback: false,
@@ -579,6 +580,7 @@ fn load_error(engine: &Engine, device: Device) -> String {
         device,
         precision: Precision::Exact,
         format: None,
+        prefix_cache_bytes: 0,
     };
     match engine.backend.load(&models_dir().join(MODEL), &options) {
         Ok(_) => panic!(
@@ -615,6 +617,7 @@ fn direct_logits(engine: &Engine, dir: &std::path::Path, steps: &[&[i64]]) -> Ve
         device: Device::Cpu,
         precision: Precision::Exact,
         format: None,
+        prefix_cache_bytes: 0,
     };
     let graph = engine.backend.load(dir, &options).unwrap();
     let mut context = graph.init_execution_context().unwrap();

@@ -66,6 +66,8 @@ pub fn max_new_tokens(requested: Option<u32>, default: u32) -> u32 {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub prompt_tokens: u32,
+    /// Prompt tokens the host found in its prefix cache, whose prefill it skipped.
+    pub cached_tokens: u32,
     pub completion_tokens: u32,
     pub finish_reason: FinishReason,
     /// The output is JSON held to the requested structure.
@@ -239,12 +241,14 @@ fn decode(
 
     let mut outcome = Outcome {
         prompt_tokens: prompt.len() as u32,
+        cached_tokens: 0,
         completion_tokens: 0,
         finish_reason: FinishReason::Length,
         structured: false,
         declined: false,
     };
-    let mut logits = step(execution, prompt, 0)?;
+    let (mut logits, cached) = step(execution, prompt, 0)?;
+    outcome.cached_tokens = cached;
     let mut position = prompt.len();
     let finished = loop {
         if (outcome.completion_tokens as usize) >= budget || out_of_time() {
@@ -291,7 +295,7 @@ fn decode(
             break FinishReason::Stop;
         }
         if (outcome.completion_tokens as usize) < budget {
-            logits = step(execution, &[token], position)?;
+            logits = step(execution, &[token], position)?.0;
             position += 1;
         }
     };
@@ -309,22 +313,34 @@ fn decode(
     Ok(outcome)
 }
 
-/// Runs the model on `tokens` placed after `past` cached positions; returns the logits bytes decoded.
+/// Runs the model on `tokens` placed after `past` cached positions; returns the logits decoded and, for
+/// a prompt, how many of its tokens the host had cached (its optional `cached_tokens` output, i64).
 fn step(
     execution: &GraphExecutionContext,
     tokens: &[u32],
     past: usize,
-) -> Result<Vec<f32>, ApiError> {
+) -> Result<(Vec<f32>, u32), ApiError> {
     let inputs = nn_inputs(nnspin_core::inputs::decoder_step(tokens, past));
-    let outputs = execution.compute(inputs).map_err(|e| nn_error(&e))?;
-    let (_, logits) = outputs
-        .into_iter()
-        .find(|(name, _)| name == "logits")
-        .ok_or_else(|| ApiError::internal("the model produced no `logits` output"))?;
+    let (mut logits, mut cached) = (None, 0);
+    for (name, tensor) in execution.compute(inputs).map_err(|e| nn_error(&e))? {
+        match name.as_str() {
+            "logits" => logits = Some(tensor),
+            "cached_tokens" if tensor.ty() == TensorType::I64 => {
+                let bytes = tensor.data();
+                cached = bytes
+                    .get(..8)
+                    .map_or(0, |b| i64::from_le_bytes(b.try_into().expect("8 bytes")));
+            }
+            _ => {}
+        }
+    }
+    let logits =
+        logits.ok_or_else(|| ApiError::internal("the model produced no `logits` output"))?;
     if logits.ty() != TensorType::Fp32 {
         return Err(ApiError::internal("the model's logits are not fp32"));
     }
-    Ok(nnspin_core::inputs::f32_values(&logits.data()))
+    let cached = u32::try_from(cached.max(0)).unwrap_or(u32::MAX);
+    Ok((nnspin_core::inputs::f32_values(&logits.data()), cached))
 }
 
 /// The last position's row: models that return logits for every position end with the one we need.

@@ -26,10 +26,7 @@ pub fn chat_completions(request: IncomingRequest, out: ResponseOutparam) {
         Ok(generations) => (generations.main, generations.answer),
         Err(error) => return errors::send(out, &error),
     };
-    let usage = Usage {
-        prompt_tokens: generation.prompt().len() as u32,
-        completion_tokens: 0,
-    };
+    let usage = Usage::new(generation.prompt().len() as u32);
     let endpoint = Chat {
         request: &chat,
         generation: &generation,

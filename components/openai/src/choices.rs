@@ -102,7 +102,7 @@ fn whole_choices<E: Endpoint>(
             });
         match completed {
             Ok(completed) => {
-                usage.completion_tokens += completed.outcome.completion_tokens;
+                usage.add(&completed.outcome, sequence.choice == 0);
                 choices.push(endpoint.choice(sequence.index, completed));
             }
             Err(error) => return errors::send(out, &error),
@@ -163,7 +163,7 @@ fn stream_choices<E: Endpoint>(
             Ok(outcome) => outcome,
             Err(error) => return response::fail_stream(events, &error),
         };
-        usage.completion_tokens += outcome.completion_tokens;
+        usage.add(&outcome, sequence.choice == 0);
         for choice in streamed.closing(&outcome) {
             send(&mut events, choice);
         }

@@ -96,13 +96,12 @@ pub fn completions(request: IncomingRequest, out: ResponseOutparam) {
         Ok(generations) => generations,
         Err(error) => return errors::send(out, &error),
     };
-    let usage = Usage {
-        prompt_tokens: generations
+    let usage = Usage::new(
+        generations
             .iter()
             .map(|(_, g)| g.prompt().len() as u32)
             .sum(),
-        completion_tokens: 0,
-    };
+    );
     let endpoint = Completions {
         request: &request,
         model: &model,

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use nnspin_guest::ApiError;
 use nnspin_guest::bindings::nnspin::llm::text::ModelInfo;
+use nnspin_guest::generate::Outcome;
 use nnspin_guest::http::EventStream;
 use nnspin_guest::sampling::TokenLogprob;
 use nnspin_guest::vocabulary::Vocabulary;
@@ -43,15 +44,35 @@ impl Completion {
 #[derive(Debug, Clone, Copy)]
 pub struct Usage {
     pub prompt_tokens: u32,
+    /// Of the prompt tokens, those the host's prefix cache held.
+    pub cached_tokens: u32,
     pub completion_tokens: u32,
 }
 
 impl Usage {
+    pub fn new(prompt_tokens: u32) -> Self {
+        Self {
+            prompt_tokens,
+            cached_tokens: 0,
+            completion_tokens: 0,
+        }
+    }
+
+    /// Adds a finished choice: its completion, and, for a prompt's first choice (the prompt is counted
+    /// once), how much of that prompt was cached.
+    pub fn add(&mut self, outcome: &Outcome, first_choice: bool) {
+        self.completion_tokens += outcome.completion_tokens;
+        if first_choice {
+            self.cached_tokens += outcome.cached_tokens;
+        }
+    }
+
     fn json(&self) -> Value {
         json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens.min(self.prompt_tokens)},
         })
     }
 }

@@ -17,6 +17,7 @@ mod library;
 pub mod onnxruntime;
 #[cfg(feature = "openvino")]
 pub mod openvino;
+pub mod prefix_cache;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -219,6 +220,9 @@ pub struct LoadOptions {
     pub precision: Precision,
     /// Which files to read; `None` lets the backend pick from what the directory holds.
     pub format: Option<WeightFormat>,
+    /// Memory the KV caches of finished sequences may keep for later prompts ([`prefix_cache`]); 0
+    /// switches prefix caching off.
+    pub prefix_cache_bytes: u64,
 }
 
 /// The files a model directory serves a backend from.
@@ -261,6 +265,11 @@ pub trait Backend: Send + Sync {
 /// A loaded model, shared by every instance and request.
 pub trait BackendGraph: Send + Sync {
     fn init_execution_context(&self) -> Result<Box<dyn BackendExecutionContext>, BackendError>;
+
+    /// The figures of the graph's prefix cache and KV buffers, where it keeps them in the host.
+    fn prefix_cache(&self) -> Option<Arc<prefix_cache::PrefixCacheStats>> {
+        None
+    }
 }
 
 /// One sequence's inference state.

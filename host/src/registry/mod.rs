@@ -16,6 +16,11 @@ use crate::metrics::Metrics;
 use admission::ContextLimits;
 use model::Model;
 
+/// The prefix cache's default budget per model. A finished chat turn of the default model (SmolLM2-135M,
+/// 45 KiB of fp32 keys and values per position) takes one row of the KV buffers, 46-92 MiB at 1-2K
+/// positions: 1 GiB keeps the last 11-22 conversations, a small share of a 16-24 GiB machine.
+pub const DEFAULT_PREFIX_CACHE_MIB: u64 = 1024;
+
 /// Where and how one model runs: the command line's defaults, overridden per model in spin.toml.
 #[derive(Debug, Clone)]
 pub struct ModelSettings {
@@ -25,6 +30,8 @@ pub struct ModelSettings {
     /// Intra-op threads; 0 lets the backend choose.
     pub threads: usize,
     pub format: Option<WeightFormat>,
+    /// Memory finished sequences' KV caches may keep for later prompts, in MiB; 0: no prefix cache.
+    pub prefix_cache_mib: u64,
 }
 
 impl ModelSettings {
@@ -38,6 +45,7 @@ impl ModelSettings {
             precision: o.precision.unwrap_or(self.precision),
             threads: o.threads.unwrap_or(self.threads),
             format: o.format.or(self.format),
+            prefix_cache_mib: o.prefix_cache_mib.unwrap_or(self.prefix_cache_mib),
         }
     }
 }
@@ -137,6 +145,7 @@ impl ModelRegistry {
             device: settings.device,
             precision: settings.precision,
             format: settings.format,
+            prefix_cache_bytes: settings.prefix_cache_mib << 20,
         };
         let loaded = Model::load(name, &dir, &engine, &options, self.limits);
         let model = Arc::new(match loaded {
@@ -148,6 +157,9 @@ impl ModelRegistry {
             other => other?,
         });
         self.metrics.model_loaded(name, started.elapsed());
+        if let Some(stats) = model.graph.prefix_cache() {
+            self.metrics.prefix_cache(name, stats);
+        }
         tracing::info!(model = %name, backend = model.backend.as_str(), device = model.device.as_str(),
             precision = model.precision.as_str(),
             ms = started.elapsed().as_millis() as u64, "model loaded");

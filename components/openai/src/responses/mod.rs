@@ -70,7 +70,10 @@ impl ResponseObject<'_> {
         let usage = outcome.map(|o| {
             json!({
                 "input_tokens": self.input_tokens,
-                "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                "input_tokens_details": {
+                    "cached_tokens": o.cached_tokens.min(self.input_tokens),
+                    "cache_write_tokens": 0,
+                },
                 "output_tokens": o.completion_tokens,
                 "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": self.input_tokens + o.completion_tokens,

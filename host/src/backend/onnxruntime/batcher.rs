@@ -2,8 +2,10 @@
 //! ([`SharedCache`]) hands its steps to one scheduler thread, which owns the session. Each round it merges
 //! the single-token steps of all sequences into one forward pass, one row per sequence, so the weights are
 //! read once per step for every stream instead of once per stream; and it feeds a long prompt in chunks
-//! between those passes, so a joining sequence does not stall the running ones. A context still sees only
-//! its own `compute` calls: the component interface does not change.
+//! between those passes, so a joining sequence does not stall the running ones. A prompt starts from the
+//! longest prefix of it the model's rows already hold
+//! ([`prefix_cache`](crate::backend::prefix_cache)), so only the rest is computed.
+//! A context still sees only its own `compute` calls: the component interface does not change.
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
@@ -18,6 +20,7 @@ use ort::value::Tensor as OrtTensor;
 
 use super::shared_cache::SharedCache;
 use crate::backend::decoder::{self, CacheInput};
+use crate::backend::prefix_cache::{CacheRows, PrefixCacheStats};
 use crate::backend::{
     BackendError, BackendExecutionContext, ElementType, NamedTensors, Tensor, f32_bytes,
 };
@@ -54,21 +57,32 @@ enum Request {
 pub(super) struct Batcher {
     requests: Sender<Request>,
     sequences: AtomicU64,
+    stats: Arc<PrefixCacheStats>,
 }
 
 impl Batcher {
-    /// Starts the scheduler thread, which ends when the graph and all its contexts are gone.
+    /// Starts the scheduler thread, which ends when the graph and all its contexts are gone. Finished
+    /// sequences' caches may keep `prefix_cache_bytes` for later prompts when the prompts run in chunks
+    /// (a prompt started from a cached prefix computes only its rest, and its logits must be the last
+    /// position's alone).
     pub(super) fn start(
         session: Session,
         caches: Arc<[CacheInput]>,
         chunked_prefill: bool,
+        prefix_cache_bytes: u64,
     ) -> Result<Self, BackendError> {
         let (requests, receiver) = mpsc::channel();
+        let rows = CacheRows::new(if chunked_prefill {
+            prefix_cache_bytes
+        } else {
+            0
+        });
+        let stats = rows.stats().clone();
         let scheduler = Scheduler {
             session,
             caches,
             cache: SharedCache::new(),
-            rows: Vec::new(),
+            rows,
             decodes: Vec::new(),
             prefills: VecDeque::new(),
             prefill_chunk: if chunked_prefill {
@@ -84,7 +98,12 @@ impl Batcher {
         Ok(Self {
             requests,
             sequences: AtomicU64::new(0),
+            stats,
         })
+    }
+
+    pub(super) fn prefix_cache(&self) -> Arc<PrefixCacheStats> {
+        self.stats.clone()
     }
 
     pub(super) fn context(&self) -> BatchedContext {
@@ -206,28 +225,40 @@ fn check_one_row(name: &str, tensor: &Tensor) -> Result<(), BackendError> {
     }
 }
 
-/// A row of the shared caches.
-#[derive(Clone, Copy, Default)]
-struct Row {
-    sequence: Option<u64>,
-    /// Positions cached.
-    length: usize,
-}
-
 /// A step waiting for its run (a prefill: its next chunk).
 struct Pending {
+    sequence: u64,
     row: usize,
     step: Step,
     reply: Reply,
-    /// Tokens of the step already run (chunked prefill).
+    /// Tokens of the step already cached: found in the prefix cache, or run (chunked prefill).
     done: usize,
+    /// For a step at position 0, how many of its tokens were found cached.
+    cached: Option<usize>,
+}
+
+/// A step's outputs: its logits and, for a step at position 0, `cached_tokens` (`i64 [1]`), the prompt
+/// tokens it found cached, which OpenAI's usage reports.
+fn outputs(logits: Tensor, cached: Option<usize>) -> NamedTensors {
+    let mut outputs = vec![("logits".to_string(), logits)];
+    if let Some(cached) = cached {
+        outputs.push((
+            "cached_tokens".to_string(),
+            Tensor {
+                dims: vec![1],
+                ty: ElementType::I64,
+                data: (cached as i64).to_le_bytes().to_vec(),
+            },
+        ));
+    }
+    outputs
 }
 
 struct Scheduler {
     session: Session,
     caches: Arc<[CacheInput]>,
     cache: SharedCache,
-    rows: Vec<Row>,
+    rows: CacheRows,
     /// Single-token steps for the next batched pass.
     decodes: Vec<Pending>,
     /// Longer steps, run one chunk at a time, first come first served.
@@ -265,21 +296,18 @@ impl Scheduler {
                 gather = started.elapsed() / GATHER_SHARE;
             }
             self.prefill_round();
+            self.rows.publish();
         }
     }
 
     /// Whether a sequence of the last round is still open and has not sent its next step.
     fn awaits_any(&self, last_round: &[u64]) -> bool {
         last_round.iter().any(|&sequence| {
-            self.row_of(sequence).is_some_and(|row| {
+            self.rows.row_of(sequence).is_some_and(|row| {
                 !self.decodes.iter().any(|p| p.row == row)
                     && !self.prefills.iter().any(|p| p.row == row)
             })
         })
-    }
-
-    fn row_of(&self, sequence: u64) -> Option<usize> {
-        self.rows.iter().position(|r| r.sequence == Some(sequence))
     }
 
     fn accept(&mut self, request: Request) {
@@ -289,23 +317,32 @@ impl Scheduler {
                 step,
                 reply,
             } => {
-                let row = self.row_of(sequence).unwrap_or_else(|| self.open(sequence));
                 let past = step.total - step.ids.len();
-                let cached = self.rows[row].length;
-                if past != 0 && past != cached {
-                    let _ = reply.send(Err(BackendError::InvalidArgument(format!(
-                        "attention_mask says {past} positions are cached, but this context holds \
-                         {cached}"
-                    ))));
-                    return;
-                }
-                // A step at position 0 starts the sequence over.
-                self.rows[row].length = past;
+                let (row, cached) = if past == 0 {
+                    // A sequence's first step, or a restart.
+                    let (row, cached) = self.start(sequence, &step);
+                    (row, Some(cached))
+                } else {
+                    let row = self.rows.row_of(sequence);
+                    let held = row.map_or(0, |row| self.rows.length(row));
+                    match row {
+                        Some(row) if held == past => (row, None),
+                        _ => {
+                            let _ = reply.send(Err(BackendError::InvalidArgument(format!(
+                                "attention_mask says {past} positions are cached, but this \
+                                 context holds {held}"
+                            ))));
+                            return;
+                        }
+                    }
+                };
                 let pending = Pending {
+                    sequence,
                     row,
                     step,
                     reply,
-                    done: 0,
+                    done: cached.unwrap_or(0),
+                    cached,
                 };
                 if pending.step.ids.len() == 1 {
                     self.decodes.push(pending);
@@ -314,34 +351,50 @@ impl Scheduler {
                 }
             }
             Request::Close { sequence } => {
-                if let Some(row) = self.row_of(sequence) {
-                    self.rows[row] = Row::default();
-                }
-                while self.rows.last().is_some_and(|r| r.sequence.is_none()) {
-                    self.rows.pop();
-                }
-                if self.rows.is_empty() {
-                    // Nothing is decoding: give the buffers back until the next request.
+                if self.rows.close(sequence, self.cache.row_bytes()) {
+                    // Nothing is decoding or kept: give the buffers back until the next request.
                     self.cache = SharedCache::new();
+                    self.rows.stats().set_kv_bytes(0);
                 }
             }
         }
     }
 
-    /// The lowest free row, so the rows in use stay together and a round covers few idle ones.
-    fn open(&mut self, sequence: u64) -> usize {
-        let row = match self.rows.iter().position(|r| r.sequence.is_none()) {
-            Some(row) => row,
-            None => {
-                self.rows.push(Row::default());
-                self.rows.len() - 1
+    /// The row a step at position 0 runs in and how many of its tokens are cached there, their keys and
+    /// values copied from another row if the prefix cache found them in one. A failed copy costs only
+    /// the reuse: the step then computes all its tokens.
+    fn start(&mut self, sequence: u64, step: &Step) -> (usize, usize) {
+        let start = self.rows.start(sequence, &step.ids, &step.positions);
+        let Some(from) = start.copy_from else {
+            return (start.row, start.cached);
+        };
+        let copied = guarded(|| {
+            self.reserve(start.cached)?;
+            self.cache.copy_prefix(from, start.row, start.cached);
+            Ok(())
+        });
+        match copied {
+            Ok(()) => (start.row, start.cached),
+            Err(e) => {
+                tracing::warn!("cannot copy a cached prefix, computing it again: {e}");
+                self.rows.truncate(start.row, 0);
+                (start.row, 0)
             }
-        };
-        self.rows[row] = Row {
-            sequence: Some(sequence),
-            length: 0,
-        };
-        row
+        }
+    }
+
+    /// Makes the buffers hold every row with room for `width` positions.
+    fn reserve(&mut self, width: usize) -> Result<(), BackendError> {
+        let lengths = self.rows.lengths();
+        self.cache.reserve(
+            self.session.allocator(),
+            &self.caches,
+            self.rows.len(),
+            width,
+            &lengths,
+        )?;
+        self.rows.stats().set_kv_bytes(self.cache.bytes());
+        Ok(())
     }
 
     /// One batched pass over every waiting single-token step; returns the sequences it served.
@@ -356,13 +409,11 @@ impl Scheduler {
         // Rows in the range without a step of their own ride along on a dummy token written one past their
         // cached positions, where their next step writes anyway.
         let mut ids = vec![0; count];
-        let mut positions: Vec<i64> = self.rows[first..=last]
-            .iter()
-            .map(|r| r.length as i64)
+        let mut positions: Vec<i64> = (first..=last)
+            .map(|row| self.rows.length(row) as i64)
             .collect();
-        let mut totals: Vec<usize> = self.rows[first..=last]
-            .iter()
-            .map(|r| r.length + 1)
+        let mut totals: Vec<usize> = (first..=last)
+            .map(|row| self.rows.length(row) + 1)
             .collect();
         for p in &decodes {
             let i = p.row - first;
@@ -373,15 +424,12 @@ impl Scheduler {
         let wanted: Vec<usize> = decodes.iter().map(|p| p.row - first).collect();
         let result = guarded(|| self.run(first, ids, positions, &totals, &wanted));
         tracing::trace!(rows = count, steps = wanted.len(), "decode round");
-        let served = decodes
-            .iter()
-            .filter_map(|p| self.rows[p.row].sequence)
-            .collect();
+        let served = decodes.iter().map(|p| p.sequence).collect();
         match result {
             Ok(logits) => {
                 for (p, logits) in decodes.into_iter().zip(logits) {
-                    self.rows[p.row].length = p.step.total;
-                    let _ = p.reply.send(Ok(vec![("logits".into(), logits)]));
+                    self.rows.advanced(p.row, &p.step.ids, &p.step.positions);
+                    let _ = p.reply.send(Ok(outputs(logits, p.cached)));
                 }
             }
             Err(e) => {
@@ -406,17 +454,18 @@ impl Scheduler {
             .min(start.saturating_add(self.prefill_chunk));
         let ids = p.step.ids[start..end].to_vec();
         let positions = p.step.positions[start..end].to_vec();
-        let total = self.rows[row].length + ids.len();
+        let total = self.rows.length(row) + ids.len();
         let result = guarded(|| self.run(row, ids, positions, &[total], &[0]));
         match result {
             Ok(mut logits) => {
-                self.rows[row].length = total;
                 let p = self.prefills.front_mut().expect("still queued");
+                self.rows
+                    .advanced(row, &p.step.ids[start..end], &p.step.positions[start..end]);
                 p.done = end;
                 if end == p.step.ids.len() {
                     let p = self.prefills.pop_front().expect("still queued");
                     let logits = logits.pop().expect("one row");
-                    let _ = p.reply.send(Ok(vec![("logits".into(), logits)]));
+                    let _ = p.reply.send(Ok(outputs(logits, p.cached)));
                 }
             }
             Err(e) => {
@@ -443,14 +492,7 @@ impl Scheduler {
         for (row, &total) in totals.iter().enumerate() {
             mask[row * width..row * width + total].fill(1);
         }
-        let lengths: Vec<usize> = self.rows.iter().map(|r| r.length).collect();
-        self.cache.reserve(
-            self.session.allocator(),
-            &self.caches,
-            self.rows.len(),
-            width,
-            &lengths,
-        )?;
+        self.reserve(width)?;
         let binding = self
             .cache
             .binding(&self.session, &self.caches, first, count)?;

@@ -23,6 +23,7 @@ use ort::value::{TensorElementType, ValueType};
 use super::decoder::{self, CacheInput, PAST_PREFIX, PRESENT_PREFIX};
 use super::encoder;
 use super::library::{WheelLibrary, version_of};
+use super::prefix_cache::PrefixCacheStats;
 use super::{
     Backend, BackendError, BackendExecutionContext, BackendGraph, BackendKind, Device, Engine,
     LoadOptions, LoadResult, Precision, WeightFormat,
@@ -167,7 +168,11 @@ impl Backend for OnnxRuntime {
                     .map_err(load)?
             }
         };
-        let graph = OnnxGraph::new(session, shares_cache_buffers(model_dir))?;
+        let graph = OnnxGraph::new(
+            session,
+            shares_cache_buffers(model_dir),
+            options.prefix_cache_bytes,
+        )?;
         tracing::debug!(
             model = %model_dir.display(),
             batched = matches!(graph, OnnxGraph::Batched(_)),
@@ -200,7 +205,11 @@ enum OnnxGraph {
 }
 
 impl OnnxGraph {
-    fn new(session: Session, shares_cache_buffers: bool) -> Result<Self, BackendError> {
+    fn new(
+        session: Session,
+        shares_cache_buffers: bool,
+        prefix_cache_bytes: u64,
+    ) -> Result<Self, BackendError> {
         let inputs = session.inputs().iter().map(|input| match input.dtype() {
             ValueType::Tensor { ty, shape, .. } => {
                 (input.name(), tensors::element_type(*ty), shape.to_vec())
@@ -231,6 +240,7 @@ impl OnnxGraph {
                 session,
                 caches,
                 chunked_prefill,
+                prefix_cache_bytes,
             )?)),
             None => Ok(Self::Serial {
                 session: Arc::new(Mutex::new(session)),
@@ -288,5 +298,12 @@ impl BackendGraph for OnnxGraph {
             Self::Batched(batcher) => Box::new(batcher.context()),
             Self::Encoder(batcher) => Box::new(batcher.context()),
         })
+    }
+
+    fn prefix_cache(&self) -> Option<Arc<PrefixCacheStats>> {
+        match self {
+            Self::Batched(batcher) => Some(batcher.prefix_cache()),
+            Self::Serial { .. } | Self::Encoder(_) => None,
+        }
     }
 }

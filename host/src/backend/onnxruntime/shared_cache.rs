@@ -93,6 +93,34 @@ impl SharedCache {
         Ok(())
     }
 
+    /// Bytes of all buffers.
+    pub(super) fn bytes(&self) -> u64 {
+        self.buffers
+            .iter()
+            .map(|b| (b.shape().iter().product::<i64>() as u64) * size_of::<f32>() as u64)
+            .sum()
+    }
+
+    /// Bytes one row takes across the buffers (0 before the first reservation).
+    pub(super) fn row_bytes(&self) -> u64 {
+        self.bytes().checked_div(self.rows as u64).unwrap_or(0)
+    }
+
+    /// Copies positions `0..positions` of row `from` into row `to` (both reserved), in every buffer: a
+    /// new sequence starting from another's cached prefix.
+    pub(super) fn copy_prefix(&mut self, from: usize, to: usize, positions: usize) {
+        assert!(from.max(to) < self.rows && positions <= self.capacity);
+        for buffer in &mut self.buffers {
+            let (heads, head_dim) = (buffer.shape()[1] as usize, buffer.shape()[3] as usize);
+            let (_, data) = buffer.extract_tensor_mut();
+            for head in 0..heads {
+                let source = (from * heads + head) * self.capacity * head_dim;
+                let target = (to * heads + head) * self.capacity * head_dim;
+                data.copy_within(source..source + positions * head_dim, target);
+            }
+        }
+    }
+
     /// The binding for a run over rows `first..first + count`: views of those rows bound as every cache
     /// input and its output, the model's other outputs (logits) left to ONNX Runtime to allocate. Built
     /// once per range and kept, so a step only rebinds its three small inputs.
