@@ -386,13 +386,8 @@ impl Scheduler {
     /// Makes the buffers hold every row with room for `width` positions.
     fn reserve(&mut self, width: usize) -> Result<(), BackendError> {
         let lengths = self.rows.lengths();
-        self.cache.reserve(
-            self.session.allocator(),
-            &self.caches,
-            self.rows.len(),
-            width,
-            &lengths,
-        )?;
+        self.cache
+            .reserve(&self.caches, self.rows.len(), width, &lengths)?;
         self.rows.stats().set_kv_bytes(self.cache.bytes());
         Ok(())
     }

@@ -47,7 +47,6 @@ impl SharedCache {
     /// of every row (the buffers grow by doubling, so this copies rarely).
     pub(super) fn reserve(
         &mut self,
-        allocator: &Allocator,
         caches: &[CacheInput],
         rows: usize,
         positions: usize,
@@ -68,12 +67,14 @@ impl SharedCache {
             let (heads, head_dim) = cache
                 .heads_and_dim()
                 .expect("the batcher serves only models that fix them");
+            // Zeros, not whatever memory held (masked positions must not be NaN), and zeroed by the
+            // system's allocator: fresh pages come zeroed, so a buffer of hundreds of MiB (a pool of kept
+            // rows) costs no pass of its own over them.
+            let zeros = vec![0.0_f32; new_rows * heads * new_capacity * head_dim];
             let mut buffer =
-                OrtTensor::<f32>::new(allocator, [new_rows, heads, new_capacity, head_dim])
+                OrtTensor::from_array(([new_rows, heads, new_capacity, head_dim], zeros))
                     .map_err(BackendError::runtime)?;
             let (_, data) = buffer.extract_tensor_mut();
-            // Zeros, not whatever the allocator held: masked positions must not be NaN.
-            data.fill(0.0);
             if let Some(old) = self.buffers.get(index) {
                 let (_, old) = old.extract_tensor();
                 for (row, &length) in lengths.iter().enumerate().take(self.rows) {
