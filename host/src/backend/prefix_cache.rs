@@ -203,9 +203,12 @@ impl CacheRows {
         start
     }
 
-    /// `row`'s cache lost the positions from `length` on (a copy into it failed).
-    pub fn truncate(&mut self, row: usize, length: usize) {
-        self.rows[row].truncate(length);
+    /// The copy `start` asked for failed: its row holds nothing, and its prefix was not a hit.
+    pub fn copy_failed(&mut self, start: &Start) {
+        self.rows[start.row].truncate(0);
+        self.stats
+            .hits
+            .fetch_sub(start.cached as u64, Ordering::Relaxed);
     }
 
     /// A run computed `ids` at `positions` in `row`, after its cached positions.

@@ -377,7 +377,7 @@ impl Scheduler {
             Ok(()) => (start.row, start.cached),
             Err(e) => {
                 tracing::warn!("cannot copy a cached prefix, computing it again: {e}");
-                self.rows.truncate(start.row, 0);
+                self.rows.copy_failed(&start);
                 (start.row, 0)
             }
         }
@@ -386,9 +386,12 @@ impl Scheduler {
     /// Makes the buffers hold every row with room for `width` positions.
     fn reserve(&mut self, width: usize) -> Result<(), BackendError> {
         let lengths = self.rows.lengths();
-        self.cache
-            .reserve(&self.caches, self.rows.len(), width, &lengths)?;
-        self.rows.stats().set_kv_bytes(self.cache.bytes());
+        if self
+            .cache
+            .reserve(&self.caches, self.rows.len(), width, &lengths)?
+        {
+            self.rows.stats().set_kv_bytes(self.cache.bytes());
+        }
         Ok(())
     }
 

@@ -44,16 +44,16 @@ impl SharedCache {
     }
 
     /// Makes room for `rows` rows of `positions` positions each, keeping the first `lengths[row]` positions
-    /// of every row (the buffers grow by doubling, so this copies rarely).
+    /// of every row (the buffers grow by doubling, so this copies rarely). Returns whether they grew.
     pub(super) fn reserve(
         &mut self,
         caches: &[CacheInput],
         rows: usize,
         positions: usize,
         lengths: &[usize],
-    ) -> Result<(), BackendError> {
+    ) -> Result<bool, BackendError> {
         if rows <= self.rows && positions <= self.capacity {
-            return Ok(());
+            return Ok(false);
         }
         let new_rows = rows.max(self.rows).next_power_of_two();
         let new_capacity = if positions > self.capacity {
@@ -91,7 +91,7 @@ impl SharedCache {
         self.buffers = buffers;
         self.rows = new_rows;
         self.capacity = new_capacity;
-        Ok(())
+        Ok(true)
     }
 
     /// Bytes of all buffers.
