@@ -5,16 +5,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
-# The official OpenAI Node SDK, for the Node half of the SDK tests.
-if ! command -v npm >/dev/null; then
+# A command from Debian's packages, installed when missing and this is root on Debian.
+need() {
+  local command=$1; shift
+  command -v "$command" >/dev/null && return
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get install -y -qq nodejs npm >/dev/null
+    apt-get install -y -qq "$@" >/dev/null
   else
-    echo "Node.js and npm are needed: apt-get install nodejs npm" >&2
+    echo "$command is needed: apt-get install $*" >&2
     exit 1
   fi
-fi
+}
+# The official OpenAI Node SDK, for the Node half of the SDK tests.
+need npm nodejs npm
 npm ci --prefix tests/node --no-audit --no-fund --silent
+# KServe's API types, read from its SDK's wheel by tests/test_deploy.py (not installed: it pulls in a server).
+.venv/bin/pip download --quiet --disable-pip-version-check --no-deps kserve==0.21.0 -d target/test-fixtures/kserve
+# buildah, which builds the container image without a daemon (tests/test_image.py).
+need buildah buildah
+# HAProxy, the load balancer in front of the replicas of tests/test_replicas.py.
+need haproxy haproxy
 # The stateful OpenVINO IR of the host's backend tests.
 .venv/bin/python host/tests/fixtures/stateful_ir.py target/test-fixtures/stateful-ir
 # The deliberately misbehaving component of the isolation tests.

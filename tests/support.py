@@ -51,12 +51,13 @@ def _command(manifest: Path, models_dir: Path, args) -> list[str]:
 
 
 def start_host(manifest: Path, *args: str, wait: str = "ready", env: dict | None = None,
-               models_dir: Path = ROOT / "models") -> Host:
+               models_dir: Path = ROOT / "models", wrapper: tuple[str, ...] = ()) -> Host:
     """Starts `nnspin up` on a free port; returns once it prints `nnspin listening` (wait="listening")
-    or `nnspin ready` (wait="ready"). `env` adds environment variables."""
+    or `nnspin ready` (wait="ready"). `env` adds environment variables; `wrapper` is a command that runs
+    it (`ip netns exec NAME`)."""
     started = time.monotonic()
     process = subprocess.Popen(
-        _command(manifest, models_dir, args),
+        [*wrapper, *_command(manifest, models_dir, args)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

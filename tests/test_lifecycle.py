@@ -2,6 +2,7 @@
 fast restarts, graceful shutdown on SIGTERM, exit after an idle period, and a clear failure at start."""
 
 import signal
+import socket
 import time
 
 import httpx
@@ -25,6 +26,21 @@ def test_health_is_503_while_loading_then_200(tmp_path):
         while httpx.get(host.url + "/health").status_code != 200:
             assert time.monotonic() < deadline, "never became ready"
             time.sleep(0.1)
+
+
+def test_a_health_check_without_a_host_header_is_answered(tmp_path):
+    """Load balancers' checks are often HTTP/1.0 without Host (HAProxy's default `option httpchk`); an
+    HTTP/1.1 request without one is malformed and gets 400."""
+    with running_host(manifest(tmp_path, [TINY_MODEL])) as host:
+        address = host.url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((address[0], int(address[1])), timeout=10) as connection:
+            connection.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+            reply = b"".join(iter(lambda: connection.recv(65536), b""))
+        assert reply.startswith(b"HTTP/1.0 200") and reply.endswith(b'{"ok":true}'), reply
+        with socket.create_connection((address[0], int(address[1])), timeout=10) as connection:
+            connection.sendall(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
+            reply = b"".join(iter(lambda: connection.recv(65536), b""))
+        assert reply.startswith(b"HTTP/1.1 400") and b"needs a Host header" in reply, reply
 
 
 def test_compiled_components_are_cached_between_starts(tmp_path):

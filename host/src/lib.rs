@@ -22,6 +22,7 @@ pub mod registry;
 pub mod runtime_config;
 pub mod serve;
 pub mod text;
+pub mod trusted_proxies;
 
 /// The wasmtime version this binary embeds.
 pub const WASMTIME_VERSION: &str = env!("NNSPIN_WASMTIME_VERSION");

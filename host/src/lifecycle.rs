@@ -8,21 +8,25 @@ use std::time::{Duration, Instant};
 
 use crate::api_keys::ApiKeys;
 use crate::app::App;
+use crate::trusted_proxies::TrustedProxies;
 
 /// What every request sees of the process: the app once it has loaded, and the activity counters.
 #[derive(Default)]
 pub struct Server {
     /// Checked before anything else, also while the app loads.
     pub api_keys: ApiKeys,
+    /// Whose `X-Forwarded-For` names the client a request counts against.
+    pub trusted_proxies: TrustedProxies,
     app: OnceLock<Arc<App>>,
     in_flight: AtomicUsize,
     last_activity: Mutex<Option<Instant>>,
 }
 
 impl Server {
-    pub fn new(api_keys: ApiKeys) -> Self {
+    pub fn new(api_keys: ApiKeys, trusted_proxies: TrustedProxies) -> Self {
         Self {
             api_keys,
+            trusted_proxies,
             ..Self::default()
         }
     }

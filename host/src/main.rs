@@ -7,6 +7,7 @@ use nnspin::backend::{BackendKind, Device, Precision, WeightFormat};
 use nnspin::lifecycle::{self, Server};
 use nnspin::registry::admission::ContextLimits;
 use nnspin::registry::{DEFAULT_PREFIX_CACHE_MIB, ModelSettings};
+use nnspin::trusted_proxies::{Network, TrustedProxies};
 use nnspin::{app, serve};
 use wasmtime::error::Context;
 
@@ -93,6 +94,14 @@ struct UpArgs {
     /// Exit cleanly after this many seconds without a request in flight (scale to zero).
     #[arg(long, env = "NNSPIN_IDLE_TIMEOUT")]
     idle_timeout_secs: Option<u64>,
+    /// Proxies (addresses, or ranges such as 10.0.0.0/8) believed about the client: behind them, rate
+    /// limits count a request against the last untrusted address of its X-Forwarded-For header.
+    #[arg(
+        long = "trusted-proxy",
+        env = "NNSPIN_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<Network>,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before the process exits.
     #[arg(long, default_value_t = 30)]
     shutdown_grace_secs: u64,
@@ -180,7 +189,8 @@ fn up(args: UpArgs) -> wasmtime::Result<()> {
             .with_context(|| format!("listening on {listen}"))?;
         // Tests and scripts wait for these lines.
         println!("nnspin listening on http://{}", listener.local_addr()?);
-        let server = Arc::new(Server::new(api_keys));
+        let trusted_proxies = TrustedProxies::new(args.trusted_proxies.clone());
+        let server = Arc::new(Server::new(api_keys, trusted_proxies));
         let idle_timeout = args.idle_timeout_secs.map(Duration::from_secs);
         let stop = lifecycle::stop_signal(server.clone(), idle_timeout);
         let grace = Duration::from_secs(args.shutdown_grace_secs);

@@ -19,6 +19,8 @@ pub(super) enum HostError {
     NoRoute { path: String },
     #[error("the request body stopped arriving before it was complete")]
     BodyTimedOut,
+    #[error("an HTTP/1.1 request needs a Host header")]
+    MissingHost,
     #[error("rate limit exceeded: retry in {retry_after} s")]
     RateLimited { retry_after: u64 },
     #[error("the server is starting: models and components are still loading")]
@@ -36,6 +38,7 @@ impl HostError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::BodyTimedOut => StatusCode::REQUEST_TIMEOUT,
+            Self::MissingHost => StatusCode::BAD_REQUEST,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Starting => StatusCode::SERVICE_UNAVAILABLE,
             Self::CpuBudgetExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -46,7 +49,9 @@ impl HostError {
     /// OpenAI's `error.type`.
     fn kind(&self) -> &'static str {
         match self {
-            Self::Unauthorized(_) | Self::BodyTimedOut => "invalid_request_error",
+            Self::Unauthorized(_) | Self::BodyTimedOut | Self::MissingHost => {
+                "invalid_request_error"
+            }
             Self::NoRoute { .. } => "not_found_error",
             Self::RateLimited { .. } => "rate_limit_error",
             Self::CpuBudgetExceeded(_) => "timeout_error",

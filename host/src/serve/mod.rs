@@ -3,7 +3,7 @@
 mod client_body;
 mod error;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -58,6 +58,9 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!("setting TCP_NODELAY failed: {e}");
         }
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
         let server = server.clone();
         let service = hyper::service::service_fn(move |req| {
             let server = server.clone();
@@ -66,7 +69,7 @@ pub async fn serve(
             let mut req = Request::from_parts(parts, body);
             req.extensions_mut().insert(timed_out);
             async move {
-                let mut response = handle(server, peer, req).await;
+                let mut response = handle(server, peer, local, req).await;
                 if !ended.get() {
                     response
                         .headers_mut()
@@ -107,6 +110,7 @@ type RequestBody = ClientBody<hyper::body::Incoming>;
 async fn handle(
     server: Arc<Server>,
     peer: SocketAddr,
+    local: SocketAddr,
     mut req: Request<RequestBody>,
 ) -> Response<HyperOutgoingBody> {
     let in_flight = server.begin_request();
@@ -117,16 +121,25 @@ async fn handle(
     }
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let span = tracing::info_span!("request", %id);
-    let refused = server.api_keys.check(&path, req.headers()).err();
+    let refused = match complete_host(&mut req, local) {
+        Ok(()) => server
+            .api_keys
+            .check(&path, req.headers())
+            .map_err(HostError::Unauthorized)
+            .err(),
+        Err(missing) => Some(missing),
+    };
     let (mut response, matched) = match (refused, server.app()) {
-        (Some(refusal), _) => (HostError::Unauthorized(refusal).response(), "-".into()),
+        (Some(refusal), _) => (refusal.response(), "-".into()),
         (None, Some(app)) if method == hyper::Method::GET && path == "/metrics" => {
             let text = app.metrics.render(server.in_flight());
             let response = text_response(StatusCode::OK, "text/plain; version=0.0.4", text);
             (response, "-".to_string())
         }
         (None, Some(app)) => {
-            let (response, component) = route(app, peer, req).instrument(span.clone()).await;
+            let client = server.trusted_proxies.client(peer.ip(), req.headers());
+            let (response, component) =
+                route(app, peer, client, req).instrument(span.clone()).await;
             app.metrics
                 .request_finished(&component, response.status().as_u16());
             (response, component)
@@ -173,9 +186,11 @@ fn request_id(headers: &hyper::HeaderMap) -> String {
 }
 
 /// Routes a request to its component; returns the response and the route it matched (`-` for none).
+/// `client` is who the request counts against: the peer, or the client a trusted proxy names.
 async fn route(
     app: &App,
     peer: SocketAddr,
+    client: IpAddr,
     mut req: Request<RequestBody>,
 ) -> (Response<HyperOutgoingBody>, String) {
     let path = req.uri().path().to_string();
@@ -190,7 +205,7 @@ async fn route(
     };
     set_spin_headers(req.headers_mut(), &path_info, peer);
     if let Some(limiter) = &component.rate_limiter
-        && let Err(wait) = limiter.check(peer.ip(), std::time::Instant::now())
+        && let Err(wait) = limiter.check(client, std::time::Instant::now())
     {
         let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
         return (HostError::RateLimited { retry_after }.response(), route);
@@ -288,6 +303,21 @@ impl Drop for AbortOnDrop {
             handle.abort();
         }
     }
+}
+
+/// Gives a request without a Host header (an HTTP/1.0 health check, HAProxy's by default) the address it
+/// came in on, since components see requests as absolute URLs; an HTTP/1.1 request must have one.
+fn complete_host(req: &mut Request<RequestBody>, local: SocketAddr) -> Result<(), HostError> {
+    if req.headers().contains_key(hyper::header::HOST) || req.uri().authority().is_some() {
+        return Ok(());
+    }
+    if req.version() >= hyper::Version::HTTP_11 {
+        return Err(HostError::MissingHost);
+    }
+    let host =
+        HeaderValue::from_str(&local.to_string()).expect("a socket address is a valid header");
+    req.headers_mut().insert(hyper::header::HOST, host);
+    Ok(())
 }
 
 /// Spin's request headers: where the request came from and the path below the component's route.
