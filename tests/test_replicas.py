@@ -162,9 +162,10 @@ def test_a_killed_replica_and_a_draining_one_lose_no_request_they_had_not_accept
     after = [r for r in complete if r["started"] > events["kill"] + 1]
     assert {r["replica"] for r in before} == set(names.values()), "requests did not spread over the replicas"
     assert not [r for r in complete if r["replica"] == names[killed] and r["started"] > events["kill"]]
-    # The draining replica finished what it had and was given nothing after SIGTERM.
+    # The draining replica finished what it had and was given nothing after SIGTERM (once the host has
+    # handled the signal and closed its listener: half a second covers a loaded machine).
     draining = [r for r in complete if r["replica"] == names[drained] and r["started"] < events["drain"] < r["ended"]]
-    assert not [r for r in complete if r["replica"] == names[drained] and r["started"] > events["drain"] + 0.1]
+    assert not [r for r in complete if r["replica"] == names[drained] and r["started"] > events["drain"] + 0.5]
     served = {name: sum(r["replica"] == name for r in complete) for name in names.values()}
     print(f"\n{len(results)} requests, {len(complete)} complete, {len(lost)} cut off on the killed replica; "
           f"served per replica {served}; {len(draining)} streams finished while draining; "
