@@ -46,6 +46,8 @@ rm -rf "$root"
 mkdir -p "$root"/{usr/local/bin,opt/onnxruntime/lib,opt/openvino/libs,etc,app/models,proc,sys,dev,tmp}
 chmod 1777 "$root/tmp"
 install -m 0755 "$binary" "$root/usr/local/bin/nnspin"
+# Line tables are most of the binary (185 MB of a release build, 37 without); symbols stay for backtraces.
+strip --strip-debug "$root/usr/local/bin/nnspin"
 # The app as the repository has it: spin.toml names its components by paths relative to itself.
 install -m 0644 spin.toml "$root/app/spin.toml"
 sed -n 's/^source = "\(.*\)"$/\1/p' spin.toml | while read -r wasm; do
