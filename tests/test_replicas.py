@@ -89,7 +89,7 @@ def replicas(namespace, tmp_path, count, *args, **component_keys):
                     return
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline and proxy.poll() is None, proxy.stdout.read() if proxy.poll() else ""
+            assert time.monotonic() < deadline and proxy.poll() is None, proxy.stdout.read() if proxy.poll() is not None else ""
             time.sleep(0.2)
     try:
         inside(namespace, up)
