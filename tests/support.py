@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -112,6 +113,13 @@ def failed_start(manifest: Path, *args: str, models_dir: Path = ROOT / "models")
     assert result.returncode != 0, result.stdout + result.stderr
     start = result.stderr.find("nnspin: error:")
     return result.stderr[start if start >= 0 else result.stderr.index("error:"):]
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (in the calling thread's network namespace)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def component(name: str, wasm: str, models: list[str], **keys) -> str:

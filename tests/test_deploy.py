@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import zipfile
 from functools import cache
@@ -22,7 +21,7 @@ import pytest
 import referencing
 import yaml
 
-from support import ROOT, TINY_MODEL, failed_start, openai_app, running_host
+from support import ROOT, TINY_MODEL, failed_start, free_port, openai_app, running_host
 
 DEPLOY = ROOT / "deploy"
 KUBERNETES_VERSION = "1.33.0"
@@ -229,9 +228,7 @@ def test_spinkubes_command_line_serves_the_app(tmp_path):
 
 def test_without_listen_nnspin_listens_on_port(tmp_path):
     """Knative's runtime contract: the platform says the port in $PORT."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     manifest = openai_app(tmp_path, [TINY_MODEL])
     binary = ROOT / "target" / "debug" / "nnspin"
     process = subprocess.Popen([str(binary), "up", "-f", str(manifest), "--models-dir", str(ROOT / "models")],

@@ -10,7 +10,6 @@ SIGTERM."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import tarfile
 import time
@@ -18,7 +17,7 @@ import time
 import httpx
 import pytest
 
-from support import DEFAULT_MODEL, ROOT
+from support import DEFAULT_MODEL, ROOT, free_port
 
 ARCHIVE = ROOT / "target" / "image" / "nnspin-test.oci.tar"
 ENTRYPOINT = "/usr/local/bin/nnspin"
@@ -77,12 +76,6 @@ def test_the_image_holds_the_host_the_components_and_the_libraries_and_no_python
     assert "nnspin:x:10001:10001:" in (rootfs / "etc" / "passwd").read_text()
     # No models unless baked in with --model: they are mounted.
     assert not any(f.startswith("app/models/") for f in files)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_the_images_entrypoint_serves_from_its_own_files_and_drains_on_sigterm(image):

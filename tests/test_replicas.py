@@ -8,7 +8,6 @@ import contextlib
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -17,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from support import CHAT, ROOT, TINY_MODEL, component, start_host, write_app
+from support import CHAT, ROOT, TINY_MODEL, component, free_port, start_host, write_app
 
 CLONE_NEWNET = 0x40000000
 HAPROXY_CONFIG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
@@ -49,14 +48,6 @@ def inside(namespace: str, function, *args):
         return pool.submit(function, *args).result()
 
 
-def free_port(namespace: str) -> int:
-    def pick():
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            return probe.getsockname()[1]
-    return inside(namespace, pick)
-
-
 @contextlib.contextmanager
 def replicas(namespace, tmp_path, count, *args, **component_keys):
     """`count` hosts of one app inside the namespace, each with the same API keys file, and HAProxy in front
@@ -71,7 +62,7 @@ def replicas(namespace, tmp_path, count, *args, **component_keys):
     wrapper = ("ip", "netns", "exec", namespace)
     hosts = [start_host(manifest, "--api-keys-file", str(keys), "--shutdown-grace-secs", "20", *args,
                         wrapper=wrapper) for _ in range(count)]
-    port = free_port(namespace)
+    port = inside(namespace, free_port)
     servers = "".join(f"    server replica{i} {host.url.removeprefix('http://')} check\n" for i, host in enumerate(hosts))
     config = tmp_path / "haproxy.cfg"
     config.write_text(HAPROXY_CONFIG.read_text().replace("bind 0.0.0.0:8080", f"bind 127.0.0.1:{port}")

@@ -26,14 +26,13 @@ impl TrustedProxies {
         if !self.trusts(peer) {
             return peer;
         }
-        let forwarded: Vec<&str> = headers
+        let mut client = peer;
+        let forwarded = headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .collect();
-        let mut client = peer;
-        for entry in forwarded.iter().rev() {
+            .flat_map(|value| value.split(','));
+        for entry in forwarded.rev() {
             let Ok(address) = entry.trim().parse::<IpAddr>() else {
                 break;
             };

@@ -3,7 +3,7 @@
 mod client_body;
 mod error;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -25,6 +25,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use crate::app::{App, ComponentRuntime};
 use crate::instance::{CpuBudgetExceeded, new_store};
 use crate::lifecycle::{Server, Stop};
+use crate::trusted_proxies::TrustedProxies;
 use client_body::{BodyTimedOut, ClientBody};
 use error::HostError;
 
@@ -137,9 +138,9 @@ async fn handle(
             (response, "-".to_string())
         }
         (None, Some(app)) => {
-            let client = server.trusted_proxies.client(peer.ip(), req.headers());
-            let (response, component) =
-                route(app, peer, client, req).instrument(span.clone()).await;
+            let (response, component) = route(app, peer, &server.trusted_proxies, req)
+                .instrument(span.clone())
+                .await;
             app.metrics
                 .request_finished(&component, response.status().as_u16());
             (response, component)
@@ -186,11 +187,11 @@ fn request_id(headers: &hyper::HeaderMap) -> String {
 }
 
 /// Routes a request to its component; returns the response and the route it matched (`-` for none).
-/// `client` is who the request counts against: the peer, or the client a trusted proxy names.
+/// A rate limit counts the request against its client: the peer, or the client a trusted proxy names.
 async fn route(
     app: &App,
     peer: SocketAddr,
-    client: IpAddr,
+    trusted_proxies: &TrustedProxies,
     mut req: Request<RequestBody>,
 ) -> (Response<HyperOutgoingBody>, String) {
     let path = req.uri().path().to_string();
@@ -205,6 +206,7 @@ async fn route(
     };
     set_spin_headers(req.headers_mut(), &path_info, peer);
     if let Some(limiter) = &component.rate_limiter
+        && let client = trusted_proxies.client(peer.ip(), req.headers())
         && let Err(wait) = limiter.check(client, std::time::Instant::now())
     {
         let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
