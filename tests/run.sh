@@ -38,5 +38,7 @@ cargo fmt --manifest-path tests/fuzz/Cargo.toml --check
 cargo fmt --manifest-path tests/components/spin-llm/Cargo.toml --check
 printf '\n==> cargo test\n'
 cargo test --workspace
+# The portable build's compiled-in tokenizer and template (the component itself: bench/portable.py).
+NNSPIN_PORTABLE_MODEL=models/smollm2-135m-instruct cargo test -p nnspin-guest --features portable
 printf '\n==> end-to-end tests\n'
 .venv/bin/python -m pytest tests -v

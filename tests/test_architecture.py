@@ -1,5 +1,5 @@
 """The host's modules import one another one way only: serve → app → instance → interfaces → registry →
-backend and text, with no circle anywhere (a parent and its own child included), so each layer can be read
+backend (and the `nnspin-text` crate, tokenizers and templates), with no circle anywhere (a parent and its own child included), so each layer can be read
 and changed apart. Read from the source: every `crate::…`, `super::…` and child-module path of each file."""
 
 import re
@@ -109,3 +109,5 @@ def test_engines_know_nothing_of_the_interfaces_the_registry_or_tokenizers():
         if module[:1] == ("backend",):
             outside = {t for t in targets if t[:1] != ("backend",)}
             assert not outside, f"{'::'.join(module)} imports {outside}"
+    for file in (SRC / "backend").rglob("*.rs"):
+        assert "nnspin_text" not in code_of(file), f"{file} uses the tokenizers of nnspin-text"

@@ -5,7 +5,8 @@
 //! [`lifecycle`] and [`app`] (built once: engine, compiled components, routes, grants) →
 //! [`instance`] (per-request store state) → [`interfaces`] (the host side of the `nnspin:llm/llm` world:
 //! the wasi-nn glue and nnspin's interfaces) → [`registry`] (resident models, admission, placement) →
-//! [`backend`] (the inference engines) and [`text`] (tokenizers and chat templates).
+//! [`backend`] (the inference engines) and `nnspin_text` (tokenizers and chat templates, shared with the
+//! portable components).
 
 pub mod api_keys;
 pub mod app;
@@ -21,7 +22,6 @@ pub(crate) mod rate_limit;
 pub mod registry;
 pub mod runtime_config;
 pub mod serve;
-pub mod text;
 pub mod trusted_proxies;
 
 /// The wasmtime version this binary embeds.

@@ -9,7 +9,7 @@ use nnspin::backend::onnxruntime::OnnxRuntime;
 use nnspin::backend::{
     BackendExecutionContext, BackendGraph, Device, ElementType, LoadOptions, Precision, Tensor,
 };
-use nnspin::text::TextModel;
+use nnspin_text::TextModel;
 
 const MODEL: &str = "smollm2-135m-instruct";
 

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::ApiError;
-use crate::bindings::nnspin::llm::text::Message;
+use crate::text::Message;
 
 /// A message of a chat request. `content` may be a string, an array of `{"type": "text"}` parts, or
 /// absent (an assistant turn that only called tools).

@@ -321,10 +321,12 @@ fn step(
     past: usize,
 ) -> Result<(Vec<f32>, u32), ApiError> {
     let inputs = nn_inputs(nnspin_core::inputs::decoder_step(tokens, past));
-    let (mut logits, mut cached) = (None, 0);
+    let (mut logits, mut first, mut cached) = (None, None, 0);
     for (name, tensor) in execution.compute(inputs).map_err(|e| nn_error(&e))? {
         match name.as_str() {
             "logits" => logits = Some(tensor),
+            // Upstream wasmtime's OpenVINO backend names outputs by position, not by the model's names.
+            "0" => first = Some(tensor),
             "cached_tokens" if tensor.ty() == TensorType::I64 => {
                 let bytes = tensor.data();
                 cached = bytes
@@ -334,8 +336,9 @@ fn step(
             _ => {}
         }
     }
-    let logits =
-        logits.ok_or_else(|| ApiError::internal("the model produced no `logits` output"))?;
+    let logits = logits
+        .or(first)
+        .ok_or_else(|| ApiError::internal("the model produced no `logits` output"))?;
     if logits.ty() != TensorType::Fp32 {
         return Err(ApiError::internal("the model's logits are not fp32"));
     }

@@ -1,4 +1,4 @@
-//! Shared guest library of nnspin's components: models over `wasi:nn` and `nnspin:llm/text`, the
+//! Shared guest library of nnspin's components: models over `wasi:nn` and [`text`], the
 //! generation loop, sampling and constraints, the error type every API maps to HTTP, and the HTTP
 //! plumbing of a `wasi:http` handler.
 //!
@@ -6,9 +6,16 @@
 //! response shapes.
 
 pub mod bindings {
+    #[cfg(not(feature = "portable"))]
     wit_bindgen::generate!({
         path: "../../wit",
         world: "nnspin:llm/llm",
+        generate_all,
+    });
+    #[cfg(feature = "portable")]
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "nnspin:llm/portable",
         generate_all,
     });
 }
@@ -24,6 +31,7 @@ pub mod model;
 pub mod request;
 pub mod stop;
 pub mod structured;
+pub mod text;
 pub mod vocabulary;
 
 pub use error::{ApiError, ErrorKind};

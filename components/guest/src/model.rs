@@ -1,15 +1,13 @@
 //! A model a component may use, opened for one request: its graph over `wasi:nn` and its tokenizer and
-//! chat template over `nnspin:llm/text`.
+//! chat template from [`crate::text`].
 
 use std::cell::OnceCell;
 
 use crate::ApiError;
-use crate::bindings::nnspin::llm::text::{
-    self, Message, ModelInfo, ModelTask, TextError, Tokenizer,
-};
 use crate::bindings::wasi::nn::errors::{Error as NnError, ErrorCode};
 use crate::bindings::wasi::nn::graph::{self, Graph};
 use crate::bindings::wasi::nn::tensor::{Tensor, TensorType};
+use crate::text::{self, Message, ModelInfo, ModelTask, TextError, Tokenizer};
 use crate::vocabulary::Vocabulary;
 
 pub struct Model {

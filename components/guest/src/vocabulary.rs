@@ -1,7 +1,7 @@
 //! The bytes each token stands for, fetched from the host only by requests that need them
 //! (structured output, logprobs).
 
-use crate::bindings::nnspin::llm::text;
+use crate::text;
 
 pub struct Vocabulary {
     bytes: Vec<u8>,

@@ -6,10 +6,10 @@ use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
 use nnspin_guest::ApiError;
 use nnspin_guest::bindings::nnspin::llm::models;
-use nnspin_guest::bindings::nnspin::llm::text::Message;
 use nnspin_guest::generate::{Completed, GenerationRequest};
 use nnspin_guest::http::{self, EventStream, Framing, RequestHead};
 use nnspin_guest::model::Model;
+use nnspin_guest::text::Message;
 
 use crate::errors;
 use crate::request::{BatchRequest, ChatRequest, GenerateRequest, Settings};

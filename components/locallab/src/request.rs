@@ -4,11 +4,11 @@
 use serde::Deserialize;
 
 use nnspin_guest::ApiError;
-use nnspin_guest::bindings::nnspin::llm::text::Message;
 use nnspin_guest::chat::{ChatMessage, Conversation};
 use nnspin_guest::generate::{self, GenerationParams};
 use nnspin_guest::request::{check_range, float, parse_body, whole_number};
 use nnspin_guest::sampling::{PenaltyParams, SamplingParams};
+use nnspin_guest::text::Message;
 
 /// New tokens when the request names no length.
 const DEFAULT_MAX_TOKENS: u32 = 256;

@@ -10,7 +10,6 @@ use serde_json::Value;
 use wasip2::http::types::IncomingRequest;
 
 use nnspin_guest::ApiError;
-use nnspin_guest::bindings::nnspin::llm::text::{Message, ModelTask};
 use nnspin_guest::chat::{AnsweredCall, ChatMessage, Conversation};
 use nnspin_guest::generate::{self, GenerationParams};
 use nnspin_guest::http;
@@ -19,6 +18,7 @@ use nnspin_guest::model::{self, Model};
 use nnspin_guest::request::{check_range, float, parse_body, whole_number};
 use nnspin_guest::sampling::{PenaltyParams, SamplingParams};
 use nnspin_guest::structured::Structure;
+use nnspin_guest::text::{Message, ModelTask};
 
 use crate::tools::Tools;
 

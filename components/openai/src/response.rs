@@ -5,10 +5,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use nnspin_guest::ApiError;
-use nnspin_guest::bindings::nnspin::llm::text::ModelInfo;
 use nnspin_guest::generate::Outcome;
 use nnspin_guest::http::EventStream;
 use nnspin_guest::sampling::TokenLogprob;
+use nnspin_guest::text::ModelInfo;
 use nnspin_guest::vocabulary::Vocabulary;
 
 const SYSTEM_FINGERPRINT: &str = concat!("nnspin-", env!("CARGO_PKG_VERSION"));

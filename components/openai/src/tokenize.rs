@@ -10,7 +10,7 @@ use nnspin_guest::chat::{ChatMessage, Conversation};
 use nnspin_guest::http;
 use nnspin_guest::model::Model;
 use nnspin_guest::request::parse_body;
-use nnspin_guest::{ApiError, bindings::nnspin::llm::text::Message};
+use nnspin_guest::{ApiError, text::Message};
 
 use crate::errors;
 use crate::request;

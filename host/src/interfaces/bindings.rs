@@ -16,7 +16,7 @@ wasmtime::component::bindgen!({
         "wasi:nn/inference.graph-execution-context": super::resources::ExecutionContext,
         "wasi:nn/errors.error": super::resources::NnError,
         "nnspin:llm/text.tokenizer": super::resources::TokenizerHandle,
-        "nnspin:llm/text.detokenizer": crate::text::detokenizer::Detokenizer,
+        "nnspin:llm/text.detokenizer": nnspin_text::detokenizer::Detokenizer,
     },
 });
 

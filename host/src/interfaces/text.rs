@@ -6,7 +6,7 @@ use super::bindings::text::{self, Message, ModelInfo, ModelTask, TextError};
 use super::resources::TokenizerHandle;
 use super::view::LlmView;
 use crate::registry::model::{Model, Task};
-use crate::text::detokenizer::Detokenizer;
+use nnspin_text::detokenizer::Detokenizer;
 
 /// What a component is told about a model.
 pub(crate) fn model_info(model: &Model) -> ModelInfo {
@@ -28,7 +28,7 @@ pub(crate) fn model_info(model: &Model) -> ModelInfo {
     }
 }
 
-fn invalid(error: crate::text::TextError) -> TextError {
+fn invalid(error: nnspin_text::TextError) -> TextError {
     TextError::InvalidInput(error.to_string())
 }
 
@@ -76,9 +76,9 @@ impl text::HostTokenizer for LlmView<'_> {
         messages: Vec<Message>,
         add_generation_prompt: bool,
     ) -> wasmtime::Result<Result<String, TextError>> {
-        let messages: Vec<crate::text::Message> = messages
+        let messages: Vec<nnspin_text::Message> = messages
             .iter()
-            .map(|m| crate::text::Message {
+            .map(|m| nnspin_text::Message {
                 role: &m.role,
                 content: &m.content,
             })

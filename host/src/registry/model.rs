@@ -9,7 +9,7 @@ use wasmtime::error::Context;
 
 use super::admission::{Admission, ContextLimits};
 use crate::backend::{BackendGraph, BackendKind, Device, Engine, LoadOptions, Precision};
-use crate::text::TextModel;
+use nnspin_text::{TextModel, facts};
 
 /// What a model computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,17 +80,15 @@ impl Model {
             ),
             None => {
                 let generation = read_json(&dir.join("generation_config.json"));
-                let eos = token_ids(&generation["eos_token_id"])
-                    .or_else(|| token_ids(&config["eos_token_id"]))
-                    .with_context(|| {
-                        format!(
-                            "model {id:?}: no eos_token_id in generation_config.json or config.json"
-                        )
-                    })?;
+                let eos = facts::eos_token_ids(&config, &generation).with_context(|| {
+                    format!(
+                        "model {id:?}: no eos_token_id in generation_config.json or config.json"
+                    )
+                })?;
                 (Task::Generation, eos)
             }
         };
-        let position_limit = config["max_position_embeddings"].as_u64().unwrap_or(2048) as u32;
+        let position_limit = facts::position_limit(&config);
         let text =
             TextModel::load(dir).with_context(|| format!("model {id:?}: loading its tokenizer"))?;
         let graph = engine.backend.load(dir, options).with_context(|| {
@@ -112,9 +110,7 @@ impl Model {
             context_length: embedding
                 .and_then(|encoder| encoder.max_input_tokens)
                 .map_or(position_limit, |limit| limit.min(position_limit)),
-            vocab_size: config["vocab_size"]
-                .as_u64()
-                .map_or_else(|| text.vocab_size(), |v| v as u32),
+            vocab_size: facts::vocab_size(&config).unwrap_or_else(|| text.vocab_size()),
             eos_token_ids,
             created,
             owned_by: "nnspin".to_string(),
@@ -162,14 +158,4 @@ fn read_json(path: &Path) -> serde_json::Value {
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default()
-}
-
-fn token_ids(value: &serde_json::Value) -> Option<Vec<u32>> {
-    match value {
-        serde_json::Value::Number(n) => Some(vec![n.as_u64()? as u32]),
-        serde_json::Value::Array(items) => {
-            items.iter().map(|v| v.as_u64().map(|n| n as u32)).collect()
-        }
-        _ => None,
-    }
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use nnspin::text::{Message, TextModel};
+use nnspin_text::{Message, TextModel};
 
 /// The converted default model (`tools/setup.sh` writes it); `NNSPIN_FUZZ_MODEL` names another.
 static MODEL: LazyLock<TextModel> = LazyLock::new(|| {

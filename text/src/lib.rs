@@ -1,7 +1,12 @@
-//! Tokenizers and chat templates, built once per model (loading a `tokenizer.json` costs 100-160 ms, far
-//! more than a whole cold-started handler) and served to components through `nnspin:llm/text`.
+//! A model's tokenizer and chat template, and the facts of its configuration files.
+//!
+//! The host builds them once per model (loading a `tokenizer.json` costs 100-160 ms, far more than a whole
+//! cold-started handler) and serves them to components through `nnspin:llm/text`; the portable build of a
+//! component compiles one model's files in and builds them itself, since upstream hosts offer no such
+//! interface. Both read the files through this crate, so they tokenize and template alike.
 
 pub mod detokenizer;
+pub mod facts;
 pub mod vocabulary;
 
 use std::path::Path;
@@ -29,6 +34,11 @@ pub enum TextError {
     Template(String),
 }
 
+/// A model's files could not be read as a tokenizer and chat template.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LoadError(String);
+
 /// A model's tokenizer and compiled chat template.
 pub struct TextModel {
     tokenizer: Tokenizer,
@@ -43,13 +53,20 @@ const CHAT_TEMPLATE: &str = "chat";
 
 impl TextModel {
     /// Reads `tokenizer.json` and `tokenizer_config.json` (chat template, bos and eos tokens).
-    pub fn load(model_dir: &Path) -> wasmtime::Result<Self> {
-        let tokenizer_path = model_dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&tokenizer_path)
-            .map_err(|e| wasmtime::format_err!("{}: {e}", tokenizer_path.display()))?;
-        let config_path = model_dir.join("tokenizer_config.json");
-        let config: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_path)?)
-            .map_err(|e| wasmtime::format_err!("{}: {e}", config_path.display()))?;
+    pub fn load(model_dir: &Path) -> Result<Self, LoadError> {
+        let read = |name: &str| {
+            let path = model_dir.join(name);
+            std::fs::read(&path).map_err(|e| LoadError(format!("{}: {e}", path.display())))
+        };
+        Self::from_json(&read("tokenizer.json")?, &read("tokenizer_config.json")?)
+    }
+
+    /// Builds them from the contents of `tokenizer.json` and `tokenizer_config.json`.
+    pub fn from_json(tokenizer: &[u8], tokenizer_config: &[u8]) -> Result<Self, LoadError> {
+        let tokenizer = Tokenizer::from_bytes(tokenizer)
+            .map_err(|e| LoadError(format!("tokenizer.json: {e}")))?;
+        let config: serde_json::Value = serde_json::from_slice(tokenizer_config)
+            .map_err(|e| LoadError(format!("tokenizer_config.json: {e}")))?;
         let token = |key: &str| match &config[key] {
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Object(o) => o
@@ -70,9 +87,7 @@ impl TextModel {
         if let Some(template) = config["chat_template"].as_str() {
             templates
                 .add_template_owned(CHAT_TEMPLATE, template.to_string())
-                .map_err(|e| {
-                    wasmtime::format_err!("{}: chat template: {e}", config_path.display())
-                })?;
+                .map_err(|e| LoadError(format!("tokenizer_config.json: chat template: {e}")))?;
         }
         Ok(Self {
             tokenizer,

@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Write an exported decoder as a stateful OpenVINO IR (``model.xml`` + ``model.bin``).
+
+The model directories ``tools/export_model.py`` writes hold an ONNX decoder whose attention is ONNX
+Runtime's ``GroupQueryAttention`` contrib operator with explicit ``past_key_values.*`` inputs. OpenVINO reads
+that file (nnspin's OpenVINO backend does), but the operator becomes an OpenVINO-internal node that no IR
+reader accepts, and the explicit caches make a guest carry the whole KV cache through every step. This tool
+rewrites each attention node with OpenVINO's standard operators (rotary embedding from ``position_ids``,
+grouped heads broadcast to the query heads, ``ScaledDotProductAttention`` with a causal mask by position)
+and makes the caches internal state (``ReadValue``/``Assign``), so the IR's only inputs are
+``input_ids``, ``attention_mask`` and ``position_ids`` and its only output is ``logits``.
+
+That is the form upstream ``wasmtime serve -S nn -S nn-graph=openvino::DIR`` loads (it reads
+``DIR/model.xml`` and ``DIR/model.bin`` and names the graph after ``DIR``): an execution context's infer
+request holds its sequence's cache between ``compute`` calls. nnspin's own OpenVINO backend serves it too.
+
+    tools/export_openvino_ir.py --model models/smollm2-135m-instruct --out target/portable/smollm2-135m-instruct
+"""
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
+from openvino._offline_transformations import apply_make_stateful_transformation
+
+PAST = "past_key_values."
+PRESENT = "present."
+
+
+def rotate(x: ov.Output, cos: ov.Output, sin: ov.Output) -> ov.Output:
+    """Rotary embedding in the half-split (non-interleaved) layout: [x1, x2] -> [x1 c - x2 s, x2 c + x1 s]."""
+    x1, x2 = ops.split(x, -1, 2).outputs()
+    return ops.concat([
+        ops.subtract(ops.multiply(x1, cos), ops.multiply(x2, sin)),
+        ops.add(ops.multiply(x2, cos), ops.multiply(x1, sin)),
+    ], -1).output(0)
+
+
+def attention(node: ov.Node, position_ids: ov.Output) -> tuple[ov.Output, ov.Output, ov.Output]:
+    """Standard operators computing what one GroupQueryAttention node computes, for its three outputs."""
+    attrs = node.get_attributes()
+    if attrs.get("local_window_size", -1) not in (-1, 0) or attrs.get("rotary_interleaved"):
+        sys.exit(f"{node.get_friendly_name()}: sliding windows and interleaved rotary are not rewritten")
+    heads, kv_heads = int(attrs["num_heads"]), int(attrs["kv_num_heads"])
+    q, k, v, past_k, past_v = (node.input_value(i) for i in range(5))
+    cos_cache, sin_cache = node.input_value(7), node.input_value(8)
+    head_dim = q.get_partial_shape()[3].get_length()
+
+    if attrs.get("do_rotary"):
+        # [batch, seq, head_dim / 2], broadcast over heads.
+        cos = ops.unsqueeze(ops.gather(cos_cache, position_ids, 0), 1).output(0)
+        sin = ops.unsqueeze(ops.gather(sin_cache, position_ids, 0), 1).output(0)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+    present_k = ops.concat([past_k, k], 2).output(0)
+    present_v = ops.concat([past_v, v], 2).output(0)
+
+    # Each key/value head serves heads / kv_heads consecutive query heads (as GroupQueryAttention groups
+    # them): broadcast [b, kv, t, d] to [b, kv, group, t, d] and fold it into [b, heads, t, d].
+    def expand(cache: ov.Output) -> ov.Output:
+        shape = ops.shape_of(cache, "i64")
+        batch_kv = ops.gather(shape, ops.constant([0, 1], np.int64), 0)
+        tail = ops.gather(shape, ops.constant([2, 3], np.int64), 0)
+        group = ops.constant([heads // kv_heads], np.int64)
+        wide = ops.broadcast(ops.unsqueeze(cache, 2), ops.concat([batch_kv, group, tail], 0))
+        folded = ops.concat([ops.gather(shape, ops.constant([0], np.int64), 0),
+                             ops.constant([heads], np.int64), tail], 0)
+        return ops.reshape(wide, folded, False).output(0)
+
+    # Query at position p sees keys 0..p: mask [batch, 1, seq, total] from position_ids.
+    total = ops.gather(ops.shape_of(present_k, "i64"), ops.constant(2, np.int64), 0)
+    keys = ops.range(ops.constant(0, np.int64), total, ops.constant(1, np.int64), "i64")
+    allowed = ops.less_equal(keys, ops.unsqueeze(position_ids, -1))
+    mask = ops.unsqueeze(allowed, 1)
+    scale = float(attrs.get("scale") or 0.0) or 1.0 / math.sqrt(head_dim)
+    out = ops.scaled_dot_product_attention(q, expand(present_k), expand(present_v), mask,
+                                           ops.constant(np.float32(scale)), causal=False)
+    # [batch, heads, seq, head_dim] -> [batch, seq, heads * head_dim]
+    out = ops.transpose(out, ops.constant([0, 2, 1, 3], np.int64))
+    out = ops.reshape(out, ops.constant([0, 0, heads * head_dim], np.int64), True)
+    return out.output(0), present_k, present_v
+
+
+def rename(value: ov.Output, old: ov.Output) -> None:
+    """Moves `old`'s tensor names (`present.0.key`, ...) to `value`, which replaces it."""
+    value.get_tensor().set_names(old.get_names())
+    old.get_tensor().set_names(set())
+
+
+def rewrite(model: ov.Model) -> int:
+    position_ids = next(p.output(0) for p in model.get_parameters() if "position_ids" in p.output(0).get_names())
+    rewritten = 0
+    for node in model.get_ordered_ops():
+        if node.get_type_name() != "GroupQueryAttention":
+            continue
+        for old, new in zip(node.outputs(), attention(node, position_ids)):
+            rename(new, old)
+            old.replace(new)
+        rewritten += 1
+    model.validate_nodes_and_infer_types()
+    return rewritten
+
+
+def initialise_state(model: ov.Model) -> None:
+    """Starts each cache as an empty `[batch, kv_heads, 0, head_dim]` tensor, its batch that of `input_ids`
+    (a `ReadValue` without an initial value would start with batch 0)."""
+    input_ids = next(p.output(0) for p in model.get_parameters() if "input_ids" in p.output(0).get_names())
+    batch = ops.gather(ops.shape_of(input_ids, "i64"), ops.constant([0], np.int64), 0)
+    for node in model.get_ordered_ops():
+        if node.get_type_name() != "ReadValue":
+            continue
+        shape = node.get_output_partial_shape(0)
+        fixed = [shape[1].get_length(), 0, shape[3].get_length()]
+        empty = ops.broadcast(ops.constant(np.float32(0)),
+                              ops.concat([batch, ops.constant(fixed, np.int64)], 0))
+        node.set_arguments([empty.output(0)])
+    model.validate_nodes_and_infer_types()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, required=True, help="model directory holding model.onnx")
+    p.add_argument("--out", type=Path, required=True,
+                   help="directory to write model.xml and model.bin to (its name is the graph's name upstream)")
+    args = p.parse_args()
+
+    model = ov.Core().read_model(args.model / "model.onnx")
+    rewritten = rewrite(model)
+    names = {name for param in model.inputs for name in param.get_names()}
+    caches = {name: PRESENT + name[len(PAST):] for name in names if name.startswith(PAST)}
+    apply_make_stateful_transformation(model, caches)
+    initialise_state(model)
+    args.out.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, args.out / "model.xml", compress_to_fp16=False)
+    inputs = sorted(n for i in model.inputs for n in i.get_names())
+    print(f"{args.out}: {rewritten} attention layers rewritten, {len(caches)} caches made state; "
+          f"inputs {', '.join(inputs)}")
+
+
+if __name__ == "__main__":
+    main()
