@@ -4,8 +4,8 @@
 The graph is a decoder with KV cache built from ONNX Runtime's fused operators, because for a
 135M-parameter model per-kernel overhead, not memory bandwidth, limits decoding speed:
 
-* ``MatMulNBits`` carries the GGUF's Q4_1 blocks without loss (scale ``d``, float zero point ``-m/d``)
-  and the Q8_0 tied LM head as 8-bit blocks;
+* ``MatMulNBits`` carries the GGUF's blocks without loss, whatever their type (Q4_0, Q4_1, Q5_0, Q5_1,
+  Q8_0, Q4_K, Q5_K, Q6_K; see tools/gguf_tensors.py); F32/F16/BF16 matrices run dense in fp32;
 * ``GroupQueryAttention`` applies rotary embeddings from ``position_ids`` and appends to the KV cache;
 * ``SkipSimplifiedLayerNormalization`` fuses each residual add with the following RMS norm;
 * logits are computed for the last position only, so prefill never materialises ``seq_len x vocab``.
@@ -32,9 +32,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
 
+from gguf_tensors import BlockQuantized, quantize
+from gguf_tensors import read as read_tensor
+
 IR_VERSION = 10  # ONNX Runtime 1.31 reads IR <= 13; onnx >= 1.20 would otherwise write 14.
 OPSET = 21
-BLOCK = 32  # GGUF's block size for Q4_1 and Q8_0.
 
 
 # --------------------------------------------------------------------------------------------------
@@ -92,127 +94,10 @@ def read_config(reader) -> LlamaConfig:
 
 
 # --------------------------------------------------------------------------------------------------
-# Weights: every linear layer is either a block-quantized matrix (MatMulNBits) or a dense fp32 matrix.
+# Weights: every linear layer is either a block-quantized matrix (MatMulNBits) or a dense fp32 matrix
+# (tools/gguf_tensors.py reads each GGUF tensor type as one or the other).
 
-
-@dataclass
-class BlockQuantized:
-    """Weights ``w[n, k] = (q[n, k] - zero[n, k // 32]) * scale[n, k // 32]`` in MatMulNBits layout."""
-
-    bits: int
-    packed: np.ndarray  # uint8 [N, K/32, 32*bits/8]
-    scales: np.ndarray  # float32 [N * K/32]
-    zeros: np.ndarray  # float32 [N * K/32]
-    n: int
-    k: int
-
-    def dequantize(self) -> np.ndarray:
-        q = unpack(self.packed, self.bits).reshape(self.n, self.k // BLOCK, BLOCK).astype(np.float32)
-        s = self.scales.reshape(self.n, -1, 1)
-        z = self.zeros.reshape(self.n, -1, 1)
-        return ((q - z) * s).reshape(self.n, self.k)
-
-    @staticmethod
-    def concat(parts: list["BlockQuantized"]) -> "BlockQuantized":
-        """Stack matrices of the same K along N, so one kernel computes several projections."""
-        assert len({(p.bits, p.k) for p in parts}) == 1
-        return BlockQuantized(
-            parts[0].bits,
-            np.concatenate([p.packed for p in parts]),
-            np.concatenate([p.scales for p in parts]),
-            np.concatenate([p.zeros for p in parts]),
-            sum(p.n for p in parts),
-            parts[0].k,
-        )
-
-    def split_nibbles(self) -> "BlockQuantized":
-        """An 8-bit matrix as a 4-bit one over the input repeated twice, without loss.
-
-        With u = 16*hi + lo: s*(u - z) = 16s*(hi - 8) + s*(lo - (z - 128)). ONNX Runtime's fp32-activation
-        kernel for 8 bits is ~100x slower than its 4-bit one, so exact 8-bit weights run as 4-bit halves.
-        """
-        assert self.bits == 8
-        u = self.packed.reshape(self.n, self.k // BLOCK, BLOCK)
-        hi, lo = u >> 4, u & 0x0F
-        blocks = self.k // BLOCK
-        s = self.scales.reshape(self.n, blocks)
-        z = self.zeros.reshape(self.n, blocks)
-        return BlockQuantized(
-            4,
-            np.concatenate([pack(hi, 4), pack(lo, 4)], axis=1),
-            np.concatenate([16 * s, s], axis=1).reshape(-1),
-            np.concatenate([np.full_like(z, 8.0), z - 128], axis=1).reshape(-1),
-            self.n,
-            2 * self.k,
-        )
-
-    def permute_rows(self, order: np.ndarray) -> "BlockQuantized":
-        blocks = self.k // BLOCK
-        return BlockQuantized(
-            self.bits,
-            self.packed[order],
-            self.scales.reshape(self.n, blocks)[order].reshape(-1),
-            self.zeros.reshape(self.n, blocks)[order].reshape(-1),
-            self.n,
-            self.k,
-        )
-
-
-def pack(q: np.ndarray, bits: int) -> np.ndarray:
-    """Pack unsigned integers [..., 32] into MatMulNBits bytes (element 2i in the low nibble for 4 bits)."""
-    if bits == 8:
-        return q.astype(np.uint8)
-    q = q.astype(np.uint8)
-    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
-
-
-def unpack(packed: np.ndarray, bits: int) -> np.ndarray:
-    if bits == 8:
-        return packed
-    out = np.empty(packed.shape[:-1] + (packed.shape[-1] * 2,), dtype=np.uint8)
-    out[..., 0::2] = packed & 0x0F
-    out[..., 1::2] = packed >> 4
-    return out
-
-
-def from_q4_1(raw: np.ndarray, n: int, k: int) -> BlockQuantized:
-    """GGUF Q4_1 block: f16 d, f16 m, 16 bytes of nibbles (weights 0..15 low, 16..31 high); w = d*q + m."""
-    blocks = raw.reshape(n, k // BLOCK, 20)
-    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
-    m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
-    qs = blocks[..., 4:20]
-    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # [n, blocks, 32] in weight order
-    # w = d*q + m == (q - (-m/d)) * d. A block with d == 0 is constant m: q = 1, zero 0, scale m.
-    flat = d == 0
-    zero = np.where(flat, 0.0, -m / np.where(flat, 1.0, d)).astype(np.float32)
-    scale = np.where(flat, m, d).astype(np.float32)
-    q = np.where(flat[..., None], 1, q)
-    return BlockQuantized(4, pack(q, 4), scale.reshape(-1), zero.reshape(-1), n, k)
-
-
-def from_q8_0(raw: np.ndarray, n: int, k: int) -> BlockQuantized:
-    """GGUF Q8_0 block: f16 d, 32 int8; w = d*q. Stored as uint8 q+128 with zero point 128."""
-    blocks = raw.reshape(n, k // BLOCK, 34)
-    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
-    q = blocks[..., 2:34].copy().view(np.int8).astype(np.int16) + 128
-    zeros = np.full(d.size, 128.0, dtype=np.float32)
-    return BlockQuantized(8, pack(q, 8), d.reshape(-1), zeros, n, k)
-
-
-def quantize(w: np.ndarray, bits: int) -> BlockQuantized:
-    """Asymmetric min/max block quantization of a dense [N, K] matrix (used for the tiny random model)."""
-    n, k = w.shape
-    blocks = w.reshape(n, k // BLOCK, BLOCK)
-    if bits == 8:  # symmetric, like Q8_0, so the integer zero point also serves GatherBlockQuantized
-        scale = np.maximum(np.abs(blocks).max(-1), 1e-8).astype(np.float32) / 127
-        q = np.rint(blocks / scale[..., None]) + 128
-        return BlockQuantized(8, pack(q, 8), scale.reshape(-1), np.full(scale.size, 128.0, np.float32), n, k)
-    lo, hi = blocks.min(-1), blocks.max(-1)
-    levels = (1 << bits) - 1
-    scale = np.where(hi > lo, (hi - lo) / levels, 1.0).astype(np.float32)
-    zero = (-lo / scale).astype(np.float32)
-    q = np.clip(np.rint(blocks / scale[..., None] + zero[..., None]), 0, levels)
-    return BlockQuantized(bits, pack(q, bits), scale.reshape(-1), zero.reshape(-1), n, k)
+Weight = BlockQuantized | np.ndarray
 
 
 def unpermute_qk(order_rows: int, heads: int) -> np.ndarray:
@@ -229,34 +114,24 @@ class GgufWeights:
         self.cfg = cfg
         self.tensors = {t.name: t for t in reader.tensors}
 
-    def _linear(self, name: str) -> BlockQuantized:
-        import gguf
+    def _linear(self, name: str) -> Weight:
+        return read_tensor(self.tensors[name])
 
-        t = self.tensors[name]
-        k, n = (int(x) for x in t.shape)  # GGUF shape is [in, out]
-        kind = t.tensor_type
-        if kind == gguf.GGMLQuantizationType.Q4_1:
-            return from_q4_1(np.asarray(t.data), n, k)
-        if kind == gguf.GGMLQuantizationType.Q8_0:
-            return from_q8_0(np.asarray(t.data), n, k)
-        dense = gguf.dequantize(t.data, kind).reshape(n, k).astype(np.float32)
-        return quantize(dense, 8)
-
-    def linear(self, layer: int, name: str) -> BlockQuantized:
+    def linear(self, layer: int, name: str) -> Weight:
         w = self._linear(f"blk.{layer}.{name}.weight")
-        if name == "attn_q":
-            w = w.permute_rows(unpermute_qk(w.n, self.cfg.heads))
-        elif name == "attn_k":
-            w = w.permute_rows(unpermute_qk(w.n, self.cfg.kv_heads))
-        return w
+        heads = {"attn_q": self.cfg.heads, "attn_k": self.cfg.kv_heads}.get(name)
+        if heads is None:
+            return w
+        order = unpermute_qk(w.shape[0] if isinstance(w, np.ndarray) else w.n, heads)
+        return w[order] if isinstance(w, np.ndarray) else w.permute_rows(order)
 
     def norm(self, name: str) -> np.ndarray:
         return np.asarray(self.tensors[name].data, dtype=np.float32)
 
-    def embedding(self) -> BlockQuantized:
+    def embedding(self) -> Weight:
         return self._linear("token_embd.weight")
 
-    def lm_head(self) -> BlockQuantized:
+    def lm_head(self) -> Weight:
         name = "output.weight" if "output.weight" in self.tensors else "token_embd.weight"  # tied head
         return self._linear(name)
 
@@ -323,15 +198,15 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op, inputs, outs, name=name, domain=domain, **attrs))
         return outs if n_out > 1 else outs[0]
 
-    def linear(self, x: str, w: BlockQuantized, name: str) -> str:
-        if self.format == "fp32":
-            dense = self.init(f"{name}.weight", np.ascontiguousarray(w.dequantize().T))
-            return self.node("MatMul", [x, dense], name=name)
+    def linear(self, x: str, w: Weight, name: str) -> str:
+        if isinstance(w, np.ndarray) or self.format == "fp32":
+            dense = w if isinstance(w, np.ndarray) else w.dequantize()
+            return self.node("MatMul", [x, self.init(f"{name}.weight", np.ascontiguousarray(dense.T))], name=name)
         # ONNX Runtime's fast MatMulNBits kernels take integer zero points only (float ones fall back to
         # dequantizing the whole matrix on every call, ~20x slower). So the blocks run with the kernel's
         # default zero point (8 for 4 bits, 128 for 8 bits) and the exact remainder of each block's
         # offset is added back: w = s*(q - z) = s*(q - default) + s*(default - z), and the second term
-        # contributes sum over the block of x times s*(default - z), a small [K/32, N] matmul.
+        # contributes sum over the block of x times s*(default - z), a small [K/block, N] matmul.
         if w.bits == 8 and self.accuracy_level != 4:
             w = w.split_nibbles()
             x = self.node("Concat", [x, x], axis=-1)
@@ -340,22 +215,45 @@ class GraphBuilder:
         scales = self.init(f"{name}.scales", w.scales)
         y = self.node(
             "MatMulNBits", [x, packed, scales], domain="com.microsoft", name=name,
-            K=w.k, N=w.n, bits=w.bits, block_size=BLOCK, accuracy_level=self.accuracy_level,
+            K=w.k, N=w.n, bits=w.bits, block_size=w.block, accuracy_level=self.accuracy_level,
         )
-        offset = (w.scales * (default - w.zeros)).reshape(w.n, w.k // BLOCK)
+        offset = (w.scales * (default - w.zeros)).reshape(w.n, w.k // w.block)
         if not np.any(offset):
             return y
         correction = self.init(f"{name}.block_offsets", np.ascontiguousarray(offset.T))
-        return self.node("Add", [y, self.node("MatMul", [self.block_sums(x, w.k), correction])])
+        return self.node("Add", [y, self.node("MatMul", [self.block_sums(x, w.k, w.block), correction])])
 
-    def block_sums(self, x: str, k: int) -> str:
-        """Per-block sums of an activation, [..., K/32], shared by every projection of that input."""
-        if x not in self._block_sums:
-            shape = self.init(f"{x}.block_shape", np.array([0, 0, k // BLOCK, BLOCK], np.int64))
+    def embedding(self, table: Weight) -> str:
+        """The embedding lookup: GatherBlockQuantized over 8-bit blocks with integer zero points (what it
+        takes), else a dense fp32 table."""
+        gatherable = (isinstance(table, BlockQuantized) and self.format != "fp32" and table.bits == 8
+                      and np.array_equal(table.zeros, np.rint(table.zeros)))
+        if not gatherable:
+            dense = table if isinstance(table, np.ndarray) else table.dequantize()
+            return self.node("Gather", [self.init("embed.weight", dense), "input_ids"], axis=0, name="embed")
+        data = self.init("embed.qweight", table.packed.reshape(table.n, table.k))
+        scales = self.init("embed.scales", table.scales.reshape(table.n, -1))
+        zeros = self.init("embed.zeros", table.zeros.reshape(table.n, -1).astype(np.uint8))
+        return self.node("GatherBlockQuantized", [data, "input_ids", scales, zeros], domain="com.microsoft",
+                         name="embed", bits=8, block_size=table.block, gather_axis=0, quantize_axis=1)
+
+    def stacked(self, x: str, parts: list[Weight], name: str) -> str:
+        """Several projections of `x` side by side: one kernel where the matrices share a layout, else
+        one each (a Q4_K_M file keeps some projections in Q6_K) and their outputs concatenated."""
+        if all(isinstance(p, BlockQuantized) for p in parts) and len({p.layout for p in parts}) == 1:
+            return self.linear(x, BlockQuantized.concat(parts), name)
+        outputs = [self.linear(x, p, f"{name}.{i}") for i, p in enumerate(parts)]
+        return self.node("Concat", outputs, axis=-1, name=name)
+
+    def block_sums(self, x: str, k: int, block: int) -> str:
+        """Per-block sums of an activation, [..., K/block], shared by every projection of that input."""
+        key = f"{x}.block{block}"
+        if key not in self._block_sums:
+            shape = self.init(f"{key}.shape", np.array([0, 0, k // block, block], np.int64))
             blocks = self.node("Reshape", [x, shape])
-            axes = self.init(f"{x}.block_axis", np.array([-1], np.int64))
-            self._block_sums[x] = self.node("ReduceSum", [blocks, axes], keepdims=0)
-        return self._block_sums[x]
+            axes = self.init(f"{key}.axis", np.array([-1], np.int64))
+            self._block_sums[key] = self.node("ReduceSum", [blocks, axes], keepdims=0)
+        return self._block_sums[key]
 
     def build(self, weights) -> onnx.ModelProto:
         c = self.cfg
@@ -375,16 +273,7 @@ class GraphBuilder:
         cos = self.init("rope.cos", np.cos(angles).astype(np.float32))
         sin = self.init("rope.sin", np.sin(angles).astype(np.float32))
 
-        embed = weights.embedding()
-        if self.format == "fp32":
-            table = self.init("embed.weight", embed.dequantize())
-            x = self.node("Gather", [table, "input_ids"], axis=0, name="embed")
-        else:
-            data = self.init("embed.qweight", embed.packed.reshape(embed.n, embed.k))
-            scales = self.init("embed.scales", embed.scales.reshape(embed.n, -1))
-            zeros = self.init("embed.zeros", embed.zeros.reshape(embed.n, -1).astype(np.uint8))
-            x = self.node("GatherBlockQuantized", [data, "input_ids", scales, zeros], domain="com.microsoft",
-                          name="embed", bits=8, block_size=BLOCK, gather_axis=0, quantize_axis=1)
+        x = self.embedding(weights.embedding())
 
         residual = None
         hidden = x
@@ -398,8 +287,8 @@ class GraphBuilder:
                 h, _, _, residual = self.node("SkipSimplifiedLayerNormalization", [hidden, residual, gamma],
                                               n_out=4, domain="com.microsoft", epsilon=c.rms_eps)
             # One kernel for Q, K and V; GroupQueryAttention takes them packed.
-            qkv_w = BlockQuantized.concat([weights.linear(i, n) for n in ("attn_q", "attn_k", "attn_v")])
-            qkv = self.linear(h, qkv_w, f"layers.{i}.qkv_proj")
+            qkv = self.stacked(h, [weights.linear(i, n) for n in ("attn_q", "attn_k", "attn_v")],
+                               f"layers.{i}.qkv_proj")
             attn = f"layers.{i}.attn"
             self.nodes.append(helper.make_node(
                 "GroupQueryAttention",
@@ -413,8 +302,8 @@ class GraphBuilder:
             gamma = self.init(f"layers.{i}.ffn_norm", weights.norm(f"blk.{i}.ffn_norm.weight"))
             h, _, _, residual = self.node("SkipSimplifiedLayerNormalization", [o, residual, gamma], n_out=4,
                                           domain="com.microsoft", epsilon=c.rms_eps)
-            gate_up_w = BlockQuantized.concat([weights.linear(i, "ffn_gate"), weights.linear(i, "ffn_up")])
-            gate_up = self.linear(h, gate_up_w, f"layers.{i}.gate_up_proj")
+            gate_up = self.stacked(h, [weights.linear(i, "ffn_gate"), weights.linear(i, "ffn_up")],
+                                   f"layers.{i}.gate_up_proj")
             gate, up = self.node("Split", [gate_up, self.init(f"layers.{i}.split", np.array([c.ffn, c.ffn], np.int64))],
                                  n_out=2, axis=-1)
             act = self.node("Mul", [self.node("Mul", [gate, self.node("Sigmoid", [gate])]), up])
