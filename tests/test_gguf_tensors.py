@@ -14,7 +14,7 @@ from support import ROOT
 
 sys.path.insert(0, str(ROOT / "tools"))
 import gguf_tensors  # noqa: E402
-from export_model import IR_VERSION, OPSET, GraphBuilder, LlamaConfig  # noqa: E402
+from export_model import IR_VERSION, OPSET, DecoderConfig, GraphBuilder  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
 N, K = 8, 512  # two K-quant super-blocks per row
@@ -48,8 +48,8 @@ def test_the_export_computes_them_with_matmulnbits(name):
     kind = gguf.GGMLQuantizationType[name]
     raw = random_tensor(kind, np.random.default_rng(7))
     weights = gguf_tensors.BLOCK_TYPES[name](raw, N, K)
-    cfg = LlamaConfig(layers=1, hidden=K, ffn=K, heads=1, kv_heads=1, vocab=N, context=8, rope_theta=1e4,
-                      rms_eps=1e-6)
+    cfg = DecoderConfig(arch="llama", layers=1, hidden=K, ffn=K, heads=1, kv_heads=1, head_dim=K, vocab=N,
+                        context=8, rope_theta=1e4, rms_eps=1e-6)
     graph = GraphBuilder(cfg, "int4")
     y = graph.linear("x", weights, "proj")
     model = helper.make_model(

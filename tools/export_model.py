@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Export a Llama-architecture GGUF chat model into an ONNX model directory (Hugging Face Optimum layout).
+"""Export a GGUF decoder (llama, qwen2, qwen3) into an ONNX model directory (Hugging Face Optimum layout).
 
 The graph is a decoder with KV cache built from ONNX Runtime's fused operators, because for a
 135M-parameter model per-kernel overhead, not memory bandwidth, limits decoding speed:
@@ -43,21 +43,44 @@ OPSET = 21
 # Configuration
 
 
+@dataclass(frozen=True)
+class Architecture:
+    """What sets a GGUF architecture's decoder apart from Llama's."""
+
+    hf_class: str
+    model_type: str
+    # llama.cpp's converter interleaves each head's rotary halves in Q and K for Llama only.
+    permuted_qk: bool = False
+    # Qwen2: biases on the Q, K and V projections.
+    qkv_bias: bool = False
+    # Qwen3: an RMS norm over each head of Q and K, before the rotary embedding.
+    qk_norm: bool = False
+
+
+ARCHITECTURES = {
+    "llama": Architecture("LlamaForCausalLM", "llama", permuted_qk=True),
+    "qwen2": Architecture("Qwen2ForCausalLM", "qwen2", qkv_bias=True),
+    "qwen3": Architecture("Qwen3ForCausalLM", "qwen3", qk_norm=True),
+}
+
+
 @dataclass
-class LlamaConfig:
+class DecoderConfig:
+    arch: str
     layers: int
     hidden: int
     ffn: int
     heads: int
     kv_heads: int
+    head_dim: int
     vocab: int
     context: int
     rope_theta: float
     rms_eps: float
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
+    def architecture(self) -> Architecture:
+        return ARCHITECTURES[self.arch]
 
 
 def default_model_gguf() -> Path:
@@ -73,27 +96,34 @@ def default_model_gguf() -> Path:
     return path
 
 
-def read_config(reader) -> LlamaConfig:
-    def field(name):
-        return reader.fields[name].contents()
+def read_config(reader) -> DecoderConfig:
+    """Every hyper-parameter from the GGUF's metadata; an architecture the export cannot build is refused
+    with one line saying what it lacks."""
+    def field(name, default=None):
+        return reader.fields[name].contents() if name in reader.fields else default
 
     arch = field("general.architecture")
-    if arch != "llama":
-        sys.exit(f"unsupported GGUF architecture {arch!r}: only llama is exported")
-    return LlamaConfig(
-        layers=int(field("llama.block_count")),
-        hidden=int(field("llama.embedding_length")),
-        ffn=int(field("llama.feed_forward_length")),
-        heads=int(field("llama.attention.head_count")),
-        kv_heads=int(field("llama.attention.head_count_kv")),
+    if arch not in ARCHITECTURES:
+        missing = {"gemma3": "Gemma's (1 + w) norms, GELU-tanh MLP and sliding-window layers",
+                   "phi3": "fused qkv and gate_up tensors"}.get(arch, "its layer structure")
+        sys.exit(f"unsupported GGUF architecture {arch!r}: the export builds {', '.join(ARCHITECTURES)} "
+                 f"and not yet {missing}")
+    hidden, heads = int(field(f"{arch}.embedding_length")), int(field(f"{arch}.attention.head_count"))
+    return DecoderConfig(
+        arch=arch,
+        layers=int(field(f"{arch}.block_count")),
+        hidden=hidden,
+        ffn=int(field(f"{arch}.feed_forward_length")),
+        heads=heads,
+        kv_heads=int(field(f"{arch}.attention.head_count_kv", heads)),
+        head_dim=int(field(f"{arch}.attention.key_length", hidden // heads)),
         vocab=len(reader.fields["tokenizer.ggml.tokens"].contents()),
-        context=int(field("llama.context_length")),
-        rope_theta=float(field("llama.rope.freq_base")),
-        rms_eps=float(field("llama.attention.layer_norm_rms_epsilon")),
+        context=int(field(f"{arch}.context_length")),
+        rope_theta=float(field(f"{arch}.rope.freq_base", 10000.0)),
+        rms_eps=float(field(f"{arch}.attention.layer_norm_rms_epsilon")),
     )
 
 
-# --------------------------------------------------------------------------------------------------
 # Weights: every linear layer is either a block-quantized matrix (MatMulNBits) or a dense fp32 matrix
 # (tools/gguf_tensors.py reads each GGUF tensor type as one or the other).
 
@@ -110,7 +140,7 @@ def unpermute_qk(order_rows: int, heads: int) -> np.ndarray:
 class GgufWeights:
     """Weights of a real GGUF file, kept in their quantized blocks wherever the format allows."""
 
-    def __init__(self, reader, cfg: LlamaConfig):
+    def __init__(self, reader, cfg: DecoderConfig):
         self.cfg = cfg
         self.tensors = {t.name: t for t in reader.tensors}
 
@@ -120,13 +150,16 @@ class GgufWeights:
     def linear(self, layer: int, name: str) -> Weight:
         w = self._linear(f"blk.{layer}.{name}.weight")
         heads = {"attn_q": self.cfg.heads, "attn_k": self.cfg.kv_heads}.get(name)
-        if heads is None:
+        if heads is None or not self.cfg.architecture.permuted_qk:
             return w
         order = unpermute_qk(w.shape[0] if isinstance(w, np.ndarray) else w.n, heads)
         return w[order] if isinstance(w, np.ndarray) else w.permute_rows(order)
 
     def norm(self, name: str) -> np.ndarray:
         return np.asarray(self.tensors[name].data, dtype=np.float32)
+
+    def bias(self, layer: int, name: str) -> np.ndarray:
+        return self.norm(f"blk.{layer}.{name}.bias")
 
     def embedding(self) -> Weight:
         return self._linear("token_embd.weight")
@@ -139,7 +172,7 @@ class GgufWeights:
 class RandomWeights:
     """Seeded random weights of a small Llama, quantized like the real export, for fast tests."""
 
-    def __init__(self, cfg: LlamaConfig, seed: int = 0):
+    def __init__(self, cfg: DecoderConfig, seed: int = 0):
         self.cfg = cfg
         self.rng = np.random.default_rng(seed)
         self._embed = quantize(self._dense(cfg.vocab, cfg.hidden, 1.0), 8)
@@ -175,7 +208,7 @@ class RandomWeights:
 
 
 class GraphBuilder:
-    def __init__(self, cfg: LlamaConfig, weight_format: str, accuracy_level: int = 0):
+    def __init__(self, cfg: DecoderConfig, weight_format: str, accuracy_level: int = 0):
         self.cfg = cfg
         self.format = weight_format
         self.nodes: list[onnx.NodeProto] = []
@@ -237,6 +270,28 @@ class GraphBuilder:
         return self.node("GatherBlockQuantized", [data, "input_ids", scales, zeros], domain="com.microsoft",
                          name="embed", bits=8, block_size=table.block, gather_axis=0, quantize_axis=1)
 
+    def attention_inputs(self, weights, layer: int, qkv: str) -> list[str]:
+        """GroupQueryAttention's query, key and value: packed in one tensor, or apart where the
+        architecture adds Q/K/V biases (Qwen2) or normalises each head of Q and K (Qwen3)."""
+        c, arch = self.cfg, self.cfg.architecture
+        if arch.qkv_bias:
+            bias = np.concatenate([weights.bias(layer, n) for n in ("attn_q", "attn_k", "attn_v")])
+            qkv = self.node("Add", [qkv, self.init(f"layers.{layer}.qkv_bias", bias.astype(np.float32))])
+        if not arch.qk_norm:
+            return [qkv, "", ""]
+        sizes = np.array([c.heads * c.head_dim, c.kv_heads * c.head_dim, c.kv_heads * c.head_dim], np.int64)
+        q, k, v = self.node("Split", [qkv, self.init(f"layers.{layer}.qkv_split", sizes)], n_out=3, axis=-1)
+        q = self.head_norm(q, c.heads, weights.norm(f"blk.{layer}.attn_q_norm.weight"), f"layers.{layer}.q_norm")
+        k = self.head_norm(k, c.kv_heads, weights.norm(f"blk.{layer}.attn_k_norm.weight"), f"layers.{layer}.k_norm")
+        return [q, k, v]
+
+    def head_norm(self, x: str, heads: int, gamma: np.ndarray, name: str) -> str:
+        """RMS norm over each head's `head_dim` values of [batch, seq, heads * head_dim]."""
+        per_head = self.node("Reshape", [x, self.init(f"{name}.heads", np.array([0, 0, heads, -1], np.int64))])
+        normed = self.node("SimplifiedLayerNormalization", [per_head, self.init(f"{name}.weight", gamma)],
+                           epsilon=self.cfg.rms_eps, axis=-1, stash_type=1, name=name)
+        return self.node("Reshape", [normed, self.init(f"{name}.flat", np.array([0, 0, -1], np.int64))])
+
     def stacked(self, x: str, parts: list[Weight], name: str) -> str:
         """Several projections of `x` side by side: one kernel where the matrices share a layout, else
         one each (a Q4_K_M file keeps some projections in Q6_K) and their outputs concatenated."""
@@ -257,7 +312,6 @@ class GraphBuilder:
 
     def build(self, weights) -> onnx.ModelProto:
         c = self.cfg
-        kv_dim = c.kv_heads * c.head_dim
 
         # Sequence bookkeeping for GroupQueryAttention: per-row valid length - 1 and the total length.
         mask_sum = self.node("ReduceSum", ["attention_mask", self.init("const.axis1", np.array([1], np.int64))],
@@ -292,7 +346,7 @@ class GraphBuilder:
             attn = f"layers.{i}.attn"
             self.nodes.append(helper.make_node(
                 "GroupQueryAttention",
-                [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total, cos, sin,
+                [*self.attention_inputs(weights, i, qkv), f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total, cos, sin,
                  "position_ids"],
                 [f"{attn}/out", f"present.{i}.key", f"present.{i}.value"],
                 name=attn, domain="com.microsoft", num_heads=c.heads, kv_num_heads=c.kv_heads, do_rotary=1,
@@ -392,7 +446,7 @@ def tokenizer_json(reader) -> dict:
     }
 
 
-def write_metadata(out: Path, reader, cfg: LlamaConfig, weight_format: str, tiny: bool):
+def write_metadata(out: Path, reader, cfg: DecoderConfig, weight_format: str, name: str):
     tokens = reader.fields["tokenizer.ggml.tokens"].contents()
     template = reader.fields["tokenizer.chat_template"].contents()
     # ChatML: a turn ends with <|im_end|>. The GGUF's own eos field points at <|im_start|>, so the end
@@ -400,9 +454,13 @@ def write_metadata(out: Path, reader, cfg: LlamaConfig, weight_format: str, tiny
     ids = {t: i for i, t in enumerate(tokens)}
     im_start, im_end, eot = ids.get("<|im_start|>"), ids.get("<|im_end|>"), ids.get("<|endoftext|>")
     eos = [i for i in (im_end, eot) if i is not None]
-    name = "nnspin-tiny-random" if tiny else "SmolLM2-135M-Instruct"
+    if not eos and "tokenizer.ggml.eos_token_id" in reader.fields:
+        eos = [int(reader.fields["tokenizer.ggml.eos_token_id"].contents())]
+    if not eos:
+        sys.exit("the GGUF names no end-of-turn token (<|im_end|>, <|endoftext|> or tokenizer.ggml.eos_token_id)")
     config = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "_name_or_path": name,
+        "architectures": [cfg.architecture.hf_class], "model_type": cfg.architecture.model_type,
+        "_name_or_path": name,
         "hidden_size": cfg.hidden, "intermediate_size": cfg.ffn, "num_hidden_layers": cfg.layers,
         "num_attention_heads": cfg.heads, "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
         "vocab_size": cfg.vocab, "max_position_embeddings": cfg.context, "rope_theta": cfg.rope_theta,
@@ -516,8 +574,8 @@ def main():
     reader = gguf.GGUFReader(str(gguf_path))
     cfg = read_config(reader)
     if args.tiny:
-        cfg = LlamaConfig(layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, vocab=cfg.vocab, context=2048,
-                          rope_theta=cfg.rope_theta, rms_eps=cfg.rms_eps)
+        cfg = DecoderConfig(arch="llama", layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, head_dim=16,
+                            vocab=cfg.vocab, context=2048, rope_theta=cfg.rope_theta, rms_eps=cfg.rms_eps)
         weights = RandomWeights(cfg)
     else:
         weights = GgufWeights(reader, cfg)
@@ -529,7 +587,9 @@ def main():
         stale.unlink(missing_ok=True)  # onnx appends to an existing external-data file
     onnx.save_model(model, str(onnx_path), save_as_external_data=args.format == "fp32",
                     all_tensors_to_one_file=True, location="model.onnx_data", size_threshold=1024)
-    write_metadata(args.out, reader, cfg, args.format, args.tiny)
+    # The GGUF's name without its type suffix: SmolLM2-135M-Instruct.Q4_1.gguf -> SmolLM2-135M-Instruct.
+    name = "nnspin-tiny-random" if args.tiny else gguf_path.name.split(".")[0]
+    write_metadata(args.out, reader, cfg, args.format, name)
     print(f"wrote {args.out} ({args.format}, {cfg.layers} layers) in {time.monotonic() - started:.1f}s")
 
     if args.check:

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""A NumPy forward pass of a GGUF decoder, the reference the export is checked against without llama.cpp.
+
+It reads the file as llama.cpp does, apart from the export's code: weights dequantized by gguf-py, Llama's
+rotary embedding on adjacent pairs of the GGUF's (permuted) Q and K rows, Qwen's on the halves of each
+head (NeoX style), Qwen2's Q/K/V biases, Qwen3's per-head Q/K norms, causal grouped-query attention, and
+logits for every position of a token sequence.
+
+    tools/gguf_reference.py FILE.gguf MODEL_DIR   # |Δlogit| of the exported MODEL_DIR over 16 tokens
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+NEOX = {"qwen2", "qwen3"}  # rotary on head halves; llama.cpp's LLAMA_ROPE_TYPE_NEOX
+
+
+def logits(path: Path, tokens: list[int]) -> np.ndarray:
+    """[len(tokens), vocab] next-token logits, in float64."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    field = lambda name, default=None: reader.fields[name].contents() if name in reader.fields else default  # noqa: E731
+    arch = field("general.architecture")
+    tensors = {t.name: t for t in reader.tensors}
+
+    def weight(name):
+        t = tensors[name]
+        values = gguf.dequantize(t.data, t.tensor_type).astype(np.float64)
+        return values.reshape([int(d) for d in reversed(t.shape)]) if len(t.shape) > 1 else values.reshape(-1)
+
+    heads, kv_heads = int(field(f"{arch}.attention.head_count")), int(field(f"{arch}.attention.head_count_kv"))
+    hidden = int(field(f"{arch}.embedding_length"))
+    hd = int(field(f"{arch}.attention.key_length", hidden // heads))
+    eps = float(field(f"{arch}.attention.layer_norm_rms_epsilon"))
+    base = float(field(f"{arch}.rope.freq_base", 10000.0))
+    t = len(tokens)
+
+    def rms(x, gamma):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * gamma
+
+    def rope(x):  # [t, heads, hd]
+        freq = base ** (-np.arange(0, hd, 2) / hd)
+        angle = np.arange(t)[:, None, None] * freq[None, None, :]
+        cos, sin = np.cos(angle), np.sin(angle)
+        if arch in NEOX:
+            a, b = x[..., : hd // 2], x[..., hd // 2:]
+            return np.concatenate([a * cos - b * sin, b * cos + a * sin], -1)
+        a, b = x[..., 0::2], x[..., 1::2]
+        out = np.empty_like(x)
+        out[..., 0::2], out[..., 1::2] = a * cos - b * sin, b * cos + a * sin
+        return out
+
+    x = weight("token_embd.weight")[tokens]
+    mask = np.triu(np.full((t, t), -np.inf), 1)
+    for i in range(int(field(f"{arch}.block_count"))):
+        blk = lambda name: weight(f"blk.{i}.{name}")  # noqa: E731
+        h = rms(x, blk("attn_norm.weight"))
+        proj = {}
+        for name in ("attn_q", "attn_k", "attn_v"):
+            proj[name] = h @ blk(f"{name}.weight").T
+            if f"blk.{i}.{name}.bias" in tensors:
+                proj[name] = proj[name] + blk(f"{name}.bias")
+        q = proj["attn_q"].reshape(t, heads, hd)
+        k = proj["attn_k"].reshape(t, kv_heads, hd)
+        v = proj["attn_v"].reshape(t, kv_heads, hd)
+        if f"blk.{i}.attn_q_norm.weight" in tensors:
+            q, k = rms(q, blk("attn_q_norm.weight")), rms(k, blk("attn_k_norm.weight"))
+        q, k = rope(q), rope(k)
+        group = heads // kv_heads
+        k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
+        scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd) + mask
+        scores = np.exp(scores - scores.max(-1, keepdims=True))
+        attention = np.einsum("hqk,khd->qhd", scores / scores.sum(-1, keepdims=True), v).reshape(t, heads * hd)
+        x = x + attention @ blk("attn_output.weight").T
+        h = rms(x, blk("ffn_norm.weight"))
+        gate = h @ blk("ffn_gate.weight").T
+        x = x + ((gate / (1 + np.exp(-gate))) * (h @ blk("ffn_up.weight").T)) @ blk("ffn_down.weight").T
+    head = "output.weight" if "output.weight" in tensors else "token_embd.weight"
+    return rms(x, weight("output_norm.weight")) @ weight(head).T
+
+
+def exported_logits(model_dir: Path, tokens: list[int]) -> np.ndarray:
+    """The exported model's logits at every position, one decode step at a time through its KV cache."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    past = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+            for i in session.get_inputs() if i.name.startswith("past_key_values.")}
+    names = [o.name for o in session.get_outputs()]
+    rows = []
+    for position, token in enumerate(tokens):
+        feed = {"input_ids": np.array([[token]], np.int64), "attention_mask": np.ones((1, position + 1), np.int64),
+                "position_ids": np.array([[position]], np.int64), **past}
+        outputs = dict(zip(names, session.run(None, feed)))
+        rows.append(outputs["logits"][0, -1])
+        past = {f"past_key_values.{n[len('present.'):]}": v for n, v in outputs.items() if n.startswith("present.")}
+    return np.stack(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("gguf", type=Path)
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("--tokens", type=int, default=16)
+    p.add_argument("--tolerance", type=float, default=1e-3, help="largest |Δlogit| accepted (exit 1 beyond)")
+    args = p.parse_args()
+    tokens = list(np.random.default_rng(0).integers(0, 1000, args.tokens))
+    expected, got = logits(args.gguf, tokens), exported_logits(args.model_dir, tokens)
+    delta = np.abs(expected - got)
+    agree = (expected.argmax(-1) == got.argmax(-1)).mean()
+    print(f"max |Δlogit| {delta.max():.2e}, mean {delta.mean():.2e}, top-1 agreement {agree:.0%} "
+          f"over {len(tokens)} positions (logits up to {np.abs(expected).max():.1f})")
+    if delta.max() > args.tolerance:
+        sys.exit(f"the export differs from the reference by more than {args.tolerance}")
+
+
+if __name__ == "__main__":
+    main()
