@@ -1,5 +1,5 @@
 """Each GGUF architecture the export builds, on a tiny random-weight GGUF written by tools/tiny_gguf.py
-(its matrices in seven GGUF types): the exported model's logits, decoded one token at a time through its KV
+(its matrices in seven GGUF types; Phi-3 with a sliding window the sequence crosses): the exported model's logits, decoded one token at a time through its KV
 cache, match a NumPy forward pass of the same file (tools/gguf_reference.py, which reads it as llama.cpp
 does and shares no code with the export), and the host serves it through the OpenAI component. An
 architecture the export cannot build is refused with one line."""
@@ -57,8 +57,8 @@ def test_the_host_serves_every_architecture(exported, tmp_path):
 
 
 def test_an_architecture_it_cannot_build_is_refused_in_one_line(tmp_path):
-    path = tmp_path / "phi3.gguf"
-    writer = gguf.GGUFWriter(str(path), "phi3")
+    path = tmp_path / "mamba.gguf"
+    writer = gguf.GGUFWriter(str(path), "mamba")
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -67,5 +67,5 @@ def test_an_architecture_it_cannot_build_is_refused_in_one_line(tmp_path):
                              str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
-        "unsupported GGUF architecture 'phi3': the export builds llama, qwen2, qwen3 and not yet fused qkv and "
-        "gate_up tensors")
+        "unsupported GGUF architecture 'mamba': the export builds llama, qwen2, qwen3, phi3 and not yet its layer "
+        "structure")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Export a GGUF decoder (llama, qwen2, qwen3) into an ONNX model directory (Hugging Face Optimum layout).
+"""Export a GGUF decoder (llama, qwen2, qwen3, phi3) into an ONNX model directory (Hugging Face Optimum layout).
 
 The graph is a decoder with KV cache built from ONNX Runtime's fused operators, because for a
 135M-parameter model per-kernel overhead, not memory bandwidth, limits decoding speed:
@@ -37,6 +37,7 @@ from gguf_tensors import read as read_tensor
 
 IR_VERSION = 10  # ONNX Runtime 1.31 reads IR <= 13; onnx >= 1.20 would otherwise write 14.
 OPSET = 21
+WINDOW_OFFSET = -1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -55,12 +56,15 @@ class Architecture:
     qkv_bias: bool = False
     # Qwen3: an RMS norm over each head of Q and K, before the rotary embedding.
     qk_norm: bool = False
+    # Phi-3: Q, K and V in one stored matrix (`attn_qkv`), and gate and up in one (`ffn_up`, gate first).
+    fused: bool = False
 
 
 ARCHITECTURES = {
     "llama": Architecture("LlamaForCausalLM", "llama", permuted_qk=True),
     "qwen2": Architecture("Qwen2ForCausalLM", "qwen2", qkv_bias=True),
     "qwen3": Architecture("Qwen3ForCausalLM", "qwen3", qk_norm=True),
+    "phi3": Architecture("Phi3ForCausalLM", "phi3", fused=True),
 }
 
 
@@ -77,6 +81,9 @@ class DecoderConfig:
     context: int
     rope_theta: float
     rms_eps: float
+    # Sliding-window attention: a query sees the `window` latest positions, itself included (llama.cpp's
+    # standard SWA); None for full attention.
+    window: int | None = None
 
     @property
     def architecture(self) -> Architecture:
@@ -104,11 +111,18 @@ def read_config(reader) -> DecoderConfig:
 
     arch = field("general.architecture")
     if arch not in ARCHITECTURES:
-        missing = {"gemma3": "Gemma's (1 + w) norms, GELU-tanh MLP and sliding-window layers",
-                   "phi3": "fused qkv and gate_up tensors"}.get(arch, "its layer structure")
+        missing = {"gemma3": "Gemma's embedding scale, post-norms, GELU-tanh MLP and sliding-window layers"}.get(
+            arch, "its layer structure")
         sys.exit(f"unsupported GGUF architecture {arch!r}: the export builds {', '.join(ARCHITECTURES)} "
                  f"and not yet {missing}")
     hidden, heads = int(field(f"{arch}.embedding_length")), int(field(f"{arch}.attention.head_count"))
+    head_dim = int(field(f"{arch}.attention.key_length", hidden // heads))
+    if int(field(f"{arch}.rope.dimension_count", head_dim)) != head_dim:
+        sys.exit(f"unsupported GGUF: {arch} with rotary embedding on part of each head (rope.dimension_count)")
+    if any(t.name.startswith("rope_factors") for t in reader.tensors):
+        sys.exit(f"unsupported GGUF: {arch} with scaled rotary embedding (rope_factors tensors, LongRoPE)")
+    context = int(field(f"{arch}.context_length"))
+    window = field(f"{arch}.attention.sliding_window")
     return DecoderConfig(
         arch=arch,
         layers=int(field(f"{arch}.block_count")),
@@ -116,11 +130,12 @@ def read_config(reader) -> DecoderConfig:
         ffn=int(field(f"{arch}.feed_forward_length")),
         heads=heads,
         kv_heads=int(field(f"{arch}.attention.head_count_kv", heads)),
-        head_dim=int(field(f"{arch}.attention.key_length", hidden // heads)),
+        head_dim=head_dim,
         vocab=len(reader.fields["tokenizer.ggml.tokens"].contents()),
-        context=int(field(f"{arch}.context_length")),
+        context=context,
         rope_theta=float(field(f"{arch}.rope.freq_base", 10000.0)),
         rms_eps=float(field(f"{arch}.attention.layer_norm_rms_epsilon")),
+        window=int(window) if window is not None and int(window) < context else None,
     )
 
 
@@ -341,8 +356,9 @@ class GraphBuilder:
                 h, _, _, residual = self.node("SkipSimplifiedLayerNormalization", [hidden, residual, gamma],
                                               n_out=4, domain="com.microsoft", epsilon=c.rms_eps)
             # One kernel for Q, K and V; GroupQueryAttention takes them packed.
-            qkv = self.stacked(h, [weights.linear(i, n) for n in ("attn_q", "attn_k", "attn_v")],
-                               f"layers.{i}.qkv_proj")
+            fused = c.architecture.fused
+            qkv = self.stacked(h, [weights.linear(i, n) for n in (
+                ("attn_qkv",) if fused else ("attn_q", "attn_k", "attn_v"))], f"layers.{i}.qkv_proj")
             attn = f"layers.{i}.attn"
             self.nodes.append(helper.make_node(
                 "GroupQueryAttention",
@@ -350,14 +366,14 @@ class GraphBuilder:
                  "position_ids"],
                 [f"{attn}/out", f"present.{i}.key", f"present.{i}.value"],
                 name=attn, domain="com.microsoft", num_heads=c.heads, kv_num_heads=c.kv_heads, do_rotary=1,
-                rotary_interleaved=0,
+                rotary_interleaved=0, **({"local_window_size": c.window} if c.window else {}),
             ))
             o = self.linear(f"{attn}/out", weights.linear(i, "attn_output"), f"layers.{i}.o_proj")
             gamma = self.init(f"layers.{i}.ffn_norm", weights.norm(f"blk.{i}.ffn_norm.weight"))
             h, _, _, residual = self.node("SkipSimplifiedLayerNormalization", [o, residual, gamma], n_out=4,
                                           domain="com.microsoft", epsilon=c.rms_eps)
-            gate_up = self.stacked(h, [weights.linear(i, "ffn_gate"), weights.linear(i, "ffn_up")],
-                                   f"layers.{i}.gate_up_proj")
+            gate_up = self.stacked(h, [weights.linear(i, n) for n in (
+                ("ffn_up",) if fused else ("ffn_gate", "ffn_up"))], f"layers.{i}.gate_up_proj")
             gate, up = self.node("Split", [gate_up, self.init(f"layers.{i}.split", np.array([c.ffn, c.ffn], np.int64))],
                                  n_out=2, axis=-1)
             act = self.node("Mul", [self.node("Mul", [gate, self.node("Sigmoid", [gate])]), up])

