@@ -1,5 +1,6 @@
 """Each GGUF architecture the export builds, on a tiny random-weight GGUF written by tools/tiny_gguf.py
-(its matrices in seven GGUF types; Phi-3 with a sliding window the sequence crosses): the exported model's logits, decoded one token at a time through its KV
+(its matrices in seven GGUF types; Phi-3 with a sliding window the sequence crosses, Gemma 3 with five
+sliding-window layers and a global one): the exported model's logits, decoded one token at a time through its KV
 cache, match a NumPy forward pass of the same file (tools/gguf_reference.py, which reads it as llama.cpp
 does and shares no code with the export), and the host serves it through the OpenAI component. An
 architecture the export cannot build is refused with one line."""
@@ -67,5 +68,5 @@ def test_an_architecture_it_cannot_build_is_refused_in_one_line(tmp_path):
                              str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
-        "unsupported GGUF architecture 'mamba': the export builds llama, qwen2, qwen3, phi3 and not yet its layer "
+        "unsupported GGUF architecture 'mamba': the export builds llama, qwen2, qwen3, phi3, gemma3, not its layer "
         "structure")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Export a GGUF decoder (llama, qwen2, qwen3, phi3) into an ONNX model directory (Hugging Face Optimum layout).
+"""Export a GGUF decoder (llama, qwen2, qwen3, phi3, gemma3) into an ONNX model directory (Hugging Face Optimum layout).
 
 The graph is a decoder with KV cache built from ONNX Runtime's fused operators, because for a
 135M-parameter model per-kernel overhead, not memory bandwidth, limits decoding speed:
@@ -58,6 +58,10 @@ class Architecture:
     qk_norm: bool = False
     # Phi-3: Q, K and V in one stored matrix (`attn_qkv`), and gate and up in one (`ffn_up`, gate first).
     fused: bool = False
+    # Gemma 3: embeddings scaled by sqrt(hidden), an RMS norm after attention and after the MLP (the GGUF's
+    # norm weights already hold Gemma's 1 + w), a GELU-tanh gated MLP, and sliding-window layers with their
+    # own rotary base, all but every `global_every`-th layer.
+    gemma: bool = False
 
 
 ARCHITECTURES = {
@@ -65,7 +69,10 @@ ARCHITECTURES = {
     "qwen2": Architecture("Qwen2ForCausalLM", "qwen2", qkv_bias=True),
     "qwen3": Architecture("Qwen3ForCausalLM", "qwen3", qk_norm=True),
     "phi3": Architecture("Phi3ForCausalLM", "phi3", fused=True),
+    "gemma3": Architecture("Gemma3ForCausalLM", "gemma3_text", qk_norm=True, gemma=True),
 }
+GEMMA3_LOCAL_ROPE_THETA = 10000.0  # llama.cpp's (and Hugging Face's) for Gemma 3's sliding-window layers
+GEMMA3_GLOBAL_EVERY = 6  # Gemma 3's pattern: five sliding-window layers, then a global one
 
 
 @dataclass
@@ -84,6 +91,13 @@ class DecoderConfig:
     # Sliding-window attention: a query sees the `window` latest positions, itself included (llama.cpp's
     # standard SWA); None for full attention.
     window: int | None = None
+    # Every `global_every`-th layer attends to everything (None: the window holds in every layer), and the
+    # windowed layers' rotary base where it differs.
+    global_every: int | None = None
+    local_rope_theta: float | None = None
+
+    def windowed(self, layer: int) -> bool:
+        return self.window is not None and (self.global_every is None or (layer + 1) % self.global_every != 0)
 
     @property
     def architecture(self) -> Architecture:
@@ -111,18 +125,19 @@ def read_config(reader) -> DecoderConfig:
 
     arch = field("general.architecture")
     if arch not in ARCHITECTURES:
-        missing = {"gemma3": "Gemma's embedding scale, post-norms, GELU-tanh MLP and sliding-window layers"}.get(
-            arch, "its layer structure")
-        sys.exit(f"unsupported GGUF architecture {arch!r}: the export builds {', '.join(ARCHITECTURES)} "
-                 f"and not yet {missing}")
+        sys.exit(f"unsupported GGUF architecture {arch!r}: the export builds {', '.join(ARCHITECTURES)}, "
+                 "not its layer structure")
     hidden, heads = int(field(f"{arch}.embedding_length")), int(field(f"{arch}.attention.head_count"))
     head_dim = int(field(f"{arch}.attention.key_length", hidden // heads))
     if int(field(f"{arch}.rope.dimension_count", head_dim)) != head_dim:
         sys.exit(f"unsupported GGUF: {arch} with rotary embedding on part of each head (rope.dimension_count)")
     if any(t.name.startswith("rope_factors") for t in reader.tensors):
         sys.exit(f"unsupported GGUF: {arch} with scaled rotary embedding (rope_factors tensors, LongRoPE)")
+    if float(field(f"{arch}.rope.scaling.factor", 1.0)) != 1.0:
+        sys.exit(f"unsupported GGUF: {arch} with scaled rotary positions (rope.scaling.factor)")
     context = int(field(f"{arch}.context_length"))
     window = field(f"{arch}.attention.sliding_window")
+    gemma = ARCHITECTURES[arch].gemma
     return DecoderConfig(
         arch=arch,
         layers=int(field(f"{arch}.block_count")),
@@ -136,6 +151,8 @@ def read_config(reader) -> DecoderConfig:
         rope_theta=float(field(f"{arch}.rope.freq_base", 10000.0)),
         rms_eps=float(field(f"{arch}.attention.layer_norm_rms_epsilon")),
         window=int(window) if window is not None and int(window) < context else None,
+        global_every=GEMMA3_GLOBAL_EVERY if gemma else None,
+        local_rope_theta=GEMMA3_LOCAL_ROPE_THETA if gemma else None,
     )
 
 
@@ -300,6 +317,18 @@ class GraphBuilder:
         k = self.head_norm(k, c.kv_heads, weights.norm(f"blk.{layer}.attn_k_norm.weight"), f"layers.{layer}.k_norm")
         return [q, k, v]
 
+    def rope_caches(self, name: str, theta: float) -> tuple[str, str]:
+        """GroupQueryAttention's cos and sin tables, [context, head_dim / 2], for rotary base `theta`."""
+        c = self.cfg
+        inv_freq = 1.0 / (theta ** (np.arange(0, c.head_dim, 2, dtype=np.float64) / c.head_dim))
+        angles = np.outer(np.arange(c.context, dtype=np.float64), inv_freq)
+        return (self.init(f"{name}.cos", np.cos(angles).astype(np.float32)),
+                self.init(f"{name}.sin", np.sin(angles).astype(np.float32)))
+
+    def rms_norm(self, x: str, gamma: np.ndarray, name: str) -> str:
+        return self.node("SimplifiedLayerNormalization", [x, self.init(f"{name}.weight", gamma)],
+                         epsilon=self.cfg.rms_eps, axis=-1, stash_type=1, name=name)
+
     def head_norm(self, x: str, heads: int, gamma: np.ndarray, name: str) -> str:
         """RMS norm over each head's `head_dim` values of [batch, seq, heads * head_dim]."""
         per_head = self.node("Reshape", [x, self.init(f"{name}.heads", np.array([0, 0, heads, -1], np.int64))])
@@ -326,7 +355,7 @@ class GraphBuilder:
         return self._block_sums[key]
 
     def build(self, weights) -> onnx.ModelProto:
-        c = self.cfg
+        c, arch = self.cfg, self.cfg.architecture
 
         # Sequence bookkeeping for GroupQueryAttention: per-row valid length - 1 and the total length.
         mask_sum = self.node("ReduceSum", ["attention_mask", self.init("const.axis1", np.array([1], np.int64))],
@@ -337,12 +366,13 @@ class GraphBuilder:
         total = self.node("Cast", [self.node("Gather", [mask_shape, one], axis=0)], to=TensorProto.INT32,
                           name="total_seq_len")
 
-        inv_freq = 1.0 / (c.rope_theta ** (np.arange(0, c.head_dim, 2, dtype=np.float64) / c.head_dim))
-        angles = np.outer(np.arange(c.context, dtype=np.float64), inv_freq)
-        cos = self.init("rope.cos", np.cos(angles).astype(np.float32))
-        sin = self.init("rope.sin", np.sin(angles).astype(np.float32))
+        rope = {False: self.rope_caches("rope", c.rope_theta)}
+        if c.local_rope_theta is not None:
+            rope[True] = self.rope_caches("rope.local", c.local_rope_theta)
 
         x = self.embedding(weights.embedding())
+        if arch.gemma:
+            x = self.node("Mul", [x, self.init("embed.scale", np.array(np.sqrt(c.hidden), np.float32))])
 
         residual = None
         hidden = x
@@ -360,15 +390,19 @@ class GraphBuilder:
             qkv = self.stacked(h, [weights.linear(i, n) for n in (
                 ("attn_qkv",) if fused else ("attn_q", "attn_k", "attn_v"))], f"layers.{i}.qkv_proj")
             attn = f"layers.{i}.attn"
+            windowed = c.windowed(i)
+            cos, sin = rope.get(windowed, rope[False])
             self.nodes.append(helper.make_node(
                 "GroupQueryAttention",
-                [*self.attention_inputs(weights, i, qkv), f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total, cos, sin,
-                 "position_ids"],
+                [*self.attention_inputs(weights, i, qkv), f"past_key_values.{i}.key", f"past_key_values.{i}.value",
+                 seqlens, total, cos, sin, "position_ids"],
                 [f"{attn}/out", f"present.{i}.key", f"present.{i}.value"],
                 name=attn, domain="com.microsoft", num_heads=c.heads, kv_num_heads=c.kv_heads, do_rotary=1,
-                rotary_interleaved=0, **({"local_window_size": c.window} if c.window else {}),
+                rotary_interleaved=0, **({"local_window_size": c.window} if windowed else {}),
             ))
             o = self.linear(f"{attn}/out", weights.linear(i, "attn_output"), f"layers.{i}.o_proj")
+            if arch.gemma:
+                o = self.rms_norm(o, weights.norm(f"blk.{i}.post_attention_norm.weight"), f"layers.{i}.post_attn_norm")
             gamma = self.init(f"layers.{i}.ffn_norm", weights.norm(f"blk.{i}.ffn_norm.weight"))
             h, _, _, residual = self.node("SkipSimplifiedLayerNormalization", [o, residual, gamma], n_out=4,
                                           domain="com.microsoft", epsilon=c.rms_eps)
@@ -376,8 +410,15 @@ class GraphBuilder:
                 ("ffn_up",) if fused else ("ffn_gate", "ffn_up"))], f"layers.{i}.gate_up_proj")
             gate, up = self.node("Split", [gate_up, self.init(f"layers.{i}.split", np.array([c.ffn, c.ffn], np.int64))],
                                  n_out=2, axis=-1)
-            act = self.node("Mul", [self.node("Mul", [gate, self.node("Sigmoid", [gate])]), up])
-            hidden = self.linear(act, weights.linear(i, "ffn_down"), f"layers.{i}.down_proj")
+            if arch.gemma:
+                activated = self.node("Gelu", [gate], approximate="tanh")
+            else:
+                activated = self.node("Mul", [gate, self.node("Sigmoid", [gate])])
+            hidden = self.linear(self.node("Mul", [activated, up]), weights.linear(i, "ffn_down"),
+                                 f"layers.{i}.down_proj")
+            if arch.gemma:
+                hidden = self.rms_norm(hidden, weights.norm(f"blk.{i}.post_ffw_norm.weight"),
+                                       f"layers.{i}.post_ffw_norm")
 
         # Only the last position's logits are needed to pick the next token.
         starts = self.init("const.minus1", np.array([-1], np.int64))
@@ -427,6 +468,10 @@ def tokenizer_json(reader) -> dict:
 
     The `smollm` pre-tokenizer splits digits individually, then applies GPT-2's byte-level split.
     """
+    model = reader.fields["tokenizer.ggml.model"].contents() if "tokenizer.ggml.model" in reader.fields else None
+    if model != "gpt2":
+        sys.exit(f"unsupported GGUF tokenizer {model!r}: the export writes byte-level BPE (gpt2) tokenizers only, "
+                 "not yet SentencePiece ones (llama)")
     tokens = reader.fields["tokenizer.ggml.tokens"].contents()
     types = reader.fields["tokenizer.ggml.token_type"].contents()
     merges = reader.fields["tokenizer.ggml.merges"].contents()
@@ -462,7 +507,7 @@ def tokenizer_json(reader) -> dict:
     }
 
 
-def write_metadata(out: Path, reader, cfg: DecoderConfig, weight_format: str, name: str):
+def write_metadata(out: Path, reader, cfg: DecoderConfig, weight_format: str, name: str, tokenizer: dict):
     tokens = reader.fields["tokenizer.ggml.tokens"].contents()
     template = reader.fields["tokenizer.chat_template"].contents()
     # ChatML: a turn ends with <|im_end|>. The GGUF's own eos field points at <|im_start|>, so the end
@@ -480,7 +525,8 @@ def write_metadata(out: Path, reader, cfg: DecoderConfig, weight_format: str, na
         "hidden_size": cfg.hidden, "intermediate_size": cfg.ffn, "num_hidden_layers": cfg.layers,
         "num_attention_heads": cfg.heads, "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
         "vocab_size": cfg.vocab, "max_position_embeddings": cfg.context, "rope_theta": cfg.rope_theta,
-        "rms_norm_eps": cfg.rms_eps, "tie_word_embeddings": True, "hidden_act": "silu",
+        "rms_norm_eps": cfg.rms_eps, "tie_word_embeddings": True,
+        "hidden_act": "gelu_pytorch_tanh" if cfg.architecture.gemma else "silu",
         "bos_token_id": im_start, "eos_token_id": eos[0], "pad_token_id": eos[0],
         "torch_dtype": "float32", "nnspin_weight_format": weight_format,
     }
@@ -492,7 +538,7 @@ def write_metadata(out: Path, reader, cfg: DecoderConfig, weight_format: str, na
         "tokenizer_class": "GPT2Tokenizer",
     }
     for fname, data in (("config.json", config), ("generation_config.json", generation),
-                        ("tokenizer_config.json", tok_config), ("tokenizer.json", tokenizer_json(reader))):
+                        ("tokenizer_config.json", tok_config), ("tokenizer.json", tokenizer)):
         (out / fname).write_text(json.dumps(data, indent=None if fname == "tokenizer.json" else 2,
                                             ensure_ascii=False))
     write_genai_config(out)
@@ -589,6 +635,7 @@ def main():
     gguf_path = args.gguf or default_model_gguf()
     reader = gguf.GGUFReader(str(gguf_path))
     cfg = read_config(reader)
+    tokenizer = tokenizer_json(reader)  # before the long part: an unsupported tokenizer fails at once
     if args.tiny:
         cfg = DecoderConfig(arch="llama", layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, head_dim=16,
                             vocab=cfg.vocab, context=2048, rope_theta=cfg.rope_theta, rms_eps=cfg.rms_eps)
@@ -605,7 +652,7 @@ def main():
                     all_tensors_to_one_file=True, location="model.onnx_data", size_threshold=1024)
     # The GGUF's name without its type suffix: SmolLM2-135M-Instruct.Q4_1.gguf -> SmolLM2-135M-Instruct.
     name = "nnspin-tiny-random" if args.tiny else gguf_path.name.split(".")[0]
-    write_metadata(args.out, reader, cfg, args.format, name)
+    write_metadata(args.out, reader, cfg, args.format, name, tokenizer)
     print(f"wrote {args.out} ({args.format}, {cfg.layers} layers) in {time.monotonic() - started:.1f}s")
 
     if args.check:

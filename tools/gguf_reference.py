@@ -3,7 +3,8 @@
 
 It reads the file as llama.cpp does, apart from the export's code: weights dequantized by gguf-py, Llama's
 rotary embedding on adjacent pairs of the GGUF's (permuted) Q and K rows, Qwen's and Phi-3's on the
-halves of each head (NeoX style), Qwen2's Q/K/V biases, Qwen3's per-head Q/K norms, Phi-3's fused matrices, causal grouped-query attention, and
+halves of each head (NeoX style), Qwen2's Q/K/V biases, Qwen3's and Gemma 3's per-head Q/K norms, Phi-3's
+fused matrices, Gemma 3's embedding scale, post-norms, GELU-tanh MLP and local/global layers, causal grouped-query attention, and
 logits for every position of a token sequence.
 
     tools/gguf_reference.py FILE.gguf MODEL_DIR   # |Δlogit| of the exported MODEL_DIR over 16 tokens
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-NEOX = {"qwen2", "qwen3", "phi3"}  # rotary on head halves; llama.cpp's LLAMA_ROPE_TYPE_NEOX
+NEOX = {"qwen2", "qwen3", "phi3", "gemma3"}  # rotary on head halves; llama.cpp's LLAMA_ROPE_TYPE_NEOX
+# Gemma 3 in llama.cpp: sliding-window layers rotate with base 10000, and every sixth layer is global.
+GEMMA3_LOCAL_BASE, GEMMA3_GLOBAL_EVERY = 10000.0, 6
 
 
 def logits(path: Path, tokens: list[int]) -> np.ndarray:
@@ -42,7 +45,7 @@ def logits(path: Path, tokens: list[int]) -> np.ndarray:
     def rms(x, gamma):
         return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * gamma
 
-    def rope(x):  # [t, heads, hd]
+    def rope(x, base):  # [t, heads, hd]
         freq = base ** (-np.arange(0, hd, 2) / hd)
         angle = np.arange(t)[:, None, None] * freq[None, None, :]
         cos, sin = np.cos(angle), np.sin(angle)
@@ -58,8 +61,15 @@ def logits(path: Path, tokens: list[int]) -> np.ndarray:
     # Causal, and with a sliding window only the `window` latest positions (llama.cpp's standard SWA).
     distance = np.arange(t)[:, None] - np.arange(t)[None, :]
     window = field(f"{arch}.attention.sliding_window")
-    mask = np.where((distance < 0) | ((distance >= int(window)) if window is not None else False), -np.inf, 0.0)
+    causal = np.where(distance < 0, -np.inf, 0.0)
+    windowed = np.where((distance < 0) | (distance >= int(window or t)), -np.inf, 0.0)
+    gemma = arch == "gemma3"
+    if gemma:
+        x = x * np.sqrt(hidden)
     for i in range(int(field(f"{arch}.block_count"))):
+        local = window is not None and not (gemma and (i + 1) % GEMMA3_GLOBAL_EVERY == 0)
+        mask = windowed if local else causal
+        layer_base = GEMMA3_LOCAL_BASE if gemma and local else base
         blk = lambda name: weight(f"blk.{i}.{name}")  # noqa: E731
         h = rms(x, blk("attn_norm.weight"))
         proj = {}
@@ -76,19 +86,25 @@ def logits(path: Path, tokens: list[int]) -> np.ndarray:
         v = proj["attn_v"].reshape(t, kv_heads, hd)
         if f"blk.{i}.attn_q_norm.weight" in tensors:
             q, k = rms(q, blk("attn_q_norm.weight")), rms(k, blk("attn_k_norm.weight"))
-        q, k = rope(q), rope(k)
+        q, k = rope(q, layer_base), rope(k, layer_base)
         group = heads // kv_heads
         k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
         scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd) + mask
         scores = np.exp(scores - scores.max(-1, keepdims=True))
         attention = np.einsum("hqk,khd->qhd", scores / scores.sum(-1, keepdims=True), v).reshape(t, heads * hd)
-        x = x + attention @ blk("attn_output.weight").T
+        attention = attention @ blk("attn_output.weight").T
+        x = x + (rms(attention, blk("post_attention_norm.weight")) if gemma else attention)
         h = rms(x, blk("ffn_norm.weight"))
         if f"blk.{i}.ffn_gate.weight" in tensors:
             gate, up = h @ blk("ffn_gate.weight").T, h @ blk("ffn_up.weight").T
         else:  # Phi-3: gate and up in one matrix, gate first
             gate, up = np.split(h @ blk("ffn_up.weight").T, 2, axis=-1)
-        x = x + ((gate / (1 + np.exp(-gate))) * up) @ blk("ffn_down.weight").T
+        if gemma:  # GELU, tanh approximation
+            activated = 0.5 * gate * (1 + np.tanh(np.sqrt(2 / np.pi) * (gate + 0.044715 * gate ** 3)))
+        else:
+            activated = gate / (1 + np.exp(-gate))
+        mlp = (activated * up) @ blk("ffn_down.weight").T
+        x = x + (rms(mlp, blk("post_ffw_norm.weight")) if gemma else mlp)
     head = "output.weight" if "output.weight" in tensors else "token_embd.weight"
     return rms(x, weight("output_norm.weight")) @ weight(head).T
 
