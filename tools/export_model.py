@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from gguf_tensors import BlockQuantized, quantize
 from gguf_tensors import read as read_tensor
+from gguf_tokenizer import tokenizer_json
 
 IR_VERSION = 10  # ONNX Runtime 1.31 reads IR <= 13; onnx >= 1.20 would otherwise write 14.
 OPSET = 21
@@ -463,62 +464,33 @@ class GraphBuilder:
 # Tokenizer and Hugging Face metadata
 
 
-def tokenizer_json(reader) -> dict:
-    """A byte-level BPE `tokenizer.json` from the GGUF vocabulary, merges and control tokens.
-
-    The `smollm` pre-tokenizer splits digits individually, then applies GPT-2's byte-level split.
-    """
-    model = reader.fields["tokenizer.ggml.model"].contents() if "tokenizer.ggml.model" in reader.fields else None
-    if model != "gpt2":
-        sys.exit(f"unsupported GGUF tokenizer {model!r}: the export writes byte-level BPE (gpt2) tokenizers only, "
-                 "not yet SentencePiece ones (llama)")
-    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
-    types = reader.fields["tokenizer.ggml.token_type"].contents()
-    merges = reader.fields["tokenizer.ggml.merges"].contents()
-    pre = reader.fields["tokenizer.ggml.pre"].contents()
-    if pre not in ("smollm", "gpt2", "default"):
-        sys.exit(f"unsupported GGUF pre-tokenizer {pre!r}")
-    control = 3
-    added = [
-        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
-         "special": True}
-        for i, (t, ty) in enumerate(zip(tokens, types)) if ty == control
-    ]
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-    pretok = byte_level
-    if pre == "smollm":
-        pretok = {"type": "Sequence",
-                  "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]}
-    return {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": added,
-        "normalizer": None,
-        "pre_tokenizer": pretok,
-        "post_processor": byte_level,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-        "model": {
-            "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-            "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-            "vocab": {t: i for i, t in enumerate(tokens)},
-            "merges": [m.split(" ", 1) for m in merges],
-        },
-    }
+# Tokens that end a turn, found by name where the vocabulary has them: ChatML's (SmolLM, Qwen) and Gemma's.
+END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<eos>")
+# Chat templates for families whose GGUFs may carry none (a base model's): Gemma 3's turn format, the
+# system message folded into the first user turn as Gemma's own template does.
+DEFAULT_TEMPLATES = {
+    "gemma3": (
+        "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set prefix = messages[0]['content'] + '\n\n' %}"
+        "{% set turns = messages[1:] %}{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}"
+        "{% for message in turns %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+        "{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') + message['content'] | trim"
+        " + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+    ),
+}
 
 
 def write_metadata(out: Path, reader, cfg: DecoderConfig, weight_format: str, name: str, tokenizer: dict):
-    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
-    template = reader.fields["tokenizer.chat_template"].contents()
-    # ChatML: a turn ends with <|im_end|>. The GGUF's own eos field points at <|im_start|>, so the end
-    # tokens are found by name; <|endoftext|> also ends generation.
+    field = lambda key, default=None: reader.fields[key].contents() if key in reader.fields else default  # noqa: E731
+    tokens = field("tokenizer.ggml.tokens")
+    template = field("tokenizer.chat_template", DEFAULT_TEMPLATES.get(cfg.arch))
     ids = {t: i for i, t in enumerate(tokens)}
-    im_start, im_end, eot = ids.get("<|im_start|>"), ids.get("<|im_end|>"), ids.get("<|endoftext|>")
-    eos = [i for i in (im_end, eot) if i is not None]
-    if not eos and "tokenizer.ggml.eos_token_id" in reader.fields:
-        eos = [int(reader.fields["tokenizer.ggml.eos_token_id"].contents())]
+    eos = [ids[t] for t in END_OF_TURN if t in ids]
+    if not eos and field("tokenizer.ggml.eos_token_id") is not None:
+        eos = [int(field("tokenizer.ggml.eos_token_id"))]
     if not eos:
-        sys.exit("the GGUF names no end-of-turn token (<|im_end|>, <|endoftext|> or tokenizer.ggml.eos_token_id)")
+        sys.exit("the GGUF names no end-of-turn token (" + ", ".join(END_OF_TURN) + " or tokenizer.ggml.eos_token_id)")
+    # ChatML models begin a turn with <|im_start|>, which SmolLM's files also name as bos.
+    bos = ids.get("<|im_start|>", field("tokenizer.ggml.bos_token_id"))
     config = {
         "architectures": [cfg.architecture.hf_class], "model_type": cfg.architecture.model_type,
         "_name_or_path": name,
@@ -527,15 +499,17 @@ def write_metadata(out: Path, reader, cfg: DecoderConfig, weight_format: str, na
         "vocab_size": cfg.vocab, "max_position_embeddings": cfg.context, "rope_theta": cfg.rope_theta,
         "rms_norm_eps": cfg.rms_eps, "tie_word_embeddings": True,
         "hidden_act": "gelu_pytorch_tanh" if cfg.architecture.gemma else "silu",
-        "bos_token_id": im_start, "eos_token_id": eos[0], "pad_token_id": eos[0],
+        "bos_token_id": bos, "eos_token_id": eos[0], "pad_token_id": eos[0],
         "torch_dtype": "float32", "nnspin_weight_format": weight_format,
     }
-    generation = {"bos_token_id": im_start, "eos_token_id": eos, "pad_token_id": eos[0]}
+    generation = {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": eos[0]}
+    byte_level = field("tokenizer.ggml.model") == "gpt2"
     tok_config = {
-        "add_bos_token": False, "add_eos_token": False, "bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
-        "pad_token": "<|im_end|>", "unk_token": None, "chat_template": template,
+        "add_bos_token": bool(field("tokenizer.ggml.add_bos_token", False)), "add_eos_token": False,
+        "bos_token": tokens[bos] if bos is not None else None, "eos_token": tokens[eos[0]],
+        "pad_token": tokens[eos[0]], "unk_token": None, "chat_template": template,
         "model_max_length": cfg.context, "clean_up_tokenization_spaces": False,
-        "tokenizer_class": "GPT2Tokenizer",
+        "tokenizer_class": "GPT2Tokenizer" if byte_level else "PreTrainedTokenizerFast",
     }
     for fname, data in (("config.json", config), ("generation_config.json", generation),
                         ("tokenizer_config.json", tok_config), ("tokenizer.json", tokenizer)):
@@ -587,9 +561,13 @@ def greedy(model_dir: Path, prompt: str, max_new: int = 24) -> str:
     cfg = json.loads((model_dir / "config.json").read_text())
     eos = set(json.loads((model_dir / "generation_config.json").read_text())["eos_token_id"])
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    text = (f"<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
-            f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n")
-    ids = tok.encode(text, add_special_tokens=False).ids
+    template = json.loads((model_dir / "tokenizer_config.json").read_text()).get("chat_template") or ""
+    if "<|im_start|>" in template:  # a ChatML chat model answers the prompt as a question
+        text = (f"<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+                f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n")
+        ids = tok.encode(text, add_special_tokens=False).ids
+    else:  # any other model continues it, framed as its tokenizer frames a text (Gemma's BOS)
+        ids = tok.encode(prompt, add_special_tokens=True).ids
     opts = ort.SessionOptions()
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(model_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
@@ -625,7 +603,8 @@ def main():
     p.add_argument("--accuracy-level", type=int, choices=(0, 1, 4), default=0,
                    help="MatMulNBits activation precision: 0/1 fp32 (exact), 4 int8 (faster, answers may drift)")
     p.add_argument("--tiny", action="store_true", help="write a small random-weight model for tests")
-    p.add_argument("--check", metavar="PROMPT", help="after export, greedy-decode PROMPT and print the answer")
+    p.add_argument("--check", metavar="PROMPT",
+                   help="after export, greedy-decode PROMPT (asked of a ChatML chat model, else continued) and print the answer")
     p.add_argument("--expect", metavar="TEXT", help="with --check: exit non-zero unless the answer contains TEXT")
     args = p.parse_args()
 

@@ -116,7 +116,8 @@ impl Model {
         self.tokenizer.encode(text, false).map_err(text_error)
     }
 
-    /// Token ids of `text` framed as the tokenizer frames its model's inputs (BERT's `[CLS] … [SEP]`).
+    /// Token ids of `text` framed as the tokenizer frames its model's inputs (BERT's `[CLS] … [SEP]`,
+    /// Gemma's leading BOS).
     pub fn encode_framed(&self, text: &str) -> Result<Vec<u32>, ApiError> {
         self.tokenizer.encode(text, true).map_err(text_error)
     }

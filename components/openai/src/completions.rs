@@ -33,10 +33,12 @@ fn prompts(model: &Model, prompt: &Value) -> Result<Vec<Prompt>, ApiError> {
             "`prompt` must be a string, a list of strings, a list of token ids or a list of such lists",
         )
     };
+    // A text prompt is framed as the model reads a text (Gemma's BOS; nothing for SmolLM2), as vLLM's
+    // completions add special tokens by default.
     let from_text = |text: &str| -> Result<Prompt, ApiError> {
         Ok(Prompt {
             text: text.to_string(),
-            tokens: model.encode(text)?,
+            tokens: model.encode_framed(text)?,
         })
     };
     let from_ids = |ids: &[Value]| -> Result<Prompt, ApiError> {
