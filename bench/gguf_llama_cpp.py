@@ -28,9 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tools")]
+from export_model import Decoding  # noqa: E402
+from llama_cpp_server import disable_repacking  # noqa: E402
 from quality import WORK, all_positions, text  # noqa: E402
 
 PROMPTS = [
@@ -72,16 +74,8 @@ def dequantized(path: Path) -> Path:
 
 def llama_cpp(path: Path, context: int):
     import llama_cpp
-    import llama_cpp.llama_cpp as native
 
-    defaults = native.llama_model_default_params
-
-    def without_repacking():  # the AMX repack path crashes on this machine's CPUs
-        params = defaults()
-        params.use_extra_bufts = False
-        return params
-
-    native.llama_model_default_params = without_repacking
+    disable_repacking()
     return llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=WINDOW, n_threads=2, logits_all=True,
                            verbose=False)
 
@@ -91,37 +85,24 @@ class Export:
     with every position's logits for teacher forcing."""
 
     def __init__(self, model_dir: Path):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 2
-        self.step = ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        self.model = model_dir / "model.onnx"
         whole = WORK / f"{model_dir.name}-all-positions" / "model.onnx"
         if not whole.exists():
             whole.parent.mkdir(parents=True, exist_ok=True)
-            onnx.save(all_positions(onnx.load(model_dir / "model.onnx")), whole, save_as_external_data=True,
+            onnx.save(all_positions(onnx.load(self.model)), whole, save_as_external_data=True,
                       location="model.onnx_data")
-        self.whole = ort.InferenceSession(str(whole), options, providers=["CPUExecutionProvider"])
-
-    def _feed(self, session, tokens: list[int], past: dict, position: int) -> dict:
-        n = len(tokens)
-        if not past:
-            past = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
-                    for i in session.get_inputs() if i.name.startswith("past_key_values.")}
-        return {"input_ids": np.array([tokens], np.int64), "attention_mask": np.ones((1, position + n), np.int64),
-                "position_ids": np.arange(position, position + n, dtype=np.int64)[None], **past}
+        self.whole = Decoding(whole, threads=2)
 
     def greedy(self, prompt: list[int], count: int) -> list[int]:
-        names = [o.name for o in self.step.get_outputs()]
-        past, position, new, out = {}, 0, list(prompt), []
+        decoding, new, out = Decoding(self.model, threads=2), list(prompt), []
         for _ in range(count):
-            outputs = dict(zip(names, self.step.run(None, self._feed(self.step, new, past, position))))
-            position += len(new)
-            new = [int(outputs["logits"][0, -1].argmax())]
+            new = [int(decoding.step(new)[-1].argmax())]
             out += new
-            past = {f"past_key_values.{k[len('present.'):]}": v for k, v in outputs.items() if k.startswith("present.")}
         return out
 
     def logits(self, tokens: list[int]) -> np.ndarray:
-        return self.whole.run(["logits"], self._feed(self.whole, tokens, {}, 0))[0][0]
+        self.whole.reset()
+        return self.whole.step(tokens)
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from gguf_tensors import BlockQuantized, quantize
 from gguf_tensors import read as read_tensor
-from gguf_tokenizer import tokenizer_json
+from gguf_tokenizer import metadata, tokenizer_json
 
 IR_VERSION = 10  # ONNX Runtime 1.31 reads IR <= 13; onnx >= 1.20 would otherwise write 14.
 OPSET = 21
@@ -122,7 +122,7 @@ def read_config(reader) -> DecoderConfig:
     """Every hyper-parameter from the GGUF's metadata; an architecture the export cannot build is refused
     with one line saying what it lacks."""
     def field(name, default=None):
-        return reader.fields[name].contents() if name in reader.fields else default
+        return metadata(reader, name, default)
 
     arch = field("general.architecture")
     if arch not in ARCHITECTURES:
@@ -480,7 +480,9 @@ DEFAULT_TEMPLATES = {
 
 
 def write_metadata(out: Path, reader, cfg: DecoderConfig, weight_format: str, name: str, tokenizer: dict):
-    field = lambda key, default=None: reader.fields[key].contents() if key in reader.fields else default  # noqa: E731
+    def field(name, default=None):
+        return metadata(reader, name, default)
+
     tokens = field("tokenizer.ggml.tokens")
     template = field("tokenizer.chat_template", DEFAULT_TEMPLATES.get(cfg.arch))
     ids = {t: i for i, t in enumerate(tokens)}
@@ -554,11 +556,43 @@ def write_genai_config(model_dir: Path):
 # Check: greedy decoding with ONNX Runtime, as the host will run it.
 
 
+class Decoding:
+    """An exported model through ONNX Runtime with fp32 activations, fed one step at a time through its KV
+    cache: what `--check`, tools/gguf_reference.py and bench/gguf_llama_cpp.py run the export with."""
+
+    def __init__(self, model: Path, threads: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty caches, [1, kv_heads, 0, head_dim]: the next step starts a sequence."""
+        self.position = 0
+        self.past = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+                     for i in self.session.get_inputs() if i.name.startswith("past_key_values.")}
+
+    def step(self, tokens: list[int]) -> np.ndarray:
+        """The logits the graph returns for `tokens` after the cached ones ([1, vocab] for the last position,
+        or a row per token for a graph that keeps every position)."""
+        n = len(tokens)
+        feed = {"input_ids": np.array([tokens], np.int64),
+                "attention_mask": np.ones((1, self.position + n), np.int64),
+                "position_ids": np.arange(self.position, self.position + n, dtype=np.int64)[None], **self.past}
+        outputs = dict(zip(self.outputs, self.session.run(None, feed)))
+        self.position += n
+        self.past = {f"past_key_values.{k[len('present.'):]}": v for k, v in outputs.items()
+                     if k.startswith("present.")}
+        return outputs["logits"][0]
+
+
 def greedy(model_dir: Path, prompt: str, max_new: int = 24) -> str:
-    import onnxruntime as ort
     from tokenizers import Tokenizer
 
-    cfg = json.loads((model_dir / "config.json").read_text())
     eos = set(json.loads((model_dir / "generation_config.json").read_text())["eos_token_id"])
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     template = json.loads((model_dir / "tokenizer_config.json").read_text()).get("chat_template") or ""
@@ -568,27 +602,14 @@ def greedy(model_dir: Path, prompt: str, max_new: int = 24) -> str:
         ids = tok.encode(text, add_special_tokens=False).ids
     else:  # any other model continues it, framed as its tokenizer frames a text (Gemma's BOS)
         ids = tok.encode(prompt, add_special_tokens=True).ids
-    opts = ort.SessionOptions()
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(str(model_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-    kv, hd = cfg["num_key_value_heads"], cfg["head_dim"]
-    past = {f"past_key_values.{i}.{k}": np.zeros((1, kv, 0, hd), np.float32)
-            for i in range(cfg["num_hidden_layers"]) for k in ("key", "value")}
-    out_names = [o.name for o in sess.get_outputs()]
-    new, pos = list(ids), 0
-    generated = []
+    decoding = Decoding(model_dir / "model.onnx")
+    new, generated = list(ids), []
     for _ in range(max_new):
-        feed = {"input_ids": np.array([new], np.int64),
-                "attention_mask": np.ones((1, pos + len(new)), np.int64),
-                "position_ids": np.arange(pos, pos + len(new), dtype=np.int64)[None], **past}
-        res = dict(zip(out_names, sess.run(None, feed)))
-        pos += len(new)
-        nxt = int(res["logits"][0, -1].argmax())
+        nxt = int(decoding.step(new)[-1].argmax())
         if nxt in eos:
             break
         generated.append(nxt)
         new = [nxt]
-        past = {f"past_key_values.{k[len('present.'):]}": v for k, v in res.items() if k.startswith("present.")}
     return tok.decode(generated)
 
 

@@ -111,20 +111,11 @@ def logits(path: Path, tokens: list[int]) -> np.ndarray:
 
 def exported_logits(model_dir: Path, tokens: list[int]) -> np.ndarray:
     """The exported model's logits at every position, one decode step at a time through its KV cache."""
-    import onnxruntime as ort
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from export_model import Decoding
 
-    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    past = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
-            for i in session.get_inputs() if i.name.startswith("past_key_values.")}
-    names = [o.name for o in session.get_outputs()]
-    rows = []
-    for position, token in enumerate(tokens):
-        feed = {"input_ids": np.array([[token]], np.int64), "attention_mask": np.ones((1, position + 1), np.int64),
-                "position_ids": np.array([[position]], np.int64), **past}
-        outputs = dict(zip(names, session.run(None, feed)))
-        rows.append(outputs["logits"][0, -1])
-        past = {f"past_key_values.{n[len('present.'):]}": v for n, v in outputs.items() if n.startswith("present.")}
-    return np.stack(rows)
+    decoding = Decoding(model_dir / "model.onnx")
+    return np.stack([decoding.step([token])[-1] for token in tokens])
 
 
 def main() -> None:

@@ -19,9 +19,13 @@ CONTROL, USER_DEFINED, BYTE, NORMAL = 3, 4, 6, 1
 SPACE = "\u2581"
 
 
+def metadata(reader, name: str, default=None):
+    """A GGUF metadata value, or `default` where the file has none (the export reads its config with it too)."""
+    return reader.fields[name].contents() if name in reader.fields else default
+
+
 def tokenizer_json(reader) -> dict:
-    field = lambda name, default=None: reader.fields[name].contents() if name in reader.fields else default  # noqa: E731
-    model = field("tokenizer.ggml.model")
+    model = metadata(reader, "tokenizer.ggml.model")
     if model == "gpt2":
         return byte_level_bpe(reader)
     if model == "llama":
@@ -69,7 +73,9 @@ def byte_level_bpe(reader) -> dict:
 
 
 def sentencepiece_bpe(reader) -> dict:
-    field = lambda name, default=None: reader.fields[name].contents() if name in reader.fields else default  # noqa: E731
+    def field(name, default=None):
+        return metadata(reader, name, default)
+
     tokens = field("tokenizer.ggml.tokens")
     types = field("tokenizer.ggml.token_type")
     scores = field("tokenizer.ggml.scores")
