@@ -35,7 +35,7 @@ def tokenizer_json(reader) -> dict:
 
 
 def byte_level_bpe(reader) -> dict:
-    """GPT-2-style byte-level BPE from the GGUF vocabulary, merges and control tokens. The `smollm`
+    """GPT-2-style byte-level BPE from the GGUF vocabulary, merges, control and user-defined tokens. The `smollm`
     pre-tokenizer splits digits individually, then applies GPT-2's byte-level split."""
     tokens = reader.fields["tokenizer.ggml.tokens"].contents()
     types = reader.fields["tokenizer.ggml.token_type"].contents()
@@ -43,11 +43,12 @@ def byte_level_bpe(reader) -> dict:
     pre = reader.fields["tokenizer.ggml.pre"].contents()
     if pre not in ("smollm", "gpt2", "default"):
         sys.exit(f"unsupported GGUF pre-tokenizer {pre!r}")
-    control = 3
+    # Control tokens are special (dropped from decoded text); user-defined ones (a tool-calling model's
+    # `<tool_call>`) are text, matched whole in input as llama.cpp matches them.
     added = [
         {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
-         "special": True}
-        for i, (t, ty) in enumerate(zip(tokens, types)) if ty == control
+         "special": ty == CONTROL}
+        for i, (t, ty) in enumerate(zip(tokens, types)) if ty in (CONTROL, USER_DEFINED)
     ]
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     pretok = byte_level

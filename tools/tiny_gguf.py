@@ -45,12 +45,16 @@ def tensor(writer, name: str, kind: str, weights: np.ndarray) -> None:
         writer.add_tensor(name, gguf.quants.quantize(weights, qtype), raw_dtype=qtype)
 
 
-def write(arch: str, out: Path, seed: int = 0) -> Path:
+def write(arch: str, out: Path, seed: int = 0, chat_template: str | None = None,
+          user_defined: tuple[str, ...] = ()) -> Path:
+    """`chat_template` replaces SmolLM2's; `user_defined` tokens (a tool-calling model's `<tool_call>`)
+    are added to the vocabulary as llama.cpp's converter marks them."""
     import gguf
 
     source = gguf.GGUFReader(str(default_model_gguf()))
     field = lambda name: source.fields[name].contents()  # noqa: E731
-    tokens = field("tokenizer.ggml.tokens")
+    tokens = field("tokenizer.ggml.tokens") + list(user_defined)
+    token_types = field("tokenizer.ggml.token_type") + [gguf.TokenType.USER_DEFINED] * len(user_defined)
     rng = np.random.default_rng(seed)
     dense = lambda n, k: (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)  # noqa: E731
     hd = head_dim(arch)
@@ -72,9 +76,9 @@ def write(arch: str, out: Path, seed: int = 0) -> Path:
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(field("tokenizer.ggml.pre"))
     writer.add_token_list(tokens)
-    writer.add_token_types(field("tokenizer.ggml.token_type"))
+    writer.add_token_types(token_types)
     writer.add_token_merges(field("tokenizer.ggml.merges"))
-    writer.add_chat_template(field("tokenizer.chat_template"))
+    writer.add_chat_template(chat_template or field("tokenizer.chat_template"))
 
     tensor(writer, "token_embd.weight", TYPES["token_embd"], dense(len(tokens), HIDDEN) * 8)
     if arch != "gemma3":  # Gemma ties its output to the embeddings

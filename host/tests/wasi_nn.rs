@@ -458,8 +458,10 @@ async fn text_interface_templates_encodes_and_streams_utf8_whole() {
     let messages = vec![Message {
         role: "user".into(),
         content: "Hello".into(),
+        tool_calls: Vec::new(),
+        tool_call_id: None,
     }];
-    let prompt = HostTokenizer::apply_chat_template(&mut text, borrow(&tok), messages, true)
+    let prompt = HostTokenizer::apply_chat_template(&mut text, borrow(&tok), messages, None, true)
         .await
         .unwrap()
         .unwrap();
@@ -468,6 +470,11 @@ async fn text_interface_templates_encodes_and_streams_utf8_whole() {
         "{prompt}"
     );
     assert!(prompt.ends_with("<|im_start|>assistant\n"), "{prompt}");
+    let syntax = HostTokenizer::tool_call_syntax(&mut text, borrow(&tok)).await;
+    assert!(
+        syntax.unwrap().is_none(),
+        "SmolLM2's template ignores tools"
+    );
     let ids = HostTokenizer::encode(&mut text, borrow(&tok), prompt, false)
         .await
         .unwrap()
@@ -764,8 +771,10 @@ async fn an_encoder_serves_vectors_on_both_backends() {
         let messages = vec![Message {
             role: "user".into(),
             content: "hi".into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
         }];
-        let no_template = HostTokenizer::apply_chat_template(&mut nn, tok, messages, true)
+        let no_template = HostTokenizer::apply_chat_template(&mut nn, tok, messages, None, true)
             .await
             .unwrap();
         assert!(

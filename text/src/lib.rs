@@ -7,21 +7,63 @@
 
 pub mod detokenizer;
 pub mod facts;
+mod python_json;
+pub mod tool_syntax;
 pub mod vocabulary;
 
 use std::path::Path;
 use std::sync::OnceLock;
 
 use minijinja::{Environment, ErrorKind, context};
+use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
+use tool_syntax::ToolCallSyntax;
 use vocabulary::Vocabulary;
 
 /// One chat message, as a chat template reads it.
-#[derive(Debug, Clone, Copy)]
-pub struct Message<'a> {
-    pub role: &'a str,
-    pub content: &'a str,
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+    /// The calls an assistant turn made.
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a `tool` message answers.
+    pub tool_call_id: Option<String>,
+}
+
+/// A call an assistant turn made; `arguments` is a JSON text, as OpenAI clients send it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+impl Message {
+    /// The message as Hugging Face's chat templates read it: OpenAI's fields, with each call's
+    /// arguments an object (as transformers and vLLM pass them), so that `arguments | tojson` writes
+    /// the JSON the model was trained on rather than a quoted string.
+    fn template_input(&self) -> Value {
+        let mut message = json!({"role": self.role, "content": self.content});
+        if !self.tool_calls.is_empty() {
+            let calls: Vec<Value> = self
+                .tool_calls
+                .iter()
+                .map(|call| {
+                    let arguments = serde_json::from_str(&call.arguments)
+                        .unwrap_or_else(|_| Value::String(call.arguments.clone()));
+                    json!({"id": call.id, "type": "function",
+                           "function": {"name": call.name, "arguments": arguments}})
+                })
+                .collect();
+            message["tool_calls"] = Value::Array(calls);
+        }
+        if let Some(id) = &self.tool_call_id {
+            message["tool_call_id"] = json!(id);
+        }
+        message
+    }
 }
 
 /// Why a text operation failed.
@@ -47,6 +89,7 @@ pub struct TextModel {
     bos_token: String,
     eos_token: String,
     vocabulary: OnceLock<Vocabulary>,
+    tool_call_syntax: OnceLock<Option<ToolCallSyntax>>,
 }
 
 const CHAT_TEMPLATE: &str = "chat";
@@ -77,7 +120,12 @@ impl TextModel {
             _ => String::new(),
         };
         let mut templates = Environment::new();
+        // As Hugging Face's template engine renders them (a newline after a block tag is dropped, and
+        // whitespace before one): templates are written for that.
+        templates.set_trim_blocks(true);
+        templates.set_lstrip_blocks(true);
         templates.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        templates.add_filter("tojson", python_json::tojson);
         templates.add_function(
             "raise_exception",
             |message: String| -> Result<String, minijinja::Error> {
@@ -95,6 +143,7 @@ impl TextModel {
             bos_token: token("bos_token"),
             eos_token: token("eos_token"),
             vocabulary: OnceLock::new(),
+            tool_call_syntax: OnceLock::new(),
         })
     }
 
@@ -106,24 +155,36 @@ impl TextModel {
             .map_err(|e| TextError::Tokenizer(e.to_string()))
     }
 
+    /// Renders the chat template; `tools` (a JSON array of OpenAI tool objects) is passed as the
+    /// template's `tools`, which templates of tool-calling models list in the prompt.
     pub fn apply_chat_template(
         &self,
         messages: &[Message],
+        tools: Option<&str>,
         add_generation_prompt: bool,
     ) -> Result<String, TextError> {
-        let messages: Vec<_> = messages
-            .iter()
-            .map(|m| context! { role => m.role, content => m.content })
-            .collect();
+        let messages: Vec<Value> = messages.iter().map(Message::template_input).collect();
+        let tools: Option<Value> = tools
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| TextError::Template(format!("tools: {e}")))?;
         let template = self.templates.get_template(CHAT_TEMPLATE).map_err(|_| {
             TextError::Template("the model has no chat template (it is not a chat model)".into())
         })?;
         template
             .render(context! {
-                messages, add_generation_prompt,
+                messages, tools, add_generation_prompt,
                 bos_token => self.bos_token, eos_token => self.eos_token,
             })
             .map_err(|e| TextError::Template(e.to_string()))
+    }
+
+    /// The syntax the chat template writes tool calls in, when it describes tools itself; learned
+    /// from the template on first use and kept.
+    pub fn tool_call_syntax(&self) -> Option<&ToolCallSyntax> {
+        self.tool_call_syntax
+            .get_or_init(|| tool_syntax::learn(self))
+            .as_ref()
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> String {

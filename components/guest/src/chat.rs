@@ -1,15 +1,28 @@
 //! Chat messages as clients send them, normalised into what a model's chat template expects.
 //!
-//! Tool results are not left as `tool` turns, which chat templates without a tool role (SmolLM2's, most
-//! small models') render as a speaker the model has never seen: each call the conversation had answered
-//! is stated with its result in the system message ("Use this information to answer: f(args) = result"),
-//! where such models use it, and the assistant turns that only made those calls are left out.
+//! A template that writes tool calls itself (Qwen's) gets the conversation as sent: assistant turns
+//! with their `tool_calls`, `tool` turns with the results ([`Conversation::as_sent`]). For the others
+//! (SmolLM2's, most small models'), tool results are not left as `tool` turns, which such templates
+//! render as a speaker the model has never seen: each call the conversation had answered is stated with
+//! its result in the system message ("Use this information to answer: f(args) = result"), where such
+//! models use it, and the assistant turns that only made those calls are left out
+//! ([`Conversation::messages`]).
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::ApiError;
-use crate::text::Message;
+use crate::text::{Message, ToolCall as TemplateCall};
+
+/// A message of text only.
+pub fn text_message(role: &str, content: String) -> Message {
+    Message {
+        role: role.to_string(),
+        content,
+        tool_calls: Vec::new(),
+        tool_call_id: None,
+    }
+}
 
 /// A message of a chat request. `content` may be a string, an array of `{"type": "text"}` parts, or
 /// absent (an assistant turn that only called tools).
@@ -79,7 +92,10 @@ pub struct AnsweredCall {
 /// A conversation, checked: its turns as template input and the calls it had answered.
 #[derive(Debug, Clone)]
 pub struct Conversation {
+    /// With the answered calls folded into notes.
     turns: Vec<Message>,
+    /// As sent, calls and results in their own turns.
+    sent: Vec<Message>,
     pub answered: Vec<AnsweredCall>,
 }
 
@@ -94,6 +110,7 @@ impl Conversation {
         }
         let answers = answers(messages);
         let mut turns = Vec::with_capacity(messages.len());
+        let mut sent = Vec::with_capacity(messages.len());
         let mut answered = Vec::new();
         for (i, m) in messages.iter().enumerate() {
             if !ROLES.contains(&m.role.as_str()) {
@@ -106,6 +123,25 @@ impl Conversation {
             }
             let content = text(i, m.content.as_ref())?;
             let calls = m.tool_calls.as_deref().unwrap_or_default();
+            // Templates know `system`; `developer` is OpenAI's newer name for it.
+            let role = if m.role == "developer" {
+                "system"
+            } else {
+                m.role.as_str()
+            };
+            sent.push(Message {
+                tool_calls: calls
+                    .iter()
+                    .enumerate()
+                    .map(|(c, call)| TemplateCall {
+                        id: call.id.clone().unwrap_or_else(|| format!("call_{i}_{c}")),
+                        name: call.function.name.clone(),
+                        arguments: call.function.arguments.clone(),
+                    })
+                    .collect(),
+                tool_call_id: m.tool_call_id.clone(),
+                ..text_message(role, content.clone())
+            });
             if m.role == "tool" && answers.iter().any(|&(_, _, message)| message == i) {
                 continue;
             }
@@ -129,18 +165,18 @@ impl Conversation {
                 (true, false) => unanswered.join("\n"),
                 (false, false) => format!("{content}\n{}", unanswered.join("\n")),
             };
-            // Templates know `system`; `developer` is OpenAI's newer name for it.
-            let role = if m.role == "developer" {
-                "system"
-            } else {
-                m.role.as_str()
-            };
-            turns.push(Message {
-                role: role.to_string(),
-                content,
-            });
+            turns.push(text_message(role, content));
         }
-        Ok(Self { turns, answered })
+        Ok(Self {
+            turns,
+            sent,
+            answered,
+        })
+    }
+
+    /// The messages as sent, for a template that renders tool calls and results itself.
+    pub fn as_sent(&self) -> &[Message] {
+        &self.sent
     }
 
     /// The messages a chat template renders: the turns, with `instructions` (the functions the model
@@ -168,13 +204,7 @@ impl Conversation {
             Some(first) if first.role == "system" => {
                 first.content = format!("{}\n\n{notes}", first.content);
             }
-            _ => messages.insert(
-                0,
-                Message {
-                    role: "system".into(),
-                    content: notes,
-                },
-            ),
+            _ => messages.insert(0, text_message("system", notes)),
         }
         messages
     }
@@ -333,6 +363,32 @@ mod tests {
             r#"Use this information to answer: get_weather({"city":"Tokyo","unit":"c"}) = {"temp_c": 21}"#
         ));
         assert_eq!(m[2].content, r#"{"name":"get_time","arguments":{}}"#);
+    }
+
+    #[test]
+    fn the_conversation_as_sent_keeps_calls_and_results_in_their_turns() {
+        let c = conversation(
+            r#"[{"role":"developer","content":"Be brief."},
+                {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"x\": 1}"}},
+                    {"type":"function","function":{"name":"g","arguments":"{}"}}]},
+                {"role":"tool","tool_call_id":"call_1","content":"2"}]"#,
+        );
+        let sent = c.as_sent();
+        let roles: Vec<_> = sent.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["system", "assistant", "tool"]);
+        let calls: Vec<_> = sent[1]
+            .tool_calls
+            .iter()
+            .map(|t| (t.id.as_str(), t.name.as_str(), t.arguments.as_str()))
+            .collect();
+        assert_eq!(
+            calls,
+            [("call_1", "f", r#"{"x": 1}"#), ("call_1_1", "g", "{}")]
+        );
+        assert_eq!(
+            (sent[2].content.as_str(), sent[2].tool_call_id.as_deref()),
+            ("2", Some("call_1"))
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod bindings {
 pub mod chat;
 pub mod embed;
 pub mod error;
+pub mod framed_grammar;
 pub mod generate;
 pub mod http;
 pub mod json_grammar;

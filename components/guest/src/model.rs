@@ -7,7 +7,7 @@ use crate::ApiError;
 use crate::bindings::wasi::nn::errors::{Error as NnError, ErrorCode};
 use crate::bindings::wasi::nn::graph::{self, Graph};
 use crate::bindings::wasi::nn::tensor::{Tensor, TensorType};
-use crate::text::{self, Message, ModelInfo, ModelTask, TextError, Tokenizer};
+use crate::text::{self, Message, ModelInfo, ModelTask, TextError, Tokenizer, ToolCallSyntax};
 use crate::vocabulary::Vocabulary;
 
 pub struct Model {
@@ -78,21 +78,34 @@ impl Model {
             .get_or_init(|| self.tokenizer.vocabulary().into())
     }
 
+    /// The syntax the model's chat template writes tool calls in, if it describes tools itself.
+    pub fn tool_call_syntax(&self) -> Option<ToolCallSyntax> {
+        self.tokenizer.tool_call_syntax()
+    }
+
     /// The prompt of a chat: a last assistant message is a prefill the model continues, else the
-    /// template opens the assistant's turn.
-    pub fn conversation_prompt(&self, messages: &[Message]) -> Result<Vec<u32>, ApiError> {
+    /// template opens the assistant's turn. `tools` (a JSON array) is the template's `tools`.
+    pub fn conversation_prompt(
+        &self,
+        messages: &[Message],
+        tools: Option<&str>,
+    ) -> Result<Vec<u32>, ApiError> {
         match messages.last() {
-            Some(last) if last.role == "assistant" => self.continuation_prompt(messages),
-            _ => self.chat_prompt(messages),
+            Some(last) if last.role == "assistant" => self.continuation_prompt(messages, tools),
+            _ => self.chat_prompt(messages, tools),
         }
     }
 
     /// Renders the chat template so that the model continues the last message, an assistant turn the
     /// client started (a prefill), instead of opening a new turn.
-    pub fn continuation_prompt(&self, messages: &[Message]) -> Result<Vec<u32>, ApiError> {
+    pub fn continuation_prompt(
+        &self,
+        messages: &[Message],
+        tools: Option<&str>,
+    ) -> Result<Vec<u32>, ApiError> {
         let prompt = self
             .tokenizer
-            .apply_chat_template(messages, false)
+            .apply_chat_template(messages, tools, false)
             .map_err(text_error)?;
         let last = messages.last().map_or("", |m| m.content.as_str());
         let end = match prompt.rfind(last) {
@@ -103,10 +116,14 @@ impl Model {
     }
 
     /// Renders the chat template and tokenizes the prompt.
-    pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<u32>, ApiError> {
+    pub fn chat_prompt(
+        &self,
+        messages: &[Message],
+        tools: Option<&str>,
+    ) -> Result<Vec<u32>, ApiError> {
         let prompt = self
             .tokenizer
-            .apply_chat_template(messages, true)
+            .apply_chat_template(messages, tools, true)
             .map_err(text_error)?;
         self.encode(&prompt)
     }

@@ -1,25 +1,24 @@
-//! Structured output: each step, the logits of tokens the JSON grammar forbids are set to -inf, so
-//! whatever the sampler picks keeps the output valid. Checking a token costs a walk over its few bytes,
-//! so only the most likely tokens are checked unless none of them fits.
+//! Structured output: each step, the logits of tokens the grammar forbids are set to -inf, so whatever
+//! the sampler picks keeps the output valid. Checking a token costs a walk over its few bytes, so only
+//! the most likely tokens are checked unless none of them fits.
 
 use crate::ApiError;
-use crate::json_grammar::JsonGrammar;
-use crate::json_schema::Schema;
+use crate::framed_grammar::{FramedGrammar, Grammar};
 use crate::vocabulary::Vocabulary;
 
 /// What the output must be.
 #[derive(Debug, Clone)]
 pub enum Structure {
-    /// A JSON value matching the schema.
-    Json(Schema),
-    /// Either free text or a JSON value matching the schema: how a model that may call a tool chooses
-    /// between answering and calling. The first step decides, by comparing the probability of the
-    /// tokens that open a value the schema accepts with that of the tokens that begin text.
-    JsonOrText(Schema),
-    /// A JSON value matching the schema, or nothing: decided as [`Structure::JsonOrText`] decides, but
-    /// choosing text ends the output at once (it is declined), so that the answer can be written from
-    /// another prompt.
-    JsonOrDecline(Schema),
+    /// JSON matching the grammar's schema (framed as the grammar says: a template's tool calls).
+    Json(Grammar),
+    /// Either free text or the grammar's JSON: how a model that may call a tool chooses between
+    /// answering and calling. The first step decides, by comparing the probability of the tokens that
+    /// open what the grammar accepts with that of the tokens that begin text.
+    JsonOrText(Grammar),
+    /// The grammar's JSON, or nothing: decided as [`Structure::JsonOrText`] decides, but choosing text
+    /// ends the output at once (it is declined), so that the answer can be written from another
+    /// prompt.
+    JsonOrDecline(Grammar),
     /// Free text that does not open with a JSON object: a model's answer when it may not call.
     Text,
 }
@@ -51,7 +50,9 @@ const CANDIDATES: usize = 1024;
 
 pub struct Constraint {
     /// `None` for [`Structure::Text`].
-    grammar: Option<JsonGrammar>,
+    grammar: Option<FramedGrammar>,
+    /// The first visible byte text may not begin with: what opens the grammar's output.
+    opening: u8,
     mode: Mode,
     decision: Option<Decision>,
     /// Reused across steps: token ids ordered by logit.
@@ -62,18 +63,19 @@ pub struct Constraint {
 impl Constraint {
     pub fn new(structure: Structure) -> Self {
         let (grammar, mode) = match structure {
-            Structure::Json(schema) => (Some(JsonGrammar::new(schema)), Mode::Json),
-            Structure::JsonOrText(schema) => (
-                Some(JsonGrammar::new(schema)),
+            Structure::Json(grammar) => (Some(FramedGrammar::new(grammar)), Mode::Json),
+            Structure::JsonOrText(grammar) => (
+                Some(FramedGrammar::new(grammar)),
                 Mode::Deciding { decline: false },
             ),
-            Structure::JsonOrDecline(schema) => (
-                Some(JsonGrammar::new(schema)),
+            Structure::JsonOrDecline(grammar) => (
+                Some(FramedGrammar::new(grammar)),
                 Mode::Deciding { decline: true },
             ),
             Structure::Text => (None, Mode::TextStart),
         };
         Self {
+            opening: grammar.as_ref().map_or(b'{', FramedGrammar::opening),
             grammar,
             mode,
             decision: None,
@@ -89,7 +91,11 @@ impl Constraint {
 
     /// The JSON value is complete; generation ends here.
     pub fn is_complete(&self) -> bool {
-        self.mode == Mode::Json && self.grammar.as_ref().is_some_and(JsonGrammar::is_complete)
+        self.mode == Mode::Json
+            && self
+                .grammar
+                .as_ref()
+                .is_some_and(FramedGrammar::is_complete)
     }
 
     /// Text was chosen where it is declined: the output ends before its first token.
@@ -113,7 +119,7 @@ impl Constraint {
             Mode::Text | Mode::Declined => Ok(()),
             Mode::TextStart => {
                 for (token, logit) in row.iter_mut().enumerate() {
-                    if first_visible(vocabulary.token(token as u32)) == Some(b'{') {
+                    if first_visible(vocabulary.token(token as u32)) == Some(self.opening) {
                         *logit = f32::NEG_INFINITY;
                     }
                 }
@@ -127,7 +133,7 @@ impl Constraint {
         }
     }
 
-    /// Compares the probability of opening a value the schema accepts with that of beginning text, and
+    /// Compares the probability of opening what the grammar accepts with that of beginning text, and
     /// takes the likelier side. Tokens of whitespace only lean to neither.
     fn decide(&mut self, row: &[f32], vocabulary: &Vocabulary, eos: &[u32], decline: bool) {
         let grammar = self.grammar.as_ref().expect("deciding needs a schema");
@@ -138,9 +144,9 @@ impl Constraint {
             let weight = (logit - max).exp();
             match first_visible(bytes) {
                 _ if eos.contains(&(token as u32)) => text += weight,
-                Some(b'{' | b'[') if grammar.accepts(bytes) => json += weight,
+                Some(_) if grammar.accepts(bytes) => json += weight,
                 // A malformed opening (`{x`) is neither a call nor text.
-                Some(b'{') => {}
+                Some(b) if b == self.opening => {}
                 Some(_) => text += weight,
                 None if bytes.is_empty() => text += weight,
                 None => {}
@@ -165,6 +171,16 @@ impl Constraint {
         eos: &[u32],
     ) -> Result<(), ApiError> {
         let grammar = self.grammar.as_ref().expect("JSON needs a schema");
+        // Inside a frame's text, the token the tokenizer writes it with.
+        if let Some(token) = grammar
+            .literal_token()
+            .filter(|&t| (t as usize) < row.len() && grammar.accepts(vocabulary.token(t)))
+        {
+            let logit = row[token as usize];
+            row.fill(f32::NEG_INFINITY);
+            row[token as usize] = logit;
+            return Ok(());
+        }
         self.order.clear();
         self.order.extend(0..row.len() as u32);
         let first = CANDIDATES.min(row.len());
@@ -222,6 +238,7 @@ fn first_visible(bytes: &[u8]) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json_schema::Schema;
     use serde_json::json;
 
     fn vocabulary(tokens: &[&str]) -> Vocabulary {
@@ -242,7 +259,7 @@ mod tests {
             &json!({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}),
         )
         .unwrap();
-        let mut constraint = Constraint::new(Structure::Json(schema));
+        let mut constraint = Constraint::new(Structure::Json(schema.into()));
         let mut row = vec![9.0, 8.0, 1.0, 0.5, 0.5, 0.5, 0.5, 2.0];
         constraint.mask(&mut row, &vocab, &eos).unwrap();
         assert_eq!(
@@ -265,7 +282,7 @@ mod tests {
         let vocab = vocabulary(&["<eos>", "Hello", "{\"", "{x", " ", "[1"]);
         let schema = Schema::any_object();
         // Text is likelier than a call: objects may not open, and text goes on freely.
-        let mut text = Constraint::new(Structure::JsonOrText(schema.clone()));
+        let mut text = Constraint::new(Structure::JsonOrText(schema.clone().into()));
         let mut row = vec![0.0, 2.0, 1.5, 3.0, 5.0, 1.0];
         text.mask(&mut row, &vocab, &[0]).unwrap();
         let decision = text.decision().unwrap();
@@ -278,7 +295,7 @@ mod tests {
         // The likeliest single token begins text, but the tokens that open a call are likelier
         // together: the call is chosen, as one sampled token would not have chosen it.
         let vocab = vocabulary(&["<eos>", "Hello", "{\"", "{ \"", " "]);
-        let mut json = Constraint::new(Structure::JsonOrText(schema));
+        let mut json = Constraint::new(Structure::JsonOrText(schema.into()));
         let mut row = vec![-10.0, 2.0, 1.6, 1.6, 0.0];
         json.mask(&mut row, &vocab, &[0]).unwrap();
         assert!(json.decision().unwrap().json > 0.5 && json.is_json());
@@ -294,11 +311,11 @@ mod tests {
     #[test]
     fn declining_text_ends_the_output_and_a_call_goes_on() {
         let vocab = vocabulary(&["<eos>", "Hello", "{\"", " "]);
-        let mut declined = Constraint::new(Structure::JsonOrDecline(Schema::any_object()));
+        let mut declined = Constraint::new(Structure::JsonOrDecline(Schema::any_object().into()));
         let mut row = vec![0.0, 3.0, 1.0, 0.0];
         declined.mask(&mut row, &vocab, &[0]).unwrap();
         assert!(declined.is_declined() && !declined.is_json());
-        let mut calling = Constraint::new(Structure::JsonOrDecline(Schema::any_object()));
+        let mut calling = Constraint::new(Structure::JsonOrDecline(Schema::any_object().into()));
         let mut row = vec![0.0, 1.0, 3.0, 0.0];
         calling.mask(&mut row, &vocab, &[0]).unwrap();
         assert!(calling.is_json() && !calling.is_declined());

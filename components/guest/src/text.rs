@@ -5,12 +5,14 @@
 
 #[cfg(not(feature = "portable"))]
 pub use crate::bindings::nnspin::llm::text::{
-    Detokenizer, Message, ModelInfo, ModelTask, TextError, Tokenizer, Vocabulary, models,
+    Detokenizer, Message, ModelInfo, ModelTask, TextError, Tokenizer, ToolCall, ToolCallSyntax,
+    Vocabulary, models,
 };
 
 #[cfg(feature = "portable")]
 pub mod compiled_in;
 #[cfg(feature = "portable")]
 pub use compiled_in::{
-    Detokenizer, Message, ModelInfo, ModelTask, TextError, Tokenizer, Vocabulary, models,
+    Detokenizer, Message, ModelInfo, ModelTask, TextError, Tokenizer, ToolCall, ToolCallSyntax,
+    Vocabulary, models,
 };

@@ -6,10 +6,10 @@ use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
 use nnspin_guest::ApiError;
 use nnspin_guest::bindings::nnspin::llm::models;
+use nnspin_guest::chat::text_message;
 use nnspin_guest::generate::{Completed, GenerationRequest};
 use nnspin_guest::http::{self, EventStream, Framing, RequestHead};
 use nnspin_guest::model::Model;
-use nnspin_guest::text::Message;
 
 use crate::errors;
 use crate::request::{BatchRequest, ChatRequest, GenerateRequest, Settings};
@@ -35,16 +35,10 @@ fn prompt_tokens(
 ) -> Result<Vec<u32>, ApiError> {
     let mut messages = Vec::with_capacity(2);
     if let Some(system) = system_prompt.filter(|s| !s.is_empty()) {
-        messages.push(Message {
-            role: "system".into(),
-            content: system.into(),
-        });
+        messages.push(text_message("system", system.into()));
     }
-    messages.push(Message {
-        role: "user".into(),
-        content: prompt.into(),
-    });
-    model.chat_prompt(&messages)
+    messages.push(text_message("user", prompt.into()));
+    model.chat_prompt(&messages, None)
 }
 
 fn usage(prompt_tokens: u32, completion_tokens: u32) -> Value {
@@ -171,7 +165,7 @@ pub fn chat(request: IncomingRequest, head: &RequestHead, out: ResponseOutparam)
         Ok(read) => read,
         Err(error) => return errors::send(out, &error),
     };
-    let prompt = model.chat_prompt(&request.messages);
+    let prompt = model.chat_prompt(&request.messages, None);
     let kind = StreamKind::Chat(chat_framing(head));
     respond(
         out,

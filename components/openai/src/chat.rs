@@ -15,45 +15,61 @@ use crate::choices::{self, Endpoint, Sequence, StreamedChoice};
 use crate::errors;
 use crate::request::{self, ChatRequest};
 use crate::response::{self, Usage};
-use crate::tools::Call;
+use crate::tools::{Call, CallFormat};
 
 pub fn chat_completions(request: IncomingRequest, out: ResponseOutparam) {
     let (chat, model) = match request::read(request, ChatRequest::parse, |r| &r.sampling) {
         Ok(prepared) => prepared,
         Err(error) => return errors::send(out, &error),
     };
-    let (generation, answer) = match Generations::new(&chat, &model) {
-        Ok(generations) => (generations.main, generations.answer),
+    let generations = match Generations::new(&chat, &model) {
+        Ok(generations) => generations,
         Err(error) => return errors::send(out, &error),
     };
-    let usage = Usage::new(generation.prompt().len() as u32);
-    let endpoint = Chat {
-        request: &chat,
-        generation: &generation,
-        answer: answer.as_ref(),
-    };
-    choices::respond(out, &endpoint, &model, usage, &chat.sampling);
+    let usage = Usage::new(generations.main.prompt().len() as u32);
+    choices::respond(out, &generations.chat(&chat), &model, usage, &chat.sampling);
 }
 
 /// What a chat request generates from: its prompt, and (under `auto` once calls have results) the
-/// answer in text written apart from the calls.
+/// answer in text written apart from the calls; the calls in the model's format.
 pub struct Generations<'m> {
     pub main: GenerationRequest<'m>,
     pub answer: Option<GenerationRequest<'m>>,
+    format: CallFormat,
 }
 
 impl<'m> Generations<'m> {
     pub fn new(chat: &ChatRequest, model: &'m Model) -> Result<Self, ApiError> {
-        let prompt = model.conversation_prompt(&chat.messages)?;
-        let main = GenerationRequest::new(model, prompt, chat.generation_params())?;
+        let format = match chat.tools {
+            Some(_) => CallFormat::of(model).tokenized(model)?,
+            None => CallFormat::of(model),
+        };
+        let prompt = chat.prompt(&format)?;
+        let tokens = model.conversation_prompt(&prompt.messages, prompt.tools.as_deref())?;
+        let main = GenerationRequest::new(model, tokens, chat.generation_params(prompt.structure))?;
         // Its prompt is no longer than the main one, so it fits wherever that does.
-        let answer = chat.answer_messages.as_ref().map(|messages| {
-            GenerationRequest::new(model, model.chat_prompt(messages)?, chat.answer_params())
+        let answer = prompt.answer_messages.as_ref().map(|messages| {
+            GenerationRequest::new(
+                model,
+                model.chat_prompt(messages, None)?,
+                chat.answer_params(),
+            )
         });
         Ok(Self {
             main,
             answer: answer.transpose()?,
+            format,
         })
+    }
+
+    /// How the outputs of these generations read, for `request`.
+    pub fn chat<'a>(&'a self, request: &'a ChatRequest) -> Chat<'a, 'm> {
+        Chat {
+            request,
+            generation: &self.main,
+            answer: self.answer.as_ref(),
+            format: &self.format,
+        }
     }
 }
 
@@ -64,6 +80,8 @@ pub struct Chat<'a, 'm> {
     /// The answer in text, generated when the model declines to call or only repeats calls the
     /// conversation has already answered.
     pub answer: Option<&'a GenerationRequest<'m>>,
+    /// How the model writes calls.
+    pub format: &'a CallFormat,
 }
 
 impl<'a, 'm> Chat<'a, 'm> {
@@ -77,11 +95,11 @@ impl<'a, 'm> Chat<'a, 'm> {
     /// The model's output as tool calls, if it wrote any, less those the conversation has already
     /// answered (when it can answer in text instead).
     pub fn calls(&self, text: &str, outcome: &Outcome) -> Option<Vec<Call>> {
-        let mut calls = (self.request.tools && outcome.structured)
-            .then(|| Call::parse(text))
+        let mut calls = (self.request.tools.is_some() && outcome.structured)
+            .then(|| Call::parse(text, self.format))
             .flatten()?;
         if self.answer.is_some() {
-            calls.retain(|call| !call.repeats(&self.request.answered));
+            calls.retain(|call| !call.repeats(self.request.answered()));
         }
         Some(calls)
     }
@@ -93,6 +111,16 @@ impl<'a, 'm> Chat<'a, 'm> {
             .calls(text, outcome)
             .is_some_and(|calls| calls.is_empty());
         self.answer.filter(|_| outcome.declined || only_repeats)
+    }
+
+    /// What holds a streamed output back while it may be a call.
+    pub fn hold(&self) -> CallHold {
+        CallHold::new(
+            self.request
+                .tools
+                .as_ref()
+                .map(|_| self.format.opening().to_string()),
+        )
     }
 
     /// The `tool_calls` of a message, each with its `index` when streamed.
@@ -155,15 +183,17 @@ impl Endpoint for Chat<'_, '_> {
         Box::new(StreamedChat {
             chat: self,
             index,
-            hold: CallHold::new(self.request.tools),
+            hold: self.hold(),
             held_logprobs: Vec::new(),
         })
     }
 }
 
 /// A streamed output that may be a tool call, held back: until its first visible text (a call may still
-/// come), and wholly once it opens with `{` or `[` (a call is sent whole once complete).
+/// come), and wholly once it opens as a call does (a call is sent whole once complete).
 pub struct CallHold {
+    /// What a call begins with (`{`, or a template's `<tool_call>`); `None` when calls are not offered.
+    opening: Option<String>,
     deciding: bool,
     calling: bool,
     /// What is held back.
@@ -171,10 +201,10 @@ pub struct CallHold {
 }
 
 impl CallHold {
-    /// `tools`: calls are offered (else nothing is held).
-    pub fn new(tools: bool) -> Self {
+    pub fn new(opening: Option<String>) -> Self {
         Self {
-            deciding: tools,
+            deciding: opening.is_some(),
+            opening,
             calling: false,
             held: String::new(),
         }
@@ -190,8 +220,17 @@ impl CallHold {
         if visible.is_empty() || self.calling {
             return None;
         }
+        let opening = self.opening.as_deref().unwrap_or("{");
+        // A template's opening may come in several pieces: held while the text could still be one.
+        if opening != "{" && opening.starts_with(visible) && visible.len() < opening.len() {
+            return None;
+        }
         self.deciding = false;
-        self.calling = visible.starts_with(['{', '[']);
+        // Bare JSON calls may also be an array of calls.
+        self.calling = match opening {
+            "{" => visible.starts_with(['{', '[']),
+            _ => visible.starts_with(opening),
+        };
         match self.calling {
             true => None,
             false => Some(Cow::Owned(std::mem::take(&mut self.held))),
@@ -262,5 +301,37 @@ impl<'s> StreamedChoice<'s> for StreamedChat<'s> {
         };
         chunks.push(self.delta(json!({}), Value::Null, Some(finish)));
         chunks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn passed(hold: &mut CallHold, pieces: &[&str]) -> Vec<Option<String>> {
+        pieces
+            .iter()
+            .map(|p| hold.pass(p).map(|t| t.into_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn text_that_may_open_a_call_is_held_until_it_cannot() {
+        let template = || CallHold::new(Some("<tool_call>\n".into()));
+        let mut calling = template();
+        assert_eq!(
+            passed(&mut calling, &["<tool", "_call>", "\n{"]),
+            [None, None, None]
+        );
+        assert_eq!(calling.held, "<tool_call>\n{");
+        let mut answering = template();
+        assert_eq!(
+            passed(&mut answering, &[" ", "<b", ">x"]),
+            [None, Some(" <b".into()), Some(">x".into())]
+        );
+        let mut bare = CallHold::new(Some("{".into()));
+        assert_eq!(passed(&mut bare, &["[", "{"]), [None, None]);
+        let mut none = CallHold::new(None);
+        assert_eq!(passed(&mut none, &["{"]), [Some("{".into())]);
     }
 }

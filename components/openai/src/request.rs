@@ -20,7 +20,7 @@ use nnspin_guest::sampling::{PenaltyParams, SamplingParams};
 use nnspin_guest::structured::Structure;
 use nnspin_guest::text::{Message, ModelTask};
 
-use crate::tools::Tools;
+use crate::tools::{CallFormat, Tools};
 
 /// `max_tokens` of a chat completion when the request gives none.
 const CHAT_DEFAULT_MAX_TOKENS: u32 = 128;
@@ -145,14 +145,22 @@ pub struct ChatRequest {
     max_completion_tokens: Option<u32>,
     /// `top_logprobs` alternatives per token, when `logprobs` is on.
     pub logprobs: Option<usize>,
-    /// The structure its output must have (a tool call, or `response_format`'s).
-    pub structure: Option<Structure>,
-    /// The model may answer with a tool call.
-    pub tools: bool,
-    /// The messages as template input, the functions described to the model.
+    /// The structure `response_format` asks for.
+    pub format: Option<Structure>,
+    /// The functions the model may call now, and how it must.
+    pub tools: Option<Tools>,
+    pub conversation: Conversation,
+    /// The last message is an assistant turn the model continues.
+    prefilled: bool,
+}
+
+/// A chat request's prompt for one model, as its template takes it.
+pub struct ChatPrompt {
     pub messages: Vec<Message>,
-    /// The calls the conversation made and had answered.
-    pub answered: Vec<AnsweredCall>,
+    /// The template's `tools` (a JSON array), for a template that lists them itself.
+    pub tools: Option<String>,
+    /// The structure the output must have: a tool call in the model's format, or `response_format`'s.
+    pub structure: Option<Structure>,
     /// Under `auto` once calls have results, the prompt an answer in text is written from: the
     /// conversation with the results, without the functions. The main prompt then only decides between
     /// a new call and this answer, and a call that repeats one already answered gives this answer too.
@@ -189,50 +197,86 @@ impl ChatRequest {
             body.tool_choice.as_ref(),
             body.parallel_tool_calls != Some(false),
         )?;
-        let conversation = Conversation::parse(&body.messages)?;
-        // Once calls have results, an answer in text is written from a prompt without the functions
-        // (small models use the results better so); a last assistant turn is continued as it is.
-        let prefilled = body.messages.last().is_some_and(|m| m.role == "assistant");
-        let answer_messages = tools
-            .as_ref()
-            .filter(|tools| !tools.required() && !conversation.answered.is_empty() && !prefilled)
-            .map(|_| conversation.messages(None));
-        let structure = match &tools {
-            Some(tools) => Some(tools.structure(answer_messages.is_some())?),
-            None => format,
-        };
-        let instructions = tools.as_ref().map(Tools::instructions);
+        // Checked here, with the functions as nnspin describes them, so a bad schema is refused before
+        // any model is opened.
+        if let Some(tools) = &tools {
+            tools.structure(&CallFormat::Instructed, false)?;
+        }
         Ok(Self {
             sampling: body.sampling,
             max_completion_tokens: body.max_completion_tokens,
             logprobs: body
                 .logprobs
                 .then(|| body.top_logprobs.unwrap_or(0) as usize),
-            structure,
-            tools: tools.is_some(),
-            messages: conversation.messages(instructions.as_deref()),
-            answered: conversation.answered,
-            answer_messages,
+            format,
+            prefilled: body.messages.last().is_some_and(|m| m.role == "assistant"),
+            tools,
+            conversation: Conversation::parse(&body.messages)?,
         })
     }
 
-    /// Generation settings (every choice samples from them with its own seed).
-    pub fn generation_params(&self) -> GenerationParams {
+    /// The calls the conversation made and had answered.
+    pub fn answered(&self) -> &[AnsweredCall] {
+        &self.conversation.answered
+    }
+
+    /// The prompt for a model that is told about functions and writes calls in `format`.
+    pub fn prompt(&self, format: &CallFormat) -> Result<ChatPrompt, ApiError> {
+        let tools = self.tools.as_ref();
+        // Once calls have results, an answer in text is written from a prompt without the functions
+        // (small models use the results better so); a last assistant turn is continued as it is.
+        let answer_apart = tools.is_some_and(|t| !t.required())
+            && !self.conversation.answered.is_empty()
+            && !self.prefilled;
+        let structure = match tools {
+            Some(tools) => Some(tools.structure(format, answer_apart)?),
+            None => self.format.clone(),
+        };
+        let (messages, template_tools) = chat_messages(&self.conversation, tools, format);
+        Ok(ChatPrompt {
+            messages,
+            tools: template_tools,
+            structure,
+            answer_messages: answer_apart
+                .then(|| chat_messages(&self.conversation, None, format).0),
+        })
+    }
+
+    /// Generation settings (every choice samples from them with its own seed), the output held to
+    /// `structure`.
+    pub fn generation_params(&self, structure: Option<Structure>) -> GenerationParams {
         let mut params = self
             .sampling
             .generation_params(self.max_completion_tokens, CHAT_DEFAULT_MAX_TOKENS);
         params.logprobs = self.logprobs;
-        params.structure = self.structure.clone();
+        params.structure = structure;
         params
     }
 
     /// Settings of the answer in text that replaces a repeated call: the same sampling, with no call
     /// allowed.
     pub fn answer_params(&self) -> GenerationParams {
-        GenerationParams {
-            structure: Some(Structure::Text),
-            ..self.generation_params()
-        }
+        self.generation_params(Some(Structure::Text))
+    }
+}
+
+/// A conversation's messages, and the template's `tools`, for a model told about `tools` as `format`
+/// says: the functions described in the system message, the answered calls folded into notes; or the
+/// conversation as sent, the functions listed by the template.
+pub fn chat_messages(
+    conversation: &Conversation,
+    tools: Option<&Tools>,
+    format: &CallFormat,
+) -> (Vec<Message>, Option<String>) {
+    match format {
+        CallFormat::Instructed => (
+            conversation.messages(tools.map(Tools::instructions).as_deref()),
+            None,
+        ),
+        CallFormat::Template { .. } => (
+            conversation.as_sent().to_vec(),
+            tools.map(Tools::template_tools),
+        ),
     }
 }
 
@@ -244,7 +288,7 @@ fn response_structure(format: Option<&Value>) -> Result<Option<Structure>, ApiEr
     };
     match format.get("type").and_then(Value::as_str) {
         Some("text") => Ok(None),
-        Some("json_object") => Ok(Some(Structure::Json(Schema::any_object()))),
+        Some("json_object") => Ok(Some(Structure::Json(Schema::any_object().into()))),
         Some("json_schema") => {
             let json_schema = format.get("json_schema").and_then(Value::as_object);
             let field = |name: &str| json_schema.and_then(|j| j.get(name));
@@ -267,7 +311,7 @@ fn response_structure(format: Option<&Value>) -> Result<Option<Structure>, ApiEr
                 })?;
             let schema = Schema::compile(schema)
                 .map_err(|e| invalid(format!("`response_format.json_schema`: {e}")))?;
-            Ok(Some(Structure::Json(schema)))
+            Ok(Some(Structure::Json(schema.into())))
         }
         Some(other) => Err(invalid(format!(
             "`response_format.type` must be text, json_object or json_schema, got {other:?}"
@@ -478,7 +522,7 @@ mod tests {
                  "logit_bias": {"42": -100}, "n": 2, "seed": 1}"#,
         )
         .unwrap();
-        let params = ok.generation_params();
+        let params = ok.generation_params(None);
         assert_eq!(
             (params.stop, params.logit_bias, params.sampling.seed),
             (vec!["\n".into()], vec![(42, -100.0)], 1)
@@ -517,7 +561,7 @@ mod tests {
         }
         let strict = br#"{"messages": [{"role":"user","content":"hi"}], "response_format":
             {"type": "json_schema", "json_schema": {"name": "n", "strict": true, "schema": {"type": "object"}}}}"#;
-        assert!(ChatRequest::parse(strict).unwrap().structure.is_some());
+        assert!(ChatRequest::parse(strict).unwrap().format.is_some());
     }
 
     #[test]
@@ -530,27 +574,60 @@ mod tests {
                   "tools": [{{"type":"function","function":{{"name":"get_weather"}}}}], "tool_choice": "{choice}"}}"#
             )
         };
+        let instructed = &CallFormat::Instructed;
         let auto = ChatRequest::parse(body("auto", "").as_bytes()).unwrap();
-        assert!(matches!(auto.structure, Some(Structure::JsonOrDecline(_))));
+        let prompt = auto.prompt(instructed).unwrap();
+        assert!(matches!(
+            prompt.structure,
+            Some(Structure::JsonOrDecline(_))
+        ));
         assert!(
-            auto.messages[0]
+            prompt.messages[0]
                 .content
                 .contains("You can call these functions")
         );
-        let answer = auto.answer_messages.unwrap();
+        assert!(prompt.tools.is_none());
+        let answer = prompt.answer_messages.unwrap();
         assert!(!answer[0].content.contains("You can call these functions"));
         assert!(answer[0].content.contains("get_weather({}) = 21"));
-        assert_eq!(auto.answered.len(), 1);
+        assert_eq!(auto.answered().len(), 1);
         let required = ChatRequest::parse(body("required", "").as_bytes()).unwrap();
-        assert!(required.answer_messages.is_none());
-        assert!(matches!(required.structure, Some(Structure::Json(_))));
+        let prompt = required.prompt(instructed).unwrap();
+        assert!(prompt.answer_messages.is_none());
+        assert!(matches!(prompt.structure, Some(Structure::Json(_))));
         let prefilled = body("auto", r#",{"role":"assistant","content":"It is"}"#);
         let prefilled = ChatRequest::parse(prefilled.as_bytes()).unwrap();
-        assert!(prefilled.answer_messages.is_none());
-        assert!(matches!(
-            prefilled.structure,
-            Some(Structure::JsonOrText(_))
-        ));
+        let prompt = prefilled.prompt(instructed).unwrap();
+        assert!(prompt.answer_messages.is_none());
+        assert!(matches!(prompt.structure, Some(Structure::JsonOrText(_))));
+    }
+
+    #[test]
+    fn a_template_that_writes_calls_gets_the_conversation_as_sent_and_the_tools() {
+        use nnspin_guest::framed_grammar::Literal;
+        let body = br#"{"messages": [{"role":"user","content":"Weather in Tokyo?"},
+                {"role":"assistant","tool_calls":[{"id":"c1","type":"function","function":{"name":"get_weather","arguments":"{}"}}]},
+                {"role":"tool","tool_call_id":"c1","content":"21"}],
+              "tools": [{"type":"function","function":{"name":"get_weather"}}]}"#;
+        let request = ChatRequest::parse(body).unwrap();
+        let template = CallFormat::Template {
+            open: Literal::text("<tool_call>\n"),
+            close: Literal::text("\n</tool_call>"),
+            separator: Some(Literal::text("\n")),
+            arguments_key: "arguments".into(),
+        };
+        let prompt = request.prompt(&template).unwrap();
+        let roles: Vec<_> = prompt.messages.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["user", "assistant", "tool"]);
+        assert_eq!(prompt.messages[1].tool_calls[0].name, "get_weather");
+        assert_eq!(prompt.messages[2].tool_call_id.as_deref(), Some("c1"));
+        assert!(prompt.tools.unwrap().contains("get_weather"));
+        let answer = prompt.answer_messages.unwrap();
+        assert_eq!(
+            answer.len(),
+            3,
+            "the answer reads the results where the template puts them"
+        );
     }
 
     #[test]
@@ -564,6 +641,6 @@ mod tests {
             br#"{"messages": [{"role":"user","content":"hi"}], "frobnicate": 1}"#,
         )
         .unwrap();
-        assert_eq!(r.messages.len(), 1);
+        assert_eq!(r.conversation.messages(None).len(), 1);
     }
 }

@@ -1,20 +1,21 @@
 //! `POST /tokenize` and `POST /detokenize`, for clients that count tokens before they send a prompt: vLLM's
-//! shapes (`prompt` or chat `messages` in, `count`, `max_model_len` and `tokens` out; `tokens` in,
-//! `prompt` out), with llama.cpp's names accepted and answered too (`content`).
+//! shapes (`prompt` or chat `messages` and `tools` in, `count`, `max_model_len` and `tokens` out;
+//! `tokens` in, `prompt` out), with llama.cpp's names accepted and answered too (`content`).
 
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
+use nnspin_guest::ApiError;
 use nnspin_guest::chat::{ChatMessage, Conversation};
 use nnspin_guest::http;
 use nnspin_guest::model::Model;
 use nnspin_guest::request::parse_body;
-use nnspin_guest::{ApiError, text::Message};
 
 use crate::errors;
 use crate::request;
 use crate::response;
+use crate::tools::{CallFormat, Tools};
 
 /// What to tokenize: text as a prompt (`prompt`, or llama.cpp's `content`), or chat `messages` rendered
 /// by the model's template exactly as a chat request renders them (a last assistant message continued).
@@ -28,6 +29,9 @@ struct TokenizeRequest {
     content: Option<String>,
     #[serde(default)]
     messages: Option<Vec<ChatMessage>>,
+    /// The functions a chat offers, rendered as a chat request with them renders them.
+    #[serde(default)]
+    tools: Option<Value>,
     /// vLLM's: each token's text beside its id.
     #[serde(default)]
     return_token_strs: bool,
@@ -36,7 +40,7 @@ struct TokenizeRequest {
 /// What the text to tokenize is.
 enum Input {
     Text(String),
-    Chat(Vec<Message>),
+    Chat(Conversation, Option<Tools>),
 }
 
 impl TokenizeRequest {
@@ -48,9 +52,10 @@ impl TokenizeRequest {
             &request.messages,
         ) {
             (Some(text), None, None) | (None, Some(text), None) => Input::Text(text),
-            (None, None, Some(messages)) => {
-                Input::Chat(Conversation::parse(messages)?.messages(None))
-            }
+            (None, None, Some(messages)) => Input::Chat(
+                Conversation::parse(messages)?,
+                Tools::from_request(request.tools.as_ref(), None, true)?,
+            ),
             _ => {
                 return Err(ApiError::wrong_shape(
                     "give exactly one of `prompt`, `content` or `messages`",
@@ -80,7 +85,12 @@ pub fn tokenize(request: IncomingRequest, out: ResponseOutparam) {
             let model = open(request.model.as_deref())?;
             let tokens = match input {
                 Input::Text(text) => model.encode(&text)?,
-                Input::Chat(messages) => model.conversation_prompt(&messages)?,
+                Input::Chat(conversation, tools) => {
+                    let format = CallFormat::of(&model);
+                    let (messages, tools) =
+                        request::chat_messages(&conversation, tools.as_ref(), &format);
+                    model.conversation_prompt(&messages, tools.as_deref())?
+                }
             };
             let mut body = json!({
                 "count": tokens.len(),

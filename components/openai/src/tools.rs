@@ -1,22 +1,101 @@
-//! Tool calling: the functions of `tools` are described to the model in the system prompt, and a call
-//! is written as `{"name": ..., "arguments": {...}}` (several as a JSON array of them, unless
-//! `parallel_tool_calls` is false), held by constrained decoding to the schema of the chosen function.
-//! `tool_choice` decides whether the model may (`auto`), must (`required`, a named function) or may not
-//! (`none`) call one. Under `auto` the first step compares the probability of opening a call with that
-//! of answering in text ([`Structure::JsonOrText`]), and a call the conversation has already answered is
-//! not made again ([`Call::repeats`]): the model answers from its result instead.
+//! Tool calling, in one of two [`CallFormat`]s. A model whose chat template describes `tools` itself
+//! (Qwen's) gets them through its template and writes calls in the template's own syntax (Qwen's
+//! `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`, several one after another). For the
+//! others, the functions are described in the system prompt and a call is written as
+//! `{"name": ..., "arguments": {...}}` (several as a JSON array of them). Either way the call is held
+//! by constrained decoding to the schema of the chosen function, and several calls are allowed unless
+//! `parallel_tool_calls` is false. `tool_choice` decides whether the model may (`auto`), must
+//! (`required`, a named function) or may not (`none`) call one. Under `auto` the first step compares
+//! the probability of opening a call with that of answering in text ([`Structure::JsonOrText`]), and a
+//! call the conversation has already answered is not made again ([`Call::repeats`]): the model answers
+//! from its result instead.
 
 use serde_json::{Map, Value, json};
 
 use nnspin_guest::ApiError;
 use nnspin_guest::chat::{AnsweredCall, canonical_json};
+use nnspin_guest::framed_grammar::{Framing, Grammar, Literal};
 use nnspin_guest::json_schema::Schema;
+use nnspin_guest::model::Model;
 use nnspin_guest::structured::Structure;
 
 use crate::response::fresh_id;
 
 /// Most calls one answer may make when calls run in parallel.
 const MAX_PARALLEL_CALLS: usize = 8;
+
+/// How a model is told about functions and writes its calls.
+#[derive(Debug, Clone)]
+pub enum CallFormat {
+    /// nnspin's: the functions described in the system message, calls as bare JSON.
+    Instructed,
+    /// The chat template's own: `tools` rendered by the template, each call `open`, a JSON object with
+    /// `name` and the arguments under `arguments_key`, then `close`; several joined by `separator`.
+    Template {
+        open: Literal,
+        close: Literal,
+        separator: Option<Literal>,
+        arguments_key: String,
+    },
+}
+
+impl CallFormat {
+    /// The template's format where it has one.
+    pub fn of(model: &Model) -> Self {
+        match model.tool_call_syntax() {
+            None => Self::Instructed,
+            Some(syntax) => Self::Template {
+                open: Literal::text(&syntax.open),
+                close: Literal::text(&syntax.close),
+                separator: syntax.separator.as_deref().map(Literal::text),
+                arguments_key: syntax.arguments_key,
+            },
+        }
+    }
+
+    /// With the tokens `model`'s tokenizer writes the template's markers as, which calls are then
+    /// written with (so `<tool_call>` is its one token).
+    pub fn tokenized(self, model: &Model) -> Result<Self, ApiError> {
+        let Self::Template {
+            open,
+            close,
+            separator,
+            arguments_key,
+        } = self
+        else {
+            return Ok(self);
+        };
+        let vocabulary = model.vocabulary();
+        let tokenized = |literal: Literal| -> Result<Literal, ApiError> {
+            let tokens = model.encode(&literal.text)?;
+            Ok(Literal::tokenized(&literal.text, &tokens, |t| {
+                vocabulary.token(t).len()
+            }))
+        };
+        Ok(Self::Template {
+            open: tokenized(open)?,
+            close: tokenized(close)?,
+            separator: separator.map(tokenized).transpose()?,
+            arguments_key,
+        })
+    }
+
+    fn arguments_key(&self) -> &str {
+        match self {
+            Self::Instructed => "arguments",
+            Self::Template { arguments_key, .. } => arguments_key,
+        }
+    }
+
+    /// What a call's text begins with, once whitespace is skipped: what a streamed answer that may be
+    /// a call is held back on.
+    pub fn opening(&self) -> &str {
+        match self {
+            Self::Template { open, .. } if !open.text.trim().is_empty() => open.text.trim_start(),
+            _ => "{",
+        }
+    }
+}
 
 /// A function the model may call.
 #[derive(Debug, Clone)]
@@ -121,7 +200,24 @@ impl Tools {
         self.required
     }
 
-    /// What the model is told about the functions, for the system message.
+    /// The functions as OpenAI's `tools` array, for a template that lists them itself.
+    pub fn template_tools(&self) -> String {
+        let tools: Vec<Value> = self
+            .callable
+            .iter()
+            .map(|f| {
+                let mut function = json!({"name": f.name});
+                if let Some(description) = &f.description {
+                    function["description"] = json!(description);
+                }
+                function["parameters"] = f.parameters.clone();
+                json!({"type": "function", "function": function})
+            })
+            .collect();
+        Value::Array(tools).to_string()
+    }
+
+    /// What the model is told about the functions, for the system message ([`CallFormat::Instructed`]).
     pub fn instructions(&self) -> String {
         let listing: Vec<String> = self
             .callable
@@ -142,9 +238,13 @@ impl Tools {
         )
     }
 
-    /// The output's structure: a call of one of the callable functions, or (with `auto`) text instead;
-    /// declined text, when `answer_apart` (the answer is written from a prompt of its own).
-    pub fn structure(&self, answer_apart: bool) -> Result<Structure, ApiError> {
+    /// The output's structure: a call of one of the callable functions in `format`, or (with `auto`)
+    /// text instead; declined text, when `answer_apart` (the answer is written from a prompt of its own).
+    pub fn structure(
+        &self,
+        format: &CallFormat,
+        answer_apart: bool,
+    ) -> Result<Structure, ApiError> {
         let mut definitions = Map::new();
         let calls: Vec<Value> = self
             .callable
@@ -161,29 +261,50 @@ impl Tools {
                         }
                     }
                 }
+                let mut properties = Map::new();
+                properties.insert("name".into(), json!({"const": f.name}));
+                properties.insert(format.arguments_key().into(), f.parameters.clone());
                 json!({
                     "type": "object",
-                    "properties": {"name": {"const": f.name}, "arguments": f.parameters},
-                    "required": ["name", "arguments"],
+                    "properties": properties,
+                    "required": ["name", format.arguments_key()],
                 })
             })
             .collect();
-        let mut schema = match self.parallel {
-            true => json!({"anyOf": [
+        let mut schema = match (format, self.parallel) {
+            (CallFormat::Instructed, true) => json!({"anyOf": [
                 {"anyOf": calls},
                 {"type": "array", "items": {"anyOf": calls}, "minItems": 1, "maxItems": MAX_PARALLEL_CALLS},
             ]}),
-            false => json!({ "anyOf": calls }),
+            _ => json!({ "anyOf": calls }),
         };
         if let Value::Object(root) = &mut schema {
             root.extend(definitions);
         }
         let schema = Schema::compile(&schema)
             .map_err(|e| invalid("tools", format!("a function's `parameters`: {e}")))?;
+        let framing = match format {
+            CallFormat::Instructed => None,
+            CallFormat::Template {
+                open,
+                close,
+                separator,
+                ..
+            } => Some(Framing {
+                open: open.clone(),
+                close: close.clone(),
+                // Calls written back to back need an `open` to tell where the next one begins.
+                separator: separator
+                    .clone()
+                    .filter(|s| self.parallel && !(s.text.is_empty() && open.text.is_empty())),
+                max_values: MAX_PARALLEL_CALLS,
+            }),
+        };
+        let grammar = Grammar { schema, framing };
         Ok(match (self.required, answer_apart) {
-            (true, _) => Structure::Json(schema),
-            (false, true) => Structure::JsonOrDecline(schema),
-            (false, false) => Structure::JsonOrText(schema),
+            (true, _) => Structure::Json(grammar),
+            (false, true) => Structure::JsonOrDecline(grammar),
+            (false, false) => Structure::JsonOrText(grammar),
         })
     }
 }
@@ -244,18 +365,41 @@ pub struct Call {
 }
 
 impl Call {
-    /// Reads a structured output as calls: one object, or an array of them; `None` if it is not a call
-    /// (such as a cut-off output).
-    pub fn parse(output: &str) -> Option<Vec<Self>> {
+    /// Reads a structured output as calls written in `format`: for [`CallFormat::Instructed`] one
+    /// object or an array of them, for a template's syntax each framed by its markers; `None` if it is
+    /// not a call (such as a cut-off output).
+    pub fn parse(output: &str, format: &CallFormat) -> Option<Vec<Self>> {
+        let key = format.arguments_key();
         let one = |value: &Value| {
             Some(Self {
                 name: value.get("name")?.as_str()?.to_string(),
-                arguments: value.get("arguments")?.to_string(),
+                arguments: value.get(key)?.to_string(),
             })
         };
-        match serde_json::from_str(output).ok()? {
-            Value::Array(calls) if !calls.is_empty() => calls.iter().map(one).collect(),
-            value => one(&value).map(|call| vec![call]),
+        let CallFormat::Template {
+            open,
+            close,
+            separator,
+            ..
+        } = format
+        else {
+            return match serde_json::from_str(output).ok()? {
+                Value::Array(calls) if !calls.is_empty() => calls.iter().map(one).collect(),
+                value => one(&value).map(|call| vec![call]),
+            };
+        };
+        let mut calls = Vec::new();
+        let mut rest = output.trim_start().strip_prefix(open.text.trim_start())?;
+        loop {
+            let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+            calls.push(one(&values.next()?.ok()?)?);
+            rest = rest[values.byte_offset()..].strip_prefix(close.text.as_str())?;
+            if rest.trim().is_empty() {
+                return Some(calls);
+            }
+            rest = rest
+                .strip_prefix(separator.as_ref()?.text.as_str())?
+                .strip_prefix(open.text.as_str())?;
         }
     }
 
@@ -322,40 +466,110 @@ mod tests {
             .unwrap();
         assert!(tools.instructions().contains("get_weather"));
         assert!(matches!(
-            tools.structure(false).unwrap(),
+            tools.structure(&CallFormat::Instructed, false).unwrap(),
             Structure::Json(_)
         ));
-        let calls =
-            Call::parse(r#"{"name": "get_weather", "arguments": {"city": "Paris"}}"#).unwrap();
+        let calls = Call::parse(
+            r#"{"name": "get_weather", "arguments": {"city": "Paris"}}"#,
+            &INSTRUCTED,
+        )
+        .unwrap();
         assert_eq!(calls[0].arguments, r#"{"city":"Paris"}"#);
-        assert!(Call::parse(r#"{"name": "get_weather", "argu"#).is_none());
+        assert!(Call::parse(r#"{"name": "get_weather", "argu"#, &INSTRUCTED).is_none());
         let calls = Call::parse(
             r#"[{"name": "a", "arguments": {}}, {"name": "b", "arguments": {"x": 1}}]"#,
+            &INSTRUCTED,
         )
         .unwrap();
         let names: Vec<_> = calls.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
-        assert!(Call::parse("[]").is_none() && Call::parse(r#"[{"name": "a"}]"#).is_none());
+        assert!(
+            Call::parse("[]", &INSTRUCTED).is_none()
+                && Call::parse(r#"[{"name": "a"}]"#, &INSTRUCTED).is_none()
+        );
     }
 
     #[test]
     fn parallel_calls_are_arrays_only_when_allowed() {
-        use nnspin_guest::json_grammar::JsonGrammar;
         let array = br#"[{"name": "get_weather", "arguments": {"city": "Paris"}}]"#;
         for (parallel, accepted) in [(true, true), (false, false)] {
-            let tools = Tools::from_request(Some(&tools()), None, parallel)
-                .unwrap()
-                .unwrap();
-            let Structure::JsonOrText(schema) = tools.structure(false).unwrap() else {
-                panic!("auto lets the model answer in text");
-            };
-            let mut grammar = JsonGrammar::new(schema);
-            let fits = grammar.accepts(array) && {
-                grammar.advance(array);
-                grammar.is_complete()
-            };
-            assert_eq!(fits, accepted, "parallel_tool_calls {parallel}");
+            assert_eq!(
+                fits(parallel, &INSTRUCTED, array),
+                accepted,
+                "parallel_tool_calls {parallel}"
+            );
         }
+    }
+
+    const INSTRUCTED: CallFormat = CallFormat::Instructed;
+
+    /// Qwen's syntax, as nnspin-text learns it from the Qwen2.5 and Qwen3 templates.
+    fn qwen() -> CallFormat {
+        CallFormat::Template {
+            open: Literal::text("<tool_call>\n"),
+            close: Literal::text("\n</tool_call>"),
+            separator: Some(Literal::text("\n")),
+            arguments_key: "arguments".into(),
+        }
+    }
+
+    /// Whether `output` is a whole call of the weather tool under `auto`, as `format` writes calls.
+    fn fits(parallel: bool, format: &CallFormat, output: &[u8]) -> bool {
+        use nnspin_guest::framed_grammar::FramedGrammar;
+        let tools = Tools::from_request(Some(&tools()), None, parallel)
+            .unwrap()
+            .unwrap();
+        let Structure::JsonOrText(grammar) = tools.structure(format, false).unwrap() else {
+            panic!("auto lets the model answer in text");
+        };
+        let mut grammar = FramedGrammar::new(grammar);
+        grammar.advance(output) && grammar.can_end()
+    }
+
+    #[test]
+    fn a_template_syntax_frames_each_call_and_is_parsed_back() {
+        let one = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+        let two = format!("{one}\n{}", one.replace("Paris", "Tokyo"));
+        assert!(fits(true, &qwen(), one.as_bytes()) && fits(true, &qwen(), two.as_bytes()));
+        assert!(
+            !fits(false, &qwen(), two.as_bytes()),
+            "one call when not parallel"
+        );
+        assert!(!fits(
+            true,
+            &qwen(),
+            br#"{"name": "get_weather", "arguments": {"city": "Paris"}}"#
+        ));
+        assert!(!fits(
+            true,
+            &qwen(),
+            one.replace("get_weather", "get_time").as_bytes()
+        ));
+
+        let calls = Call::parse(&two, &qwen()).unwrap();
+        let cities: Vec<_> = calls.iter().map(|c| c.arguments.as_str()).collect();
+        assert_eq!(cities, [r#"{"city":"Paris"}"#, r#"{"city":"Tokyo"}"#]);
+        assert!(calls.iter().all(|c| c.name == "get_weather"));
+        assert!(
+            Call::parse(&one[..one.len() - 3], &qwen()).is_none(),
+            "cut off"
+        );
+        assert!(Call::parse("The weather is fine.", &qwen()).is_none());
+        assert_eq!(qwen().opening(), "<tool_call>\n");
+        assert_eq!(INSTRUCTED.opening(), "{");
+    }
+
+    #[test]
+    fn a_template_lists_the_callable_functions_as_openai_tools() {
+        let offered = Tools::from_request(
+            Some(&tools()),
+            Some(&json!({"type": "function", "function": {"name": "get_weather"}})),
+            true,
+        )
+        .unwrap()
+        .unwrap();
+        let listed: Value = serde_json::from_str(&offered.template_tools()).unwrap();
+        assert_eq!(listed, tools(), "as the client sent them");
     }
 
     fn answered(name: &str, arguments: &str) -> AnsweredCall {

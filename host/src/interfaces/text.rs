@@ -2,7 +2,7 @@
 
 use wasmtime::component::Resource;
 
-use super::bindings::text::{self, Message, ModelInfo, ModelTask, TextError};
+use super::bindings::text::{self, Message, ModelInfo, ModelTask, TextError, ToolCallSyntax};
 use super::resources::TokenizerHandle;
 use super::view::LlmView;
 use crate::registry::model::{Model, Task};
@@ -25,6 +25,23 @@ pub(crate) fn model_info(model: &Model) -> ModelInfo {
         backend: model.backend.as_str().to_string(),
         device: model.device.as_str().to_string(),
         precision: model.precision.as_str().to_string(),
+    }
+}
+
+fn text_message(message: Message) -> nnspin_text::Message {
+    nnspin_text::Message {
+        role: message.role,
+        content: message.content,
+        tool_calls: message
+            .tool_calls
+            .into_iter()
+            .map(|call| nnspin_text::ToolCall {
+                id: call.id,
+                name: call.name,
+                arguments: call.arguments,
+            })
+            .collect(),
+        tool_call_id: message.tool_call_id,
     }
 }
 
@@ -74,22 +91,30 @@ impl text::HostTokenizer for LlmView<'_> {
         &mut self,
         tokenizer: Resource<TokenizerHandle>,
         messages: Vec<Message>,
+        tools: Option<String>,
         add_generation_prompt: bool,
     ) -> wasmtime::Result<Result<String, TextError>> {
-        let messages: Vec<nnspin_text::Message> = messages
-            .iter()
-            .map(|m| nnspin_text::Message {
-                role: &m.role,
-                content: &m.content,
-            })
-            .collect();
+        let messages: Vec<nnspin_text::Message> = messages.into_iter().map(text_message).collect();
         Ok(self
             .table
             .get(&tokenizer)?
             .0
             .text
-            .apply_chat_template(&messages, add_generation_prompt)
+            .apply_chat_template(&messages, tools.as_deref(), add_generation_prompt)
             .map_err(invalid))
+    }
+
+    async fn tool_call_syntax(
+        &mut self,
+        tokenizer: Resource<TokenizerHandle>,
+    ) -> wasmtime::Result<Option<ToolCallSyntax>> {
+        let text = &self.table.get(&tokenizer)?.0.text;
+        Ok(text.tool_call_syntax().map(|syntax| ToolCallSyntax {
+            open: syntax.open.clone(),
+            close: syntax.close.clone(),
+            separator: syntax.separator.clone(),
+            arguments_key: syntax.arguments_key.clone(),
+        }))
     }
 
     async fn vocabulary(

@@ -91,6 +91,8 @@ impl Model {
         let position_limit = facts::position_limit(&config);
         let text =
             TextModel::load(dir).with_context(|| format!("model {id:?}: loading its tokenizer"))?;
+        // Learned by rendering the template a few times: done here, not in the first request with tools.
+        text.tool_call_syntax();
         let graph = engine.backend.load(dir, options).with_context(|| {
             format!(
                 "model {id:?} on {} ({}, {})",

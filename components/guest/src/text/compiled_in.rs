@@ -27,7 +27,12 @@ macro_rules! model_file {
 pub struct Message {
     pub role: String,
     pub content: String,
+    pub tool_calls: Vec<ToolCall>,
+    pub tool_call_id: Option<String>,
 }
+
+pub use nnspin_text::ToolCall;
+pub use nnspin_text::tool_syntax::ToolCallSyntax;
 
 /// What a model computes; a portable build serves one generation model.
 #[derive(Debug, Clone, Copy)]
@@ -140,19 +145,26 @@ impl Tokenizer {
     pub fn apply_chat_template(
         &self,
         messages: &[Message],
+        tools: Option<&str>,
         add_generation_prompt: bool,
     ) -> Result<String, TextError> {
         let messages: Vec<_> = messages
             .iter()
             .map(|m| nnspin_text::Message {
-                role: &m.role,
-                content: &m.content,
+                role: m.role.clone(),
+                content: m.content.clone(),
+                tool_calls: m.tool_calls.clone(),
+                tool_call_id: m.tool_call_id.clone(),
             })
             .collect();
         self.0
             .text
-            .apply_chat_template(&messages, add_generation_prompt)
+            .apply_chat_template(&messages, tools, add_generation_prompt)
             .map_err(invalid)
+    }
+
+    pub fn tool_call_syntax(&self) -> Option<ToolCallSyntax> {
+        self.0.text.tool_call_syntax().cloned()
     }
 
     pub fn vocabulary(&self) -> Vocabulary {
@@ -199,8 +211,12 @@ mod tests {
         let messages = [Message {
             role: "user".into(),
             content: "Où est la tour Eiffel ? 🗼".into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
         }];
-        let prompt = tokenizer.apply_chat_template(&messages, true).unwrap();
+        let prompt = tokenizer
+            .apply_chat_template(&messages, None, true)
+            .unwrap();
         assert!(prompt.contains("Où est la tour Eiffel ? 🗼"));
         let tokens = tokenizer.encode(&prompt, false).unwrap();
         let detokenizer = tokenizer.detokenizer(false);

@@ -29,11 +29,7 @@ pub fn responses(request: IncomingRequest, out: ResponseOutparam) {
         Ok(generations) => generations,
         Err(error) => return errors::send(out, &error),
     };
-    let chat = Chat {
-        request: &request.chat,
-        generation: &generations.main,
-        answer: generations.answer.as_ref(),
-    };
+    let chat = generations.chat(&request.chat);
     let response = ResponseObject {
         id: fresh_id("resp_"),
         created_at: wasip2::clocks::wall_clock::now().seconds,
@@ -160,7 +156,7 @@ fn stream(out: ResponseOutparam, chat: &Chat<'_, '_>, response: &ResponseObject<
     let mut streamed = StreamedResponse {
         events: EventStream::start(out, Framing::ServerSentEvents),
         sequence: 0,
-        hold: CallHold::new(chat.request.tools),
+        hold: chat.hold(),
         message: None,
     };
     let in_progress = response.json(Vec::new(), None);

@@ -380,11 +380,12 @@ mod tests {
         }))
         .unwrap();
         let chat = &request.chat;
-        assert_eq!(chat.messages[0].role, "system");
-        assert!(chat.messages[0].content.starts_with("Be brief."));
-        assert_eq!(chat.messages[1].content, "Weather in Tokyo?");
-        assert_eq!(chat.answered.len(), 1);
-        assert_eq!(chat.answered[0].result, r#"{"temp_c": 21}"#);
+        let messages = chat.conversation.messages(None);
+        assert_eq!(messages[0].role, "system");
+        assert!(messages[0].content.starts_with("Be brief."));
+        assert_eq!(messages[1].content, "Weather in Tokyo?");
+        assert_eq!(chat.answered().len(), 1);
+        assert_eq!(chat.answered()[0].result, r#"{"temp_c": 21}"#);
         assert_eq!(request.echo.max_output_tokens, 50);
         assert_eq!(request.echo.tools[0]["strict"], true);
         assert_eq!(request.echo.tool_choice, "auto");
@@ -395,7 +396,7 @@ mod tests {
         let request = parse(json!({"input": "hi", "text": {"format": {
             "type": "json_schema", "name": "city", "schema": {"type": "object"}, "strict": true}}}))
         .unwrap();
-        assert!(matches!(request.chat.structure, Some(Structure::Json(_))));
+        assert!(matches!(request.chat.format, Some(Structure::Json(_))));
         let e =
             parse(json!({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x"}}}))
                 .err()
