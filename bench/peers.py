@@ -3,23 +3,30 @@
 
     .venv/bin/pip install -r bench/requirements.txt   # the peers (llama-cpp-python compiles llama.cpp: ~20 min)
     .venv/bin/python bench/peers.py                   # every engine installed; --engines, --repeat, --tokens
+    .venv/bin/python bench/peers.py --model gemma3-270m --gguf FILE --engines nnspin,llama.cpp
+                                                      # another exported model (models/NAME) and its GGUF
 
 Engines, each measured in a process of its own, one after another, so none competes with another:
 
-    nnspin      the host (target/debug/nnspin, spin.toml) over HTTP: streamed /v1/chat/completions
-    llama.cpp   llama-cpp-python's OpenAI server on the original Q4_1 GGUF, over HTTP with the same client
+    nnspin      the host (target/debug/nnspin, spin.toml, or an app of the OpenAI component serving --model)
+                over HTTP: streamed /v1/chat/completions
+    llama.cpp   llama-cpp-python's OpenAI server on the original GGUF, over HTTP with the same client (a GGUF
+                without a chat template, such as Gemma 3 270M's, gets llama-cpp-python's format of its family)
     ort-genai   onnxruntime-genai's Python API on nnspin's own ONNX model directory (genai_config.json)
     ov-genai    OpenVINO GenAI's LLMPipeline reading the Q4_1 GGUF
 
-Figures: time to first token for 32/128/512-token prompts, single-stream decode tokens/s (greedy), aggregate
-tokens/s and p50/p99 request latency at 1, 2, 4, 8 and 16 concurrent streams, and resident memory. Then
-the physical limit: weight bytes read per token over measured memory bandwidth. Times to first token and
-decode rates are medians of --repeat runs; each concurrency level runs once. Ratios are nnspin / peer
-(above 1 is nnspin ahead for rates, behind for times and memory). Run it on an otherwise idle machine.
+Prompts are the model's own chat template's rendering, the end of turn suppressed. Figures: seconds from
+start to ready (the model loaded), time to first token for 32/128/512-token prompts, single-stream decode
+tokens/s (greedy), aggregate tokens/s and p50/p99 request latency at 1, 2, 4, 8 and 16 concurrent streams,
+and resident memory. Then the physical limit: weight bytes read per token over measured memory bandwidth.
+Times to first token and decode rates are medians of --repeat runs; each concurrency level runs once. Ratios
+are nnspin / peer (above 1 is nnspin ahead for rates, behind for times and memory). Run it on an otherwise
+idle machine.
 """
 
 import argparse
 import concurrent.futures
+import functools
 import json
 import os
 import re
@@ -34,8 +41,10 @@ from pathlib import Path
 
 from host import ROOT, start_host
 
+# The model measured: set by `configure` from --model and --gguf.
 MODEL = "smollm2-135m-instruct"
 MODEL_DIR = ROOT / "models" / MODEL
+GGUF: Path | None = None
 PROMPT_TOKENS = [32, 128, 512]
 STREAMS = [1, 2, 4, 8, 16]
 ENGINES = ["nnspin", "llama.cpp", "ort-genai", "ov-genai"]
@@ -48,8 +57,23 @@ FILLER = ("Rivers carry water from mountains to the sea, shaping valleys, feedin
 # Prompts: the same chat, rendered by the model's own template, for every engine.
 
 SYSTEM = "Answer briefly."
-# <|endoftext|> and <|im_end|>: suppressed, so every engine generates exactly the tokens asked for.
-EOS = [0, 2]
+# The model's end-of-turn tokens: suppressed, so every engine generates exactly the tokens asked for.
+EOS: list[int] = []
+
+
+def configure(model: str, gguf_file: Path | None) -> None:
+    """Measures `model` (a directory under models/), whose GGUF is `gguf_file` (the default model's GGUF when
+    None)."""
+    global MODEL, MODEL_DIR, GGUF, EOS
+    sys.path.insert(0, str(ROOT / "tools"))
+    import export_model
+
+    MODEL, MODEL_DIR = model, ROOT / "models" / model
+    GGUF = gguf_file or export_model.default_model_gguf()
+    vocab = json.loads((MODEL_DIR / "tokenizer.json").read_text())["model"]["vocab"]
+    eos = json.loads((MODEL_DIR / "generation_config.json").read_text()).get("eos_token_id", [])
+    ends = [vocab[t] for t in export_model.END_OF_TURN if t in vocab]
+    EOS = sorted({*(eos if isinstance(eos, list) else [eos]), *ends})
 
 
 class Prompts:
@@ -73,17 +97,22 @@ class Prompts:
         return f"{head} " + self.tokenizer.decode(self.filler[: max(0, tokens - overhead)])
 
 
+@functools.cache
+def template():
+    """The model's chat template, compiled as Hugging Face compiles templates, and its tokenizer config."""
+    import jinja2
+
+    config = json.loads((MODEL_DIR / "tokenizer_config.json").read_text())
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(config["chat_template"]), config
+
+
 def render(user: str) -> str:
-    """The chat as SmolLM2's template writes it: a system message, the user's, the assistant's turn."""
-    return (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
-            "<|im_start|>assistant\n")
-
-
-def gguf() -> Path:
-    sys.path.insert(0, str(ROOT / "tools"))
-    import export_model
-
-    return export_model.default_model_gguf()
+    """The chat as the model's template writes it: a system message, the user's, the assistant's turn."""
+    compiled, config = template()
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+    return compiled.render(messages=messages, add_generation_prompt=True, bos_token=config.get("bos_token") or "",
+                           eos_token=config.get("eos_token") or "")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -172,7 +201,7 @@ class OvGenai:
         import openvino_genai as ov
 
         self.ov = ov
-        self.pipe = ov.LLMPipeline(str(gguf()), "CPU", {"INFERENCE_NUM_THREADS": THREADS})
+        self.pipe = ov.LLMPipeline(str(GGUF), "CPU", {"INFERENCE_NUM_THREADS": THREADS})
         self.lock = threading.Lock()
 
     def config(self, max_tokens: int):
@@ -222,9 +251,14 @@ def free_port() -> int:
 
 def start_llama_cpp(*extra: str) -> tuple[subprocess.Popen, str]:
     """llama-cpp-python's OpenAI server on the GGUF, with `extra` server options."""
+    import gguf
+
+    if "tokenizer.chat_template" not in gguf.GGUFReader(str(GGUF)).fields:
+        family = json.loads((MODEL_DIR / "config.json").read_text())["model_type"].rstrip("0123456789")
+        extra = ("--chat_format", family, *extra)
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "llama_cpp_server.py"), "--model", str(gguf()), "--host", "127.0.0.1",
+        [sys.executable, str(ROOT / "bench" / "llama_cpp_server.py"), "--model", str(GGUF), "--host", "127.0.0.1",
          "--port", str(port), "--n_threads", str(THREADS), "--n_threads_batch", str(THREADS),
          "--n_ctx", "4096", "--n_batch", "512",
          # By default a new request cancels the one being served; queue them instead.
@@ -287,9 +321,10 @@ def measure(engine, repeat: int, tokens: int) -> dict[str, float]:
 
 def run_engine(name: str, repeat: int, tokens: int) -> dict[str, float]:
     process = None
+    started = time.perf_counter()
     try:
         if name == "nnspin":
-            process, url = start_host("--threads", str(THREADS))
+            process, url = start_host("--threads", str(THREADS), *app())
             engine = HttpEngine(url, MODEL, process.pid)
         elif name == "llama.cpp":
             process, url = start_llama_cpp()
@@ -298,11 +333,26 @@ def run_engine(name: str, repeat: int, tokens: int) -> dict[str, float]:
             engine = OrtGenai()
         else:
             engine = OvGenai()
-        return measure(engine, repeat, tokens)
+        ready = time.perf_counter() - started
+        return {"start to ready (model loaded), s": ready, **measure(engine, repeat, tokens)}
     finally:
         if process:
             process.terminate()
             process.wait(timeout=30)
+
+
+def app() -> list[str]:
+    """spin.toml where it serves the model, else an app of the OpenAI component serving only it."""
+    if f'"{MODEL}"' in (ROOT / "spin.toml").read_text():
+        return []
+    manifest = ROOT / "target" / "bench" / "peers-spin.toml"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(
+        'spin_manifest_version = 2\n[application]\nname = "peers"\n'
+        '[[trigger.http]]\nroute = "/v1/..."\ncomponent = "openai"\n'
+        f'[component.openai]\nsource = "{ROOT}/target/wasm32-wasip2/release/nnspin_openai.wasm"\n'
+        f'ai_models = ["{MODEL}"]\n')
+    return ["--from", str(manifest)]
 
 
 def installed(name: str) -> bool:
@@ -349,8 +399,12 @@ def main():
     parser.add_argument("--engines", default=",".join(ENGINES), help="comma-separated, from: " + ", ".join(ENGINES))
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; medians are reported")
     parser.add_argument("--tokens", type=int, default=128, help="tokens per stream for decode and concurrency")
+    parser.add_argument("--model", default=MODEL, help="the model: a directory under models/")
+    parser.add_argument("--gguf", type=Path,
+                        help="its GGUF, for llama.cpp and OpenVINO GenAI (default: the default model's)")
     parser.add_argument("--engine", help=argparse.SUPPRESS)  # internal: measure one engine, print JSON
     args = parser.parse_args()
+    configure(args.model, args.gguf)
 
     if args.engine:
         print(json.dumps(run_engine(args.engine, args.repeat, args.tokens)))
@@ -363,7 +417,8 @@ def main():
             continue
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
         child = subprocess.run([sys.executable, __file__, "--engine", name, "--repeat", str(args.repeat),
-                                "--tokens", str(args.tokens)], capture_output=True, text=True)
+                                "--tokens", str(args.tokens), "--model", args.model,
+                                *(["--gguf", str(args.gguf)] if args.gguf else [])], capture_output=True, text=True)
         if child.returncode != 0:
             print(f"{name} failed:\n{child.stderr[-3000:]}", file=sys.stderr)
             continue

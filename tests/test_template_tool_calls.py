@@ -30,7 +30,8 @@ TOOLS = [{"type": "function", "function": {
 QUESTION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Tokyo?"}]
 ANSWERED = QUESTION + [
     {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Tokyo\"}"}}]},
+        {"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": "{\"city\": \"Tokyo\"}"}}]},
     {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp_c\": 21}"},
 ]
 
