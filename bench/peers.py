@@ -249,13 +249,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# llama-cpp-python's chat format of each family the export has a default template for.
+LLAMA_CPP_CHAT_FORMATS = {"gemma3": "gemma"}
+
+
 def start_llama_cpp(*extra: str) -> tuple[subprocess.Popen, str]:
     """llama-cpp-python's OpenAI server on the GGUF, with `extra` server options."""
-    import gguf
+    import export_model  # configure() put tools/ on the path
 
-    if "tokenizer.chat_template" not in gguf.GGUFReader(str(GGUF)).fields:
-        family = json.loads((MODEL_DIR / "config.json").read_text())["model_type"].rstrip("0123456789")
-        extra = ("--chat_format", family, *extra)
+    # A GGUF without a chat template was given its family's by the export; llama.cpp gets the same family's.
+    template = json.loads((MODEL_DIR / "tokenizer_config.json").read_text())["chat_template"]
+    family = next((arch for arch, default in export_model.DEFAULT_TEMPLATES.items() if default == template), None)
+    if family:
+        extra = ("--chat_format", LLAMA_CPP_CHAT_FORMATS[family], *extra)
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / "llama_cpp_server.py"), "--model", str(GGUF), "--host", "127.0.0.1",
