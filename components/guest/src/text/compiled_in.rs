@@ -22,17 +22,10 @@ macro_rules! model_file {
     };
 }
 
-/// One chat message, as the model's chat template expects it.
-#[derive(Debug, Clone)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-    pub tool_calls: Vec<ToolCall>,
-    pub tool_call_id: Option<String>,
-}
-
-pub use nnspin_text::ToolCall;
+// A chat message, a call it made and a template's call syntax have the fields of `nnspin:llm/text`'s
+// records.
 pub use nnspin_text::tool_syntax::ToolCallSyntax;
+pub use nnspin_text::{Message, ToolCall};
 
 /// What a model computes; a portable build serves one generation model.
 #[derive(Debug, Clone, Copy)]
@@ -148,18 +141,9 @@ impl Tokenizer {
         tools: Option<&str>,
         add_generation_prompt: bool,
     ) -> Result<String, TextError> {
-        let messages: Vec<_> = messages
-            .iter()
-            .map(|m| nnspin_text::Message {
-                role: m.role.clone(),
-                content: m.content.clone(),
-                tool_calls: m.tool_calls.clone(),
-                tool_call_id: m.tool_call_id.clone(),
-            })
-            .collect();
         self.0
             .text
-            .apply_chat_template(&messages, tools, add_generation_prompt)
+            .apply_chat_template(messages, tools, add_generation_prompt)
             .map_err(invalid)
     }
 
