@@ -5,6 +5,8 @@
 //! text into the value or out of it (`}\n` closes the value and begins `\n</tool_call>`): a value's end
 //! is certain once its object closes, since nothing may follow a complete value.
 
+use std::sync::Arc;
+
 use crate::json_grammar::JsonGrammar;
 use crate::json_schema::Schema;
 
@@ -99,7 +101,8 @@ pub struct FramedGrammar {
     /// A value not begun, the start of each next one.
     fresh: JsonGrammar,
     value: JsonGrammar,
-    framing: Option<Framing>,
+    /// Shared by clones, which [`FramedGrammar::accepts`] makes for every token it checks.
+    framing: Option<Arc<Framing>>,
     part: Part,
     /// Values begun.
     values: usize,
@@ -115,7 +118,7 @@ impl FramedGrammar {
                 Some(_) => Part::Open(0),
                 None => Part::Value,
             },
-            framing: grammar.framing,
+            framing: grammar.framing.map(Arc::new),
             values: 0,
         };
         this.settle();

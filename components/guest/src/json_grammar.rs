@@ -6,6 +6,8 @@
 //! them out. Whitespace between tokens is limited to one byte at a time so a model cannot loop on
 //! indentation; numbers are limited in length for the same reason.
 
+use std::sync::Arc;
+
 use crate::json_schema::{ANY, FREE_ARRAY, FREE_OBJECT, KEYWORDS, Node, NodeId, ROOT, Schema};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,17 +92,18 @@ const MAX_NESTING: usize = 64;
 /// `anyOf` chains (recursive `$ref`s) are followed this far without consuming a byte.
 const MAX_FORKS: u32 = 32;
 
-/// Where a JSON output stands against its schema.
+/// Where a JSON output stands against its schema. A clone shares the schema (checking a token against a
+/// framed grammar clones it, for each candidate token of each step).
 #[derive(Debug, Clone)]
 pub struct JsonGrammar {
-    schema: Schema,
+    schema: Arc<Schema>,
     threads: Vec<Thread>,
 }
 
 impl JsonGrammar {
     pub fn new(schema: Schema) -> Self {
         Self {
-            schema,
+            schema: Arc::new(schema),
             threads: vec![Thread {
                 frames: vec![Frame::Value(ROOT)],
                 whitespace: 0,
