@@ -41,4 +41,4 @@ cargo test --workspace
 # The portable build's compiled-in tokenizer and template (the component itself: bench/portable.py).
 NNSPIN_PORTABLE_MODEL=models/smollm2-135m-instruct cargo test -p nnspin-guest --features portable
 printf '\n==> end-to-end tests\n'
-.venv/bin/python -m pytest tests -v
+.venv/bin/python -m pytest tests -v --durations=20
