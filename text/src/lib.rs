@@ -94,18 +94,50 @@ pub struct TextModel {
 
 const CHAT_TEMPLATE: &str = "chat";
 
+/// Where transformers (since 4.50) saves a tokenizer's chat template, and reads it first.
+const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
+
+/// `tokenizer_config.json`'s `chat_template`: a template, or a list of named ones (`{"name", "template"}`,
+/// as tool-use variants are published) of which transformers applies the one named "default".
+fn configured_template(config: &serde_json::Value) -> Option<&str> {
+    match &config["chat_template"] {
+        serde_json::Value::String(template) => Some(template),
+        serde_json::Value::Array(named) => named
+            .iter()
+            .find(|t| t["name"] == "default")
+            .and_then(|t| t["template"].as_str()),
+        _ => None,
+    }
+}
+
 impl TextModel {
-    /// Reads `tokenizer.json` and `tokenizer_config.json` (chat template, bos and eos tokens).
+    /// Reads `tokenizer.json`, `tokenizer_config.json` (chat template, bos and eos tokens) and, where
+    /// present, `chat_template.jinja`.
     pub fn load(model_dir: &Path) -> Result<Self, LoadError> {
         let read = |name: &str| {
             let path = model_dir.join(name);
             std::fs::read(&path).map_err(|e| LoadError(format!("{}: {e}", path.display())))
         };
-        Self::from_json(&read("tokenizer.json")?, &read("tokenizer_config.json")?)
+        let template_file = model_dir.join(CHAT_TEMPLATE_FILE);
+        let template = match std::fs::read_to_string(&template_file) {
+            Ok(template) => Some(template),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(LoadError(format!("{}: {e}", template_file.display()))),
+        };
+        Self::from_json(
+            &read("tokenizer.json")?,
+            &read("tokenizer_config.json")?,
+            template.as_deref(),
+        )
     }
 
-    /// Builds them from the contents of `tokenizer.json` and `tokenizer_config.json`.
-    pub fn from_json(tokenizer: &[u8], tokenizer_config: &[u8]) -> Result<Self, LoadError> {
+    /// Builds them from the contents of `tokenizer.json`, `tokenizer_config.json` and, where the model
+    /// has one, `chat_template.jinja`.
+    pub fn from_json(
+        tokenizer: &[u8],
+        tokenizer_config: &[u8],
+        chat_template_file: Option<&str>,
+    ) -> Result<Self, LoadError> {
         let tokenizer = Tokenizer::from_bytes(tokenizer)
             .map_err(|e| LoadError(format!("tokenizer.json: {e}")))?;
         let config: serde_json::Value = serde_json::from_slice(tokenizer_config)
@@ -132,10 +164,10 @@ impl TextModel {
                 Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
             },
         );
-        if let Some(template) = config["chat_template"].as_str() {
+        if let Some(template) = chat_template_file.or_else(|| configured_template(&config)) {
             templates
                 .add_template_owned(CHAT_TEMPLATE, template.to_string())
-                .map_err(|e| LoadError(format!("tokenizer_config.json: chat template: {e}")))?;
+                .map_err(|e| LoadError(format!("chat template: {e}")))?;
         }
         Ok(Self {
             tokenizer,

@@ -8,7 +8,7 @@ use nnspin_text::{Message, TextModel, ToolCall};
 fn model(template: &str) -> TextModel {
     let tokenizer = br#"{"version": "1.0", "model": {"type": "WordLevel", "vocab": {"<unk>": 0}, "unk_token": "<unk>"}}"#;
     let config = serde_json::json!({"chat_template": template, "eos_token": "<|im_end|>"});
-    TextModel::from_json(tokenizer, config.to_string().as_bytes()).unwrap()
+    TextModel::from_json(tokenizer, config.to_string().as_bytes(), None).unwrap()
 }
 
 fn qwen(version: &str) -> TextModel {

@@ -80,6 +80,7 @@ fn build() -> Result<Compiled, String> {
     let text = TextModel::from_json(
         model_file!("tokenizer.json"),
         model_file!("tokenizer_config.json"),
+        None,
     )
     .map_err(|e| e.to_string())?;
     let eos_token_ids = facts::eos_token_ids(&config, &generation_config)
