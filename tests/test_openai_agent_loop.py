@@ -60,7 +60,9 @@ def run_agent(client, question, tools, run_tool):
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-def test_agent_loop_ends_with_an_answer_from_the_tool_result(client, stream, record_property):
+def test_agent_loop_ends_with_an_answer_from_the_tool_result(client, host, stream, record_property):
+    if stream and (host.backend, host.precision) != ("onnxruntime", "exact"):
+        pytest.skip("the streamed loop runs on one configuration, the whole one on every configuration (CI time)")
     answers = []
     for question, name, properties, result, value in TASKS:
         ran = []

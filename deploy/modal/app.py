@@ -1,7 +1,7 @@
 """nnspin on Modal: a web server function that scales to zero, one container per 8 concurrent requests.
 
     deploy/image/build.sh            # stages target/image/rootfs (the image's file system), which this copies
-    modal volume create nnspin-models && modal volume put nnspin-models models/smollm2-135m-instruct /smollm2-135m-instruct
+    modal volume create nnspin-models && modal volume put nnspin-models models/ /   # every model spin.toml names
     modal deploy deploy/modal/app.py # prints the URL; the OpenAI API is at URL/v1
 
 Modal runs its functions on its own Debian image with Python (its runtime needs it); the nnspin host, its
@@ -40,7 +40,7 @@ app = modal.App("nnspin")
 models = modal.Volume.from_name("nnspin-models", create_if_missing=True)
 
 
-@app.function(image=image, volumes={"/models": models}, cpu=2.0, memory=4096, min_containers=0,
+@app.function(image=image, volumes={"/models": models}, cpu=2.0, memory=6144, min_containers=0,
               scaledown_window=SCALEDOWN_WINDOW, timeout=600)
 @modal.concurrent(max_inputs=SEQUENCES)
 @modal.web_server(PORT, startup_timeout=300)
