@@ -12,8 +12,11 @@ const FILES: [&str; 4] = [
     "generation_config.json",
 ];
 
+const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
+
 fn main() {
     println!("cargo:rerun-if-env-changed=NNSPIN_PORTABLE_MODEL");
+    println!("cargo:rustc-check-cfg=cfg(portable_chat_template_file)");
     if std::env::var_os("CARGO_FEATURE_PORTABLE").is_none() {
         return;
     }
@@ -36,6 +39,14 @@ fn main() {
             ));
         }
         println!("cargo:rerun-if-changed={}", path.display());
+    }
+    // A chat template in its own file (transformers 4.50+) is compiled in too; the directory is watched
+    // so one added later is found.
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let template = dir.join(CHAT_TEMPLATE_FILE);
+    if template.is_file() {
+        println!("cargo:rerun-if-changed={}", template.display());
+        println!("cargo:rustc-cfg=portable_chat_template_file");
     }
     let id = dir
         .file_name()

@@ -22,6 +22,15 @@ macro_rules! model_file {
     };
 }
 
+/// The model's `chat_template.jinja`, where it has one (it comes before `tokenizer_config.json`'s template).
+#[cfg(portable_chat_template_file)]
+const CHAT_TEMPLATE_FILE: Option<&str> = Some(include_str!(concat!(
+    env!("NNSPIN_PORTABLE_MODEL_DIR"),
+    "/chat_template.jinja"
+)));
+#[cfg(not(portable_chat_template_file))]
+const CHAT_TEMPLATE_FILE: Option<&str> = None;
+
 // A chat message, a call it made and a template's call syntax have the fields of `nnspin:llm/text`'s
 // records.
 pub use nnspin_text::tool_syntax::ToolCallSyntax;
@@ -80,7 +89,7 @@ fn build() -> Result<Compiled, String> {
     let text = TextModel::from_json(
         model_file!("tokenizer.json"),
         model_file!("tokenizer_config.json"),
-        None,
+        CHAT_TEMPLATE_FILE,
     )
     .map_err(|e| e.to_string())?;
     let eos_token_ids = facts::eos_token_ids(&config, &generation_config)
