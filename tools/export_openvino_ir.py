@@ -120,23 +120,51 @@ def initialise_state(model: ov.Model) -> None:
     model.validate_nodes_and_infer_types()
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, required=True, help="model directory holding model.onnx")
-    p.add_argument("--out", type=Path, required=True,
-                   help="directory to write model.xml and model.bin to (its name is the graph's name upstream)")
-    args = p.parse_args()
+def add_beam_idx(model: ov.Model) -> None:
+    """Reads each cache state through `Gather(state, beam_idx)`, as optimum-intel's stateful exports do: the
+    input names the cache row each batch row continues, and OpenVINO's transformation to PagedAttention
+    (`paged_attention_transformation`) matches only caches read that way."""
+    beam_idx = ops.parameter([-1], ov.Type.i32, name="beam_idx")
+    beam_idx.output(0).get_tensor().set_names({"beam_idx"})
+    for node in model.get_ordered_ops():
+        if node.get_type_name() != "ReadValue":
+            continue
+        readers = [t for t in node.output(0).get_target_inputs() if t.get_node().get_type_name() != "Assign"]
+        reordered = ops.gather(node.output(0), beam_idx, ops.constant(0, np.int64)).output(0)
+        for target in readers:
+            target.replace_source_output(reordered)
+    model.add_parameters([beam_idx])
+    model.validate_nodes_and_infer_types()
 
-    model = ov.Core().read_model(args.model / "model.onnx")
+
+def stateful(onnx_model: Path, beam_idx: bool = False) -> tuple[ov.Model, int, int]:
+    """The exported decoder with standard attention and its caches as state; with the number of attention
+    layers rewritten and of caches made state."""
+    model = ov.Core().read_model(onnx_model)
     rewritten = rewrite(model)
     names = {name for param in model.inputs for name in param.get_names()}
     caches = {name: PRESENT + name[len(PAST):] for name in names if name.startswith(PAST)}
     apply_make_stateful_transformation(model, caches)
     initialise_state(model)
+    if beam_idx:
+        add_beam_idx(model)
+    return model, rewritten, len(caches)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, required=True, help="model directory holding model.onnx")
+    p.add_argument("--out", type=Path, required=True,
+                   help="directory to write model.xml and model.bin to (its name is the graph's name upstream)")
+    p.add_argument("--beam-idx", action="store_true",
+                   help="read the caches through a beam_idx input, as optimum-intel's exports do")
+    args = p.parse_args()
+
+    model, rewritten, caches = stateful(args.model / "model.onnx", args.beam_idx)
     args.out.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, args.out / "model.xml", compress_to_fp16=False)
     inputs = sorted(n for i in model.inputs for n in i.get_names())
-    print(f"{args.out}: {rewritten} attention layers rewritten, {len(caches)} caches made state; "
+    print(f"{args.out}: {rewritten} attention layers rewritten, {caches} caches made state; "
           f"inputs {', '.join(inputs)}")
 
 
