@@ -400,6 +400,26 @@ def weight_bytes_per_token() -> int:
 
 # ----------------------------------------------------------------------------------------------------
 
+def print_targets(results: dict[str, dict[str, float]], peers: list[str]) -> None:
+    """The performance targets nnspin is held to, each against the best peer on that figure: time to first
+    token for a 128-token prompt at most 0.77x the best peer's, single-stream decode and the 8-stream
+    aggregate at least 1.3x, and the 8-stream aggregate at least 4x nnspin's own single stream."""
+    ours = results["nnspin"]
+    ttft = min((f for f in ours if f.startswith("TTFT ")), key=lambda f: abs(int(re.findall(r"\d+", f)[0]) - 128))
+    decode = next(f for f in ours if f.startswith("decode "))
+    streams = "8 streams, aggregate tok/s"
+    print("\ntargets (nnspin / the best peer on the figure):")
+    for figure, lower_is_better, target in [(ttft, True, 0.77), (decode, False, 1.3), (streams, False, 1.3)]:
+        best = (min if lower_is_better else max)(peers, key=lambda p: results[p][figure])
+        ratio = ours[figure] / results[best][figure]
+        met = ratio <= target if lower_is_better else ratio >= target
+        print(f"  {figure}: {ours[figure]:.3g} against {best}'s {results[best][figure]:.3g}: {ratio:.2f}x "
+              f"(target {'at most' if lower_is_better else 'at least'} {target}x): {'met' if met else 'missed'}")
+    own = ours[streams] / ours[decode]
+    print(f"  {streams} against nnspin's single stream: {own:.2f}x (target at least 4x): "
+          f"{'met' if own >= 4 else 'missed'}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engines", default=",".join(ENGINES), help="comma-separated, from: " + ", ".join(ENGINES))
@@ -439,6 +459,9 @@ def main():
         if "nnspin" in results:
             row += [f"{results['nnspin'][figure] / results[p][figure]:.2f}" for p in peers]
         print("| " + " | ".join(row) + " |")
+
+    if "nnspin" in results and peers:
+        print_targets(results, peers)
 
     weights = weight_bytes_per_token()
     bandwidth = bandwidth_gb_s()
