@@ -340,28 +340,34 @@ async fn greedy(
     logits
 }
 
-/// Two sequences of different lengths decoding at the same time share batched passes (a row each) and
-/// get, step by step, the logits each gets alone.
+/// Three sequences of different lengths decoding at the same time share batched passes (a row each; two
+/// would run a pass each in exact mode) and get, step by step, the logits each gets alone.
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_contexts_compute_what_each_computes_alone() {
     let mut first = Fixture::on(BackendKind::Onnxruntime);
-    let mut second = first.beside();
-    let (mut nn_a, mut nn_b) = (first.view(), second.view());
-    let (a, b) = (context(&mut nn_a).await, context(&mut nn_b).await);
-    let prompts: [&[i64]; 2] = [
+    let (mut second, mut third) = (first.beside(), first.beside());
+    let (mut nn_a, mut nn_b, mut nn_c) = (first.view(), second.view(), third.view());
+    let (a, b, c) = (
+        context(&mut nn_a).await,
+        context(&mut nn_b).await,
+        context(&mut nn_c).await,
+    );
+    let prompts: [&[i64]; 3] = [
         &[1, 9906, 11, 1265, 30, 2683, 253, 5356, 30],
         &[1, 4093, 198],
+        &[1, 504, 3575, 282, 4649, 314],
     ];
-    let alone = [
-        greedy(&mut nn_a, &a, prompts[0], 6).await,
-        greedy(&mut nn_a, &a, prompts[1], 6).await,
-    ];
+    let mut alone = Vec::new();
+    for prompt in prompts {
+        alone.push(greedy(&mut nn_a, &a, prompt, 6).await);
+    }
     for _ in 0..3 {
         let together = tokio::join!(
             greedy(&mut nn_a, &a, prompts[0], 6),
-            greedy(&mut nn_b, &b, prompts[1], 6)
+            greedy(&mut nn_b, &b, prompts[1], 6),
+            greedy(&mut nn_c, &c, prompts[2], 6)
         );
-        for (expected, actual) in alone.iter().zip([together.0, together.1]) {
+        for (expected, actual) in alone.iter().zip([together.0, together.1, together.2]) {
             for (e, a) in expected.iter().zip(&actual) {
                 assert!(max_difference(e, a) < 1e-3, "{}", max_difference(e, a));
             }

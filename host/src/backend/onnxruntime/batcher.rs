@@ -40,6 +40,13 @@ const GATHER_SHARE: u32 = 2;
 /// The wait before the first round.
 const FIRST_GATHER: Duration = Duration::from_millis(2);
 
+/// With fp32 activations, the fewest single-token steps worth one batched pass; a round with fewer runs a
+/// pass per step. ONNX Runtime's `MatMulNBits` dequantizes its weights on every call with more than one
+/// row unless activations are int8, so two rows cost more than two single rows (`bench/batched_decode.py`
+/// on the default model: one row 20.9 ms, two rows batched 56.7 ms against 43.1 for two single-row passes,
+/// four rows 68.4 ms against 92.3).
+pub(super) const FP32_FEWEST_BATCHED_STEPS: usize = 3;
+
 type Reply = SyncSender<Result<NamedTensors, BackendError>>;
 
 enum Request {
@@ -65,11 +72,13 @@ impl Batcher {
     /// sequences' caches may keep `prefix_cache_bytes` for later prompts when the prompts run in chunks
     /// (a prompt started from a cached prefix computes only its rest, and its logits must be the last
     /// position's alone).
+    /// A round with fewer than `fewest_batched_steps` single-token steps runs one pass per step.
     pub(super) fn start(
         session: Session,
         caches: Arc<[CacheInput]>,
         chunked_prefill: bool,
         prefix_cache_bytes: u64,
+        fewest_batched_steps: usize,
     ) -> Result<Self, BackendError> {
         let (requests, receiver) = mpsc::channel();
         let rows = CacheRows::new(if chunked_prefill {
@@ -90,6 +99,7 @@ impl Batcher {
             } else {
                 usize::MAX
             },
+            fewest_batched_steps,
         };
         std::thread::Builder::new()
             .name("nnspin-batcher".into())
@@ -264,6 +274,7 @@ struct Scheduler {
     /// Longer steps, run one chunk at a time, first come first served.
     prefills: VecDeque<Pending>,
     prefill_chunk: usize,
+    fewest_batched_steps: usize,
 }
 
 impl Scheduler {
@@ -395,12 +406,23 @@ impl Scheduler {
         Ok(())
     }
 
-    /// One batched pass over every waiting single-token step; returns the sequences it served.
+    /// Every waiting single-token step, in one batched pass (or one pass each, when too few to gain from
+    /// batching); returns the sequences it served.
     fn decode_round(&mut self) -> Vec<u64> {
-        if self.decodes.is_empty() {
-            return Vec::new();
-        }
         let decodes = std::mem::take(&mut self.decodes);
+        let served = decodes.iter().map(|p| p.sequence).collect();
+        if decodes.len() >= self.fewest_batched_steps {
+            self.decode_pass(decodes);
+        } else {
+            for p in decodes {
+                self.decode_pass(vec![p]);
+            }
+        }
+        served
+    }
+
+    /// One pass over `decodes` (not empty), one row for each row of the shared caches they span.
+    fn decode_pass(&mut self, decodes: Vec<Pending>) {
         let first = decodes.iter().map(|p| p.row).min().expect("not empty");
         let last = decodes.iter().map(|p| p.row).max().expect("not empty");
         let count = last - first + 1;
@@ -421,8 +443,7 @@ impl Scheduler {
         }
         let wanted: Vec<usize> = decodes.iter().map(|p| p.row - first).collect();
         let result = guarded(|| self.run(first, ids, positions, &totals, &wanted));
-        tracing::trace!(rows = count, steps = wanted.len(), "decode round");
-        let served = decodes.iter().map(|p| p.sequence).collect();
+        tracing::trace!(rows = count, steps = wanted.len(), "decode pass");
         match result {
             Ok(logits) => {
                 for (p, logits) in decodes.into_iter().zip(logits) {
@@ -436,7 +457,6 @@ impl Scheduler {
                 }
             }
         }
-        served
     }
 
     /// The next chunk of the oldest waiting prompt.

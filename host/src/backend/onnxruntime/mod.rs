@@ -168,10 +168,15 @@ impl Backend for OnnxRuntime {
                     .map_err(load)?
             }
         };
+        let fewest_batched_steps = match options.precision {
+            Precision::Exact => batcher::FP32_FEWEST_BATCHED_STEPS,
+            Precision::Fast => 1,
+        };
         let graph = OnnxGraph::new(
             session,
             shares_cache_buffers(model_dir),
             options.prefix_cache_bytes,
+            fewest_batched_steps,
         )?;
         tracing::debug!(
             model = %model_dir.display(),
@@ -209,6 +214,7 @@ impl OnnxGraph {
         session: Session,
         shares_cache_buffers: bool,
         prefix_cache_bytes: u64,
+        fewest_batched_steps: usize,
     ) -> Result<Self, BackendError> {
         let inputs = session.inputs().iter().map(|input| match input.dtype() {
             ValueType::Tensor { ty, shape, .. } => {
@@ -241,6 +247,7 @@ impl OnnxGraph {
                 caches,
                 chunked_prefill,
                 prefix_cache_bytes,
+                fewest_batched_steps,
             )?)),
             None => Ok(Self::Serial {
                 session: Arc::new(Mutex::new(session)),
