@@ -7,6 +7,9 @@
 //! wasi-nn's types. Contexts are stateful: a decoder's KV cache stays inside its context between
 //! `compute` calls ([`decoder`]), so no cache bytes ever cross the component boundary.
 
+/// Continuous batching's contexts and round loop, shared by the engines that batch.
+#[cfg(any(feature = "onnxruntime", feature = "openvino"))]
+mod batching;
 pub mod decoder;
 pub mod encoder;
 pub mod engines;

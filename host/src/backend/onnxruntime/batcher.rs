@@ -4,41 +4,27 @@
 //! read once per step for every stream instead of once per stream; and it feeds a long prompt in chunks
 //! between those passes, so a joining sequence does not stall the running ones. A prompt starts from the
 //! longest prefix of it the model's rows already hold
-//! ([`prefix_cache`](crate::backend::prefix_cache)), so only the rest is computed.
-//! A context still sees only its own `compute` calls: the component interface does not change.
+//! ([`prefix_cache`](crate::backend::prefix_cache)), so only the rest is computed. The contexts, the
+//! steps and the gathering of rounds are [`batching`]'s.
 
 use std::collections::VecDeque;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use ort::session::Session;
 use ort::value::Tensor as OrtTensor;
 
 use super::shared_cache::SharedCache;
-use crate::backend::decoder::{self, CacheInput};
-use crate::backend::prefix_cache::{CacheRows, PrefixCacheStats};
-use crate::backend::{
-    BackendError, BackendExecutionContext, ElementType, NamedTensors, Tensor, f32_bytes,
+use crate::backend::batching::{
+    self, BatchedContext, Contexts, Reply, Request, Rounds, Step, guarded, outputs,
 };
+use crate::backend::decoder::CacheInput;
+use crate::backend::prefix_cache::{CacheRows, PrefixCacheStats};
+use crate::backend::{BackendError, ElementType, Tensor, f32_bytes};
 
 /// Prompt tokens per prefill run when the model returns only the last position's logits (then the chunks
 /// of a prompt give exactly the logits the whole prompt would). Running streams wait at most one chunk
 /// for their next token.
 const PREFILL_CHUNK: usize = 128;
-
-/// How long a round waits for the streams of the previous round to send their next token, as a share of
-/// that round's pass. They come back after a few milliseconds (each component samples, detokenises and
-/// writes its chunk, 8 of them on 2 cores: 5-7 ms); without the wait they split into alternating,
-/// half-full rounds that each cost nearly a full pass (measured: 8 streams at 3 ms, 69 tok/s; waiting, 122).
-/// A share of the pass bounds what one slow stream costs the others.
-const GATHER_SHARE: u32 = 2;
-
-/// The wait before the first round.
-const FIRST_GATHER: Duration = Duration::from_millis(2);
 
 /// With fp32 activations, the fewest single-token steps worth one batched pass; a round with fewer runs a
 /// pass per step. ONNX Runtime's `MatMulNBits` dequantizes its weights on every call with more than one
@@ -47,23 +33,9 @@ const FIRST_GATHER: Duration = Duration::from_millis(2);
 /// four rows 68.4 ms against 92.3).
 pub(super) const FP32_FEWEST_BATCHED_STEPS: usize = 3;
 
-type Reply = SyncSender<Result<NamedTensors, BackendError>>;
-
-enum Request {
-    Step {
-        sequence: u64,
-        step: Step,
-        reply: Reply,
-    },
-    Close {
-        sequence: u64,
-    },
-}
-
 /// The scheduler of one model, shared by its graph and every context it made.
 pub(super) struct Batcher {
-    requests: Sender<Request>,
-    sequences: AtomicU64,
+    contexts: Contexts,
     stats: Arc<PrefixCacheStats>,
 }
 
@@ -80,7 +52,6 @@ impl Batcher {
         prefix_cache_bytes: u64,
         fewest_batched_steps: usize,
     ) -> Result<Self, BackendError> {
-        let (requests, receiver) = mpsc::channel();
         let rows = CacheRows::new(if chunked_prefill {
             prefix_cache_bytes
         } else {
@@ -101,13 +72,8 @@ impl Batcher {
             },
             fewest_batched_steps,
         };
-        std::thread::Builder::new()
-            .name("nnspin-batcher".into())
-            .spawn(move || scheduler.serve(receiver))
-            .map_err(|e| BackendError::Load(format!("cannot start the batch scheduler: {e}")))?;
         Ok(Self {
-            requests,
-            sequences: AtomicU64::new(0),
+            contexts: batching::start("nnspin-batcher", scheduler)?,
             stats,
         })
     }
@@ -117,121 +83,7 @@ impl Batcher {
     }
 
     pub(super) fn context(&self) -> BatchedContext {
-        BatchedContext {
-            sequence: self.sequences.fetch_add(1, Ordering::Relaxed),
-            requests: self.requests.clone(),
-        }
-    }
-}
-
-/// One sequence: a row of the shared caches, taken at its first step and given back when it is dropped.
-pub(super) struct BatchedContext {
-    sequence: u64,
-    requests: Sender<Request>,
-}
-
-impl BackendExecutionContext for BatchedContext {
-    fn compute(&mut self, inputs: NamedTensors) -> Result<NamedTensors, BackendError> {
-        let step = Step::parse(inputs)?;
-        let (reply, answer) = mpsc::sync_channel(1);
-        let stopped = || BackendError::Runtime("the model's batch scheduler stopped".into());
-        self.requests
-            .send(Request::Step {
-                sequence: self.sequence,
-                step,
-                reply,
-            })
-            .map_err(|_| stopped())?;
-        answer.recv().map_err(|_| stopped())?
-    }
-}
-
-impl Drop for BatchedContext {
-    fn drop(&mut self) {
-        // The scheduler is gone only if it failed, and then there is no row to give back.
-        let _ = self.requests.send(Request::Close {
-            sequence: self.sequence,
-        });
-    }
-}
-
-/// One `compute` of one sequence: its new tokens, their positions, and how many positions its
-/// `attention_mask` covers (cached + new).
-struct Step {
-    ids: Vec<i64>,
-    positions: Vec<i64>,
-    total: usize,
-}
-
-impl Step {
-    fn parse(inputs: NamedTensors) -> Result<Self, BackendError> {
-        decoder::check_guest_inputs(&inputs)?;
-        let (mut ids, mut mask, mut positions) = (None, None, None);
-        for (name, tensor) in inputs {
-            let slot = match name.as_str() {
-                "input_ids" => &mut ids,
-                "attention_mask" => &mut mask,
-                "position_ids" => &mut positions,
-                _ => {
-                    return Err(BackendError::InvalidArgument(format!(
-                        "the model has no input {name}"
-                    )));
-                }
-            };
-            check_one_row(&name, &tensor)?;
-            *slot = Some((name, tensor));
-        }
-        let missing = |name: &str| BackendError::InvalidArgument(format!("{name} is missing"));
-        let (ids_name, ids) = ids.ok_or_else(|| missing("input_ids"))?;
-        let (mask_name, mask) = mask.ok_or_else(|| missing("attention_mask"))?;
-        let (positions_name, positions) = positions.ok_or_else(|| missing("position_ids"))?;
-        let ids: Vec<i64> = ids.integers(&ids_name)?.collect();
-        let positions: Vec<i64> = positions.integers(&positions_name)?.collect();
-        if ids.is_empty() || positions.len() != ids.len() {
-            return Err(BackendError::InvalidArgument(format!(
-                "input_ids and position_ids must hold the same, non-zero number of tokens ({} and {})",
-                ids.len(),
-                positions.len()
-            )));
-        }
-        let total = mask.element_count();
-        if total < ids.len() {
-            return Err(BackendError::InvalidArgument(format!(
-                "attention_mask covers {total} positions, fewer than the {} new tokens",
-                ids.len()
-            )));
-        }
-        if mask.integers(&mask_name)?.any(|m| m != 1) {
-            return Err(BackendError::InvalidArgument(
-                "attention_mask must be all ones: a context holds one unpadded sequence".into(),
-            ));
-        }
-        Ok(Self {
-            total,
-            ids,
-            positions,
-        })
-    }
-}
-
-/// `pass` with a panic turned into the failure of that pass only: the scheduler serves every sequence of
-/// the model, so it must outlive a bug in one pass.
-fn guarded<T>(pass: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(pass))
-        .unwrap_or_else(|_| Err(BackendError::Runtime("the batched pass panicked".into())))
-}
-
-/// A context holds one sequence: its inputs are `[1, n]`.
-fn check_one_row(name: &str, tensor: &Tensor) -> Result<(), BackendError> {
-    match tensor.dims.as_slice() {
-        [1, _] => Ok(()),
-        [rows, _] => Err(BackendError::Unsupported(format!(
-            "{name} has {rows} rows: this model batches its execution contexts together, one \
-             sequence each; open a context per sequence"
-        ))),
-        dims => Err(BackendError::InvalidArgument(format!(
-            "{name} must be [1, length], not {dims:?}"
-        ))),
+        self.contexts.context()
     }
 }
 
@@ -247,23 +99,6 @@ struct Pending {
     cached: Option<usize>,
 }
 
-/// A step's outputs: its logits and, for a step at position 0, `cached_tokens` (`i64 [1]`), the prompt
-/// tokens it found cached, which OpenAI's usage reports.
-fn outputs(logits: Tensor, cached: Option<usize>) -> NamedTensors {
-    let mut outputs = vec![("logits".to_string(), logits)];
-    if let Some(cached) = cached {
-        outputs.push((
-            "cached_tokens".to_string(),
-            Tensor {
-                dims: vec![1],
-                ty: ElementType::I64,
-                data: (cached as i64).to_le_bytes().to_vec(),
-            },
-        ));
-    }
-    outputs
-}
-
 struct Scheduler {
     session: Session,
     caches: Arc<[CacheInput]>,
@@ -277,41 +112,15 @@ struct Scheduler {
     fewest_batched_steps: usize,
 }
 
-impl Scheduler {
-    fn serve(mut self, requests: Receiver<Request>) {
-        let mut last_round: Vec<u64> = Vec::new();
-        let mut gather = FIRST_GATHER;
-        loop {
-            if self.decodes.is_empty() && self.prefills.is_empty() {
-                match requests.recv() {
-                    Ok(request) => self.accept(request),
-                    Err(_) => return,
-                }
-            }
-            while let Ok(request) = requests.try_recv() {
-                self.accept(request);
-            }
-            if !self.decodes.is_empty() {
-                let deadline = Instant::now() + gather;
-                while self.awaits_any(&last_round) {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match requests.recv_timeout(left) {
-                        Ok(request) => self.accept(request),
-                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-            }
-            let started = Instant::now();
-            last_round = self.decode_round();
-            if !last_round.is_empty() {
-                gather = started.elapsed() / GATHER_SHARE;
-            }
-            self.prefill_round();
-            self.rows.publish();
-        }
+impl Rounds for Scheduler {
+    fn idle(&self) -> bool {
+        self.decodes.is_empty() && self.prefills.is_empty()
     }
 
-    /// Whether a sequence of the last round is still open and has not sent its next step.
+    fn decodes_waiting(&self) -> bool {
+        !self.decodes.is_empty()
+    }
+
     fn awaits_any(&self, last_round: &[u64]) -> bool {
         last_round.iter().any(|&sequence| {
             self.rows.row_of(sequence).is_some_and(|row| {
@@ -328,7 +137,7 @@ impl Scheduler {
                 step,
                 reply,
             } => {
-                let past = step.total - step.ids.len();
+                let past = step.past();
                 let (row, cached) = if past == 0 {
                     // A sequence's first step, or a restart.
                     let (row, cached) = self.start(sequence, &step);
@@ -339,10 +148,7 @@ impl Scheduler {
                     match row {
                         Some(row) if held == past => (row, None),
                         _ => {
-                            let _ = reply.send(Err(BackendError::InvalidArgument(format!(
-                                "attention_mask says {past} positions are cached, but this \
-                                 context holds {held}"
-                            ))));
+                            let _ = reply.send(Err(batching::does_not_continue(past, held)));
                             return;
                         }
                     }
@@ -369,6 +175,66 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// The decode round, then the next chunk of a waiting prompt.
+    fn round(&mut self) -> Vec<u64> {
+        let served = self.decode_round();
+        self.prefill_round();
+        served
+    }
+}
+
+impl Scheduler {
+    /// Every waiting single-token step, in one batched pass (or one pass each, when too few to gain from
+    /// batching); returns the sequences it served.
+    fn decode_round(&mut self) -> Vec<u64> {
+        let decodes = std::mem::take(&mut self.decodes);
+        let served = decodes.iter().map(|p| p.sequence).collect();
+        if decodes.len() >= self.fewest_batched_steps {
+            self.decode_pass(decodes);
+        } else {
+            for p in decodes {
+                self.decode_pass(vec![p]);
+            }
+        }
+        served
+    }
+
+    /// The next chunk of the oldest waiting prompt.
+    fn prefill_round(&mut self) {
+        let Some(p) = self.prefills.front() else {
+            self.rows.publish();
+            return;
+        };
+        let (row, start) = (p.row, p.done);
+        let end = p
+            .step
+            .ids
+            .len()
+            .min(start.saturating_add(self.prefill_chunk));
+        let ids = p.step.ids[start..end].to_vec();
+        let positions = p.step.positions[start..end].to_vec();
+        let total = self.rows.length(row) + ids.len();
+        let result = guarded(|| self.run(row, ids, positions, &[total], &[0]));
+        match result {
+            Ok(mut logits) => {
+                let p = self.prefills.front_mut().expect("still queued");
+                self.rows
+                    .advanced(row, &p.step.ids[start..end], &p.step.positions[start..end]);
+                p.done = end;
+                if end == p.step.ids.len() {
+                    let p = self.prefills.pop_front().expect("still queued");
+                    let logits = logits.pop().expect("one row");
+                    let _ = p.reply.send(Ok(outputs(logits, p.cached)));
+                }
+            }
+            Err(e) => {
+                let p = self.prefills.pop_front().expect("still queued");
+                let _ = p.reply.send(Err(e));
+            }
+        }
+        self.rows.publish();
     }
 
     /// The row a step at position 0 runs in and how many of its tokens are cached there, their keys and
@@ -406,21 +272,6 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Every waiting single-token step, in one batched pass (or one pass each, when too few to gain from
-    /// batching); returns the sequences it served.
-    fn decode_round(&mut self) -> Vec<u64> {
-        let decodes = std::mem::take(&mut self.decodes);
-        let served = decodes.iter().map(|p| p.sequence).collect();
-        if decodes.len() >= self.fewest_batched_steps {
-            self.decode_pass(decodes);
-        } else {
-            for p in decodes {
-                self.decode_pass(vec![p]);
-            }
-        }
-        served
-    }
-
     /// One pass over `decodes` (not empty), one row for each row of the shared caches they span.
     fn decode_pass(&mut self, decodes: Vec<Pending>) {
         let first = decodes.iter().map(|p| p.row).min().expect("not empty");
@@ -455,40 +306,6 @@ impl Scheduler {
                 for p in decodes {
                     let _ = p.reply.send(Err(BackendError::Runtime(e.to_string())));
                 }
-            }
-        }
-    }
-
-    /// The next chunk of the oldest waiting prompt.
-    fn prefill_round(&mut self) {
-        let Some(p) = self.prefills.front() else {
-            return;
-        };
-        let (row, start) = (p.row, p.done);
-        let end = p
-            .step
-            .ids
-            .len()
-            .min(start.saturating_add(self.prefill_chunk));
-        let ids = p.step.ids[start..end].to_vec();
-        let positions = p.step.positions[start..end].to_vec();
-        let total = self.rows.length(row) + ids.len();
-        let result = guarded(|| self.run(row, ids, positions, &[total], &[0]));
-        match result {
-            Ok(mut logits) => {
-                let p = self.prefills.front_mut().expect("still queued");
-                self.rows
-                    .advanced(row, &p.step.ids[start..end], &p.step.positions[start..end]);
-                p.done = end;
-                if end == p.step.ids.len() {
-                    let p = self.prefills.pop_front().expect("still queued");
-                    let logits = logits.pop().expect("one row");
-                    let _ = p.reply.send(Ok(outputs(logits, p.cached)));
-                }
-            }
-            Err(e) => {
-                let p = self.prefills.pop_front().expect("still queued");
-                let _ = p.reply.send(Err(e));
             }
         }
     }
