@@ -112,11 +112,13 @@ def test_a_step_that_does_not_continue_its_cache_is_400_and_frees_the_context(ho
 def test_a_corrupt_model_file_fails_the_start_clearly(tmp_path):
     models = tmp_path / "models"
     shutil.copytree(ROOT / "models" / TINY_MODEL, models / TINY_MODEL)
+    # ONNX Runtime reads model.onnx; OpenVINO the stateful IR the export writes beside it.
     (models / TINY_MODEL / "model.onnx").write_bytes(b"this is not an onnx model")
+    (models / TINY_MODEL / "openvino_model.xml").write_bytes(b"this is not an OpenVINO IR")
     manifest = openai_app(tmp_path, [TINY_MODEL])
-    for backend in ("onnxruntime", "openvino"):
+    for backend, file in (("onnxruntime", "model.onnx"), ("openvino", "openvino_model.xml")):
         (line,) = failed_start(manifest, "--backend", backend, models_dir=models).strip().splitlines()
-        assert "model.onnx" in line and TINY_MODEL in line, line
+        assert file in line and TINY_MODEL in line, line
 
 
 def test_prompts_and_answers_are_not_logged(host):

@@ -13,6 +13,9 @@ The graph is a decoder with KV cache built from ONNX Runtime's fused operators, 
 Inputs: ``input_ids``, ``attention_mask`` (past + new), ``position_ids``, ``past_key_values.{i}.key/value``.
 Outputs: ``logits`` ``[batch, 1, vocab]`` and ``present.{i}.key/value``.
 
+Beside ``model.onnx`` it writes ``openvino_model.xml`` + ``.bin``, the same graph in the stateful form that
+nnspin's OpenVINO backend batches on PagedAttention (``write_openvino_ir``).
+
 Weight formats: ``int4`` (default, the GGUF's own blocks) and ``fp32`` (dequantized). ``--tiny`` writes a
 small random-weight model of the same architecture (with the real tokenizer) for fast tests.
 """
@@ -614,6 +617,27 @@ def greedy(model_dir: Path, prompt: str, max_new: int = 24) -> str:
     return tok.decode(generated)
 
 
+def write_openvino_ir(out: Path, cfg: DecoderConfig) -> None:
+    """Writes ``openvino_model.xml`` + ``.bin`` beside ``model.onnx``: the same graph with standard attention
+    and its caches as state read through ``beam_idx`` (tools/export_openvino_ir.py), the form nnspin's
+    OpenVINO backend transforms to PagedAttention and batches. Attention the rewrite does not cover
+    (sliding windows) leaves the model to ``model.onnx``."""
+    xml = out / "openvino_model.xml"
+    xml.unlink(missing_ok=True)
+    xml.with_suffix(".bin").unlink(missing_ok=True)
+    import openvino as ov
+
+    from export_openvino_ir import NotRewritable, stateful
+
+    try:
+        model, rewritten, caches = stateful(out / "model.onnx", beam_idx=True)
+    except NotRewritable as e:
+        print(f"{out}: no OpenVINO IR ({e}); OpenVINO serves model.onnx, one infer request per context")
+        return
+    ov.save_model(model, xml, compress_to_fp16=False)
+    print(f"{out}: OpenVINO IR with {rewritten} attention layers and {caches} caches as state")
+
+
 # --------------------------------------------------------------------------------------------------
 
 
@@ -654,6 +678,7 @@ def main():
     # The GGUF's name without its type suffix: SmolLM2-135M-Instruct.Q4_1.gguf -> SmolLM2-135M-Instruct.
     name = "nnspin-tiny-random" if args.tiny else gguf_path.name.split(".")[0]
     write_metadata(args.out, reader, cfg, args.format, name, tokenizer)
+    write_openvino_ir(args.out, cfg)
     print(f"wrote {args.out} ({args.format}, {cfg.layers} layers) in {time.monotonic() - started:.1f}s")
 
     if args.check:

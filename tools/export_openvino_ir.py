@@ -31,6 +31,10 @@ PAST = "past_key_values."
 PRESENT = "present."
 
 
+class NotRewritable(Exception):
+    """The model's attention has a form this tool does not write with standard operators."""
+
+
 def rotate(x: ov.Output, cos: ov.Output, sin: ov.Output) -> ov.Output:
     """Rotary embedding in the half-split (non-interleaved) layout: [x1, x2] -> [x1 c - x2 s, x2 c + x1 s]."""
     x1, x2 = ops.split(x, -1, 2).outputs()
@@ -44,7 +48,7 @@ def attention(node: ov.Node, position_ids: ov.Output) -> tuple[ov.Output, ov.Out
     """Standard operators computing what one GroupQueryAttention node computes, for its three outputs."""
     attrs = node.get_attributes()
     if attrs.get("local_window_size", -1) not in (-1, 0) or attrs.get("rotary_interleaved"):
-        sys.exit(f"{node.get_friendly_name()}: sliding windows and interleaved rotary are not rewritten")
+        raise NotRewritable(f"{node.get_friendly_name()}: sliding windows and interleaved rotary are not rewritten")
     heads, kv_heads = int(attrs["num_heads"]), int(attrs["kv_num_heads"])
     q, k, v, past_k, past_v = (node.input_value(i) for i in range(5))
     cos_cache, sin_cache = node.input_value(7), node.input_value(8)
@@ -160,7 +164,10 @@ def main() -> None:
                    help="read the caches through a beam_idx input, as optimum-intel's exports do")
     args = p.parse_args()
 
-    model, rewritten, caches = stateful(args.model / "model.onnx", args.beam_idx)
+    try:
+        model, rewritten, caches = stateful(args.model / "model.onnx", args.beam_idx)
+    except NotRewritable as e:
+        sys.exit(str(e))
     args.out.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, args.out / "model.xml", compress_to_fp16=False)
     inputs = sorted(n for i in model.inputs for n in i.get_names())
