@@ -1,5 +1,6 @@
 """Continuous batching must not change an answer: concurrent requests decode in shared, batched passes
-(ONNX Runtime; OpenVINO runs them side by side), and each must read exactly as it does alone."""
+(ONNX Runtime's shared cache rows, OpenVINO's PagedAttention blocks), and each must read exactly as it does
+alone."""
 
 from concurrent.futures import ThreadPoolExecutor
 

@@ -8,7 +8,13 @@
 //!   hands each `present.*` tensor back as the next step's input, by reference (OpenVINO allocates fresh
 //!   outputs for every inference of a dynamic-shaped model, so nothing is copied or overwritten);
 //! - a stateful IR (optimum-intel's export, cache held in the infer request's internal state, with a
-//!   `beam_idx` input): each context owns its infer request, so its state is its sequence's cache.
+//!   `beam_idx` input): on CPU it is transformed to PagedAttention and all its contexts are batched into
+//!   shared passes ([`paged_batcher`], what OpenVINO GenAI's continuous batching runs); where that
+//!   transformation finds no attention to page (or on GPU), each context owns its infer request, so its
+//!   state is its sequence's cache.
+//!
+//! `tools/export_model.py` writes both files: `model.onnx` for ONNX Runtime, `openvino_model.xml` (the
+//! stateful form) for this backend, which prefers the IR where a directory holds one.
 //!
 //! In exact mode CPU inference runs with fp32 activations and no dynamic quantization, so answers match
 //! ONNX Runtime's and the fp32 model's; fast mode leaves the CPU plugin its defaults (bf16 inference
@@ -18,6 +24,9 @@
 //! cached blob returns NaN logits for these ONNX exports, so each start compiles (about 2.4 s for the
 //! default model).
 
+mod paged;
+mod paged_batcher;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -26,6 +35,8 @@ use openvino::{
     RwPropertyKey, Shape,
 };
 
+use self::paged::PagedModel;
+use self::paged_batcher::PagedGraph;
 use super::decoder::{self, BEAM_IDX, CacheInput};
 use super::library::{WheelLibrary, version_of};
 use super::{
@@ -51,6 +62,9 @@ type Properties = Vec<(RwPropertyKey, String)>;
 /// The properties exact mode sets and fast mode leaves at the plugin's defaults.
 const DYNAMIC_QUANTIZATION: &str = "DYNAMIC_QUANTIZATION_GROUP_SIZE";
 const INFERENCE_PRECISION: &str = "INFERENCE_PRECISION_HINT";
+const KV_CACHE_PRECISION: &str = "KV_CACHE_PRECISION";
+const PERFORMANCE_HINT: &str = "PERFORMANCE_HINT";
+const INFERENCE_NUM_THREADS: &str = "INFERENCE_NUM_THREADS";
 
 fn precision_key(name: &'static str) -> RwPropertyKey {
     RwPropertyKey::Other(name.into())
@@ -155,6 +169,15 @@ impl Backend for OpenVino {
             )));
         }
         let described = model_path.display().to_string();
+        if format == WeightFormat::OpenvinoIr && device == DeviceType::CPU {
+            match load_paged(&model_path, options) {
+                Ok(graph) => return Ok(Arc::new(graph)),
+                Err(e) => tracing::info!(
+                    model = %described,
+                    "OpenVINO runs each execution context on its own infer request: {e}"
+                ),
+            }
+        }
         let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
         let available = core.available_devices().map_err(load_error(&described))?;
         if !available.contains(&device) {
@@ -195,6 +218,24 @@ impl Backend for OpenVino {
         drop(core);
         Ok(Arc::new(OpenVinoGraph::new(compiled, &model)?))
     }
+}
+
+/// The model as PagedAttention, its contexts batched ([`paged_batcher`]): the properties of its precision
+/// mode go to its compilation alone (the library compiles on a core of its own).
+fn load_paged(xml: &Path, options: &LoadOptions) -> Result<PagedGraph, BackendError> {
+    let mut properties = vec![(PERFORMANCE_HINT, "LATENCY".to_string())];
+    if options.precision == Precision::Exact {
+        properties.extend([
+            (INFERENCE_PRECISION, "f32".to_string()),
+            (DYNAMIC_QUANTIZATION, "0".to_string()),
+            // A stateful model's caches would be u8 by default; exact mode keeps them as computed.
+            (KV_CACHE_PRECISION, "f32".to_string()),
+        ]);
+    }
+    if options.threads > 0 {
+        properties.push((INFERENCE_NUM_THREADS, options.threads.to_string()));
+    }
+    PagedGraph::start(PagedModel::load(xml, "CPU", &properties)?)
 }
 
 struct OpenVinoGraph {
