@@ -5,6 +5,8 @@
     .venv/bin/python bench/peers.py                   # every engine installed; --engines, --repeat, --tokens
     .venv/bin/python bench/peers.py --model gemma3-270m --gguf FILE --engines nnspin,llama.cpp
                                                       # another exported model (models/NAME) and its GGUF
+    .venv/bin/python bench/peers.py --host-args "--backend openvino --precision fast"
+                                                      # nnspin in another backend or precision mode
 
 Engines, each measured in a process of its own, one after another, so none competes with another:
 
@@ -30,6 +32,7 @@ import functools
 import json
 import os
 import re
+import shlex
 import socket
 import statistics
 import subprocess
@@ -325,12 +328,12 @@ def measure(engine, repeat: int, tokens: int) -> dict[str, float]:
     return figures
 
 
-def run_engine(name: str, repeat: int, tokens: int) -> dict[str, float]:
+def run_engine(name: str, repeat: int, tokens: int, host_args: list[str]) -> dict[str, float]:
     process = None
     started = time.perf_counter()
     try:
         if name == "nnspin":
-            process, url = start_host("--threads", str(THREADS), *app())
+            process, url = start_host("--threads", str(THREADS), *host_args, *app())
             engine = HttpEngine(url, MODEL, process.pid)
         elif name == "llama.cpp":
             process, url = start_llama_cpp()
@@ -427,12 +430,14 @@ def main():
     parser.add_argument("--model", default=MODEL, help="the model: a directory under models/")
     parser.add_argument("--gguf", type=Path,
                         help="its GGUF, for llama.cpp and OpenVINO GenAI (default: the default model's)")
+    parser.add_argument("--host-args", default="",
+                        help="more arguments for nnspin's host, e.g. '--backend openvino --precision fast'")
     parser.add_argument("--engine", help=argparse.SUPPRESS)  # internal: measure one engine, print JSON
     args = parser.parse_args()
     configure(args.model, args.gguf)
 
     if args.engine:
-        print(json.dumps(run_engine(args.engine, args.repeat, args.tokens)))
+        print(json.dumps(run_engine(args.engine, args.repeat, args.tokens, shlex.split(args.host_args))))
         return
 
     results: dict[str, dict[str, float]] = {}
@@ -442,7 +447,7 @@ def main():
             continue
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
         child = subprocess.run([sys.executable, __file__, "--engine", name, "--repeat", str(args.repeat),
-                                "--tokens", str(args.tokens), "--model", args.model,
+                                "--tokens", str(args.tokens), "--model", args.model, "--host-args", args.host_args,
                                 *(["--gguf", str(args.gguf)] if args.gguf else [])], capture_output=True, text=True)
         if child.returncode != 0:
             print(f"{name} failed:\n{child.stderr[-3000:]}", file=sys.stderr)
