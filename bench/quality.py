@@ -60,6 +60,8 @@ KLD_SHARE = 0.25
 IDENTICAL_KLD = 1e-6
 MIN_TOP1 = 0.97
 MAX_PPL_RATIO = 1.01
+# Tokens per pass of a chunk's scored half on the paged configurations.
+PAGED_STEP = 16
 
 
 def text() -> str:
@@ -156,6 +158,74 @@ class Config:
         return np.asarray(self.run(feed), np.float32)[0]
 
 
+class PagedConfig:
+    """The model as the host's OpenVINO backend serves it: the stateful IR beside model.onnx, transformed to
+    PagedAttention by the host's own library (host/native/openvino_paged.cpp, as `cargo build -p nnspin`
+    compiled it), with the properties of each mode. The first half of a chunk runs as one prompt pass; the
+    scored half in passes of PAGED_STEP tokens, so its attention reads the earlier positions from the cache
+    as decoding does (fast mode keeps that cache in u8)."""
+
+    def __init__(self, name: str, xml: Path, fast: bool):
+        self.name, self.xml, self.fast = name, xml, fast
+
+    def load(self, cache_dims):
+        import ctypes
+
+        import openvino  # noqa: F401 (loads the runtime the library links, by its soname)
+        built = sorted((ROOT / "target" / "debug" / "build").glob("nnspin-*/out/libnnspin_openvino_paged.so"),
+                       key=lambda p: p.stat().st_mtime)
+        if not built:
+            sys.exit("no libnnspin_openvino_paged.so under target/debug/build: run cargo build -p nnspin")
+        lib = self.lib = ctypes.CDLL(str(built[-1]))
+        lib.nnspin_paged_load.restype = ctypes.c_void_p
+        for f in ("block_size", "vocabulary"):
+            getattr(lib, f"nnspin_paged_{f}").restype = ctypes.c_size_t
+            getattr(lib, f"nnspin_paged_{f}").argtypes = [ctypes.c_void_p]
+        lib.nnspin_paged_reserve.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+        lib.nnspin_paged_run.argtypes = [ctypes.c_void_p] + [ctypes.c_void_p] * 2 + [ctypes.c_size_t] + \
+            [ctypes.c_void_p] * 3 + [ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int32,
+                                     ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_char_p,
+                                     ctypes.c_size_t]
+        pairs = [("PERFORMANCE_HINT", "LATENCY"), ("INFERENCE_NUM_THREADS", str(THREADS))]
+        if not self.fast:
+            pairs += [("INFERENCE_PRECISION_HINT", "f32"), ("DYNAMIC_QUANTIZATION_GROUP_SIZE", "0"),
+                      ("KV_CACHE_PRECISION", "f32")]
+        flat = (ctypes.c_char_p * (2 * len(pairs)))(*[v.encode() for pair in pairs for v in pair])
+        self.error = ctypes.create_string_buffer(2048)
+        self.handle = lib.nnspin_paged_load(str(self.xml).encode(), b"CPU", flat, len(pairs), self.error, 2048)
+        if not self.handle:
+            sys.exit(f"{self.name}: {self.error.value.decode()}")
+        self.block = lib.nnspin_paged_block_size(self.handle)
+        self.vocabulary = lib.nnspin_paged_vocabulary(self.handle)
+
+    def run(self, ids: np.ndarray, past: int, blocks: np.ndarray) -> np.ndarray:
+        import ctypes
+        n = len(ids)
+        arrays = [np.ascontiguousarray(a) for a in (
+            ids.astype(np.int64), np.arange(past, past + n, dtype=np.int64), np.array([past], np.int32),
+            np.array([0, n], np.int32), np.array([0, len(blocks)], np.int32), blocks,
+            np.arange(n, dtype=np.int64))]
+        out = ctypes.POINTER(ctypes.c_float)()
+        status = self.lib.nnspin_paged_run(
+            self.handle, arrays[0].ctypes.data, arrays[1].ctypes.data, n, arrays[2].ctypes.data,
+            arrays[3].ctypes.data, arrays[4].ctypes.data, 1, arrays[5].ctypes.data, len(blocks), past + n,
+            arrays[6].ctypes.data, n, ctypes.byref(out), self.error, 2048)
+        if status != 0:
+            sys.exit(f"{self.name}: {self.error.value.decode()}")
+        return np.ctypeslib.as_array(out, shape=(n, self.vocabulary)).copy()
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        count = -(-len(ids) // self.block)
+        if self.lib.nnspin_paged_reserve(self.handle, count, self.error, 2048) != 0:
+            sys.exit(f"{self.name}: {self.error.value.decode()}")
+        first = len(ids) // 2
+        parts = [self.run(ids[:first], 0, np.arange(-(-first // self.block), dtype=np.int32))]
+        for start in range(first, len(ids), PAGED_STEP):
+            end = min(start + PAGED_STEP, len(ids))
+            parts.append(self.run(ids[start:end], start, np.arange(-(-end // self.block), dtype=np.int32)))
+        return np.concatenate(parts)
+
+
 @dataclass
 class Comparison:
     """One configuration against one reference, accumulated over the scored positions."""
@@ -210,6 +280,10 @@ def main():
         Config("openvino exact", "openvino", exact, fast=False),
         Config("openvino fast", "openvino", exact, fast=True),
     ]
+    ir = args.model / "openvino_model.xml"
+    if ir.exists():
+        configs += [PagedConfig("openvino paged exact", ir, fast=False),
+                    PagedConfig("openvino paged fast", ir, fast=True)]
     graph = onnx.load(str(exact), load_external_data=False).graph
     cache_dims = {}
     for value in graph.input:
