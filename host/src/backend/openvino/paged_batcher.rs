@@ -78,8 +78,8 @@ struct Pending {
 
 /// Which tokens of a pending step a pass runs.
 struct Item {
-    /// Where the step waits: `Some(i)` in `prefills[i]`, `None` the `decodes[i]` of the same index.
-    prefill: Option<usize>,
+    /// Whether the step waits in `prefills[index]` (else in `decodes[index]`).
+    prefill: bool,
     index: usize,
     end: usize,
 }
@@ -191,7 +191,7 @@ impl Scheduler {
         self.items.clear();
         for index in 0..self.decodes.len() {
             self.items.push(Item {
-                prefill: None,
+                prefill: false,
                 index,
                 end: 1,
             });
@@ -208,7 +208,7 @@ impl Scheduler {
             let end = p.step.ids.len().min(p.done + budget);
             budget -= end - p.done;
             self.items.push(Item {
-                prefill: Some(index),
+                prefill: true,
                 index,
                 end,
             });
@@ -216,9 +216,10 @@ impl Scheduler {
     }
 
     fn pending(&self, item: &Item) -> &Pending {
-        match item.prefill {
-            Some(i) => &self.prefills[i],
-            None => &self.decodes[item.index],
+        if item.prefill {
+            &self.prefills[item.index]
+        } else {
+            &self.decodes[item.index]
         }
     }
 
@@ -340,10 +341,12 @@ impl Scheduler {
                     let _ = self.pending(&item).reply.send(Ok(outputs(row, None)));
                 }
             }
-            match item.prefill {
-                Some(i) if logits.is_some() && !complete => self.prefills[i].done = item.end,
-                Some(i) => finished_prefills.push(i),
-                None => {}
+            if item.prefill {
+                if logits.is_some() && !complete {
+                    self.prefills[item.index].done = item.end;
+                } else {
+                    finished_prefills.push(item.index);
+                }
             }
         }
         self.decodes.clear();
