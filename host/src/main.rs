@@ -73,7 +73,7 @@ struct UpArgs {
     threads: usize,
     /// Memory per model, in MiB, that finished sequences' KV caches may keep so later prompts sharing
     /// their prefix (the next turn of a chat, a common system prompt) skip its prefill; 0 switches
-    /// prefix caching off. ONNX Runtime's batched models only.
+    /// prefix caching off. Models served batched: ONNX Runtime's shared rows, OpenVINO's PagedAttention.
     #[arg(long, default_value_t = DEFAULT_PREFIX_CACHE_MIB, env = "NNSPIN_PREFIX_CACHE_MIB")]
     prefix_cache_mib: u64,
     /// When a model's GPU cannot be used, load it on the CPU (with a warning) instead of failing.

@@ -1,15 +1,45 @@
-//! The prefix cache of ONNX Runtime's batched path, driven through the backend as the wasi-nn glue drives
-//! it: a prompt whose prefix the model's rows hold gives the logits the whole prompt computed without the
-//! cache gives, for every prefix length, on the default model (the exact path).
+//! The prefix caches of the batched paths, driven through the backend as the wasi-nn glue drives them: a
+//! prompt whose prefix the model's caches hold gives the logits the whole prompt computed without the
+//! cache gives, on the default model (the exact path). ONNX Runtime's rows reuse any prefix length, and
+//! every one is checked; OpenVINO's PagedAttention blocks reuse whole blocks of 32 positions, checked
+//! around each block's edges.
+#![cfg(all(feature = "onnxruntime", feature = "openvino"))]
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use nnspin::backend::onnxruntime::OnnxRuntime;
+use nnspin::backend::openvino::OpenVino;
 use nnspin::backend::{
-    BackendExecutionContext, BackendGraph, Device, ElementType, LoadOptions, Precision, Tensor,
+    BackendExecutionContext, BackendGraph, Device, ElementType, Engine, LoadOptions, Precision,
+    Tensor,
 };
 use nnspin_text::TextModel;
+
+/// An engine and the granularity of its prefix cache.
+#[derive(Clone, Copy)]
+struct Cache {
+    start: fn() -> wasmtime::Result<Engine>,
+    /// Positions reused come in multiples of this.
+    granularity: usize,
+}
+
+const ROWS: Cache = Cache {
+    start: OnnxRuntime::start,
+    granularity: 1,
+};
+
+const BLOCKS: Cache = Cache {
+    start: OpenVino::start,
+    granularity: 32,
+};
+
+impl Cache {
+    /// What a prompt of `length` tokens finds of a cached prefix `prefix` tokens long.
+    fn reused(self, prefix: usize, length: usize) -> usize {
+        prefix.min(length - 1) / self.granularity * self.granularity
+    }
+}
 
 const MODEL: &str = "smollm2-135m-instruct";
 
@@ -19,7 +49,7 @@ fn model_dir() -> PathBuf {
         .join(MODEL)
 }
 
-fn load(prefix_cache_bytes: u64) -> Arc<dyn BackendGraph> {
+fn load(cache: Cache, prefix_cache_bytes: u64) -> Arc<dyn BackendGraph> {
     let options = LoadOptions {
         threads: 0,
         device: Device::Cpu,
@@ -27,7 +57,7 @@ fn load(prefix_cache_bytes: u64) -> Arc<dyn BackendGraph> {
         format: None,
         prefix_cache_bytes,
     };
-    let engine = OnnxRuntime::start().unwrap();
+    let engine = (cache.start)().unwrap();
     engine.backend.load(&model_dir(), &options).unwrap()
 }
 
@@ -93,25 +123,52 @@ fn prompt() -> (Vec<i64>, Vec<usize>) {
 }
 
 #[test]
-fn a_prompt_started_from_the_cache_gives_the_logits_of_computing_it_whole() {
+fn a_prompt_started_from_the_rows_gives_the_logits_of_computing_it_whole() {
     let (prompt, inside) = prompt();
     assert!(prompt.len() > 128, "{} tokens", prompt.len());
     assert!(!inside.is_empty(), "no character spans several tokens");
     // 64 MiB keeps about five finished rows of 256 positions: the later prompts evict each other.
-    let cached = load(64 << 20);
-    let plain = load(0);
-    step(
-        cached.init_execution_context().unwrap().as_mut(),
-        &prompt,
-        0,
-    );
-    for k in 1..=prompt.len() {
+    let cached = load(ROWS, 64 << 20);
+    let prefixes: Vec<usize> = (1..=prompt.len()).collect();
+    started_from_the_cache(ROWS, &cached, &prompt, &prefixes);
+    let stats = cached.prefix_cache().unwrap();
+    assert!(stats.evictions() > 0, "the budget held every row");
+}
+
+#[test]
+fn a_prompt_started_from_the_blocks_gives_the_logits_of_computing_it_whole() {
+    let (prompt, _) = prompt();
+    let cached = load(BLOCKS, 64 << 20);
+    // Around every block's edges, and the whole prompt.
+    let mut prefixes: Vec<usize> = (32..prompt.len())
+        .step_by(32)
+        .flat_map(|edge| [edge - 1, edge, edge + 1])
+        .collect();
+    prefixes.extend([1, prompt.len()]);
+    started_from_the_cache(BLOCKS, &cached, &prompt, &prefixes);
+}
+
+/// Computes `prompt` on `cached`, then each of its `prefixes` followed by a token it does not continue
+/// with, on `cached` and on the same engine without a cache: the same logits, and the cache reports the
+/// positions it reused.
+fn started_from_the_cache(
+    cache: Cache,
+    cached: &Arc<dyn BackendGraph>,
+    prompt: &[i64],
+    prefixes: &[usize],
+) {
+    let plain = load(cache, 0);
+    step(cached.init_execution_context().unwrap().as_mut(), prompt, 0);
+    let mut expected = 0;
+    for &k in prefixes {
         // The prompt's first k tokens, then one it does not continue with.
         let other = if prompt.get(k) == Some(&13) { 14 } else { 13 };
         let ids: Vec<i64> = prompt[..k].iter().copied().chain([other]).collect();
         let (with, hit) = step(cached.init_execution_context().unwrap().as_mut(), &ids, 0);
         let (without, none) = step(plain.init_execution_context().unwrap().as_mut(), &ids, 0);
-        assert_eq!(hit, Some(k as i64), "prefix of {k}");
+        let reused = cache.reused(k, ids.len());
+        assert_eq!(hit, Some(reused as i64), "prefix of {k}");
+        expected += reused as u64;
         assert_eq!(none, Some(0));
         // A prompt computed in two parts (as chunked prefill runs one, and as the cache does) moves logits
         // of about 28 by up to 2.3e-4: fp32 sums in another order. Relative to the scale, within 1e-4.
@@ -122,17 +179,23 @@ fn a_prompt_started_from_the_cache_gives_the_logits_of_computing_it_whole() {
             "prefix of {k}: logits differ by {difference} of their scale"
         );
     }
-    let stats = cached.prefix_cache().unwrap();
-    assert!(stats.evictions() > 0, "the budget held every row");
-    let expected: u64 = (1..=prompt.len() as u64).sum();
-    assert_eq!(stats.hit_tokens(), expected);
+    assert_eq!(cached.prefix_cache().unwrap().hit_tokens(), expected);
 }
 
 #[test]
-fn a_sequence_decodes_on_from_a_cached_prefix() {
+fn a_sequence_decodes_on_from_a_cached_prefix_of_rows() {
+    decodes_on_from_a_cached_prefix(ROWS);
+}
+
+#[test]
+fn a_sequence_decodes_on_from_a_cached_prefix_of_blocks() {
+    decodes_on_from_a_cached_prefix(BLOCKS);
+}
+
+fn decodes_on_from_a_cached_prefix(cache: Cache) {
     let (prompt, _) = prompt();
-    let cached = load(256 << 20);
-    let plain = load(0);
+    let cached = load(cache, 256 << 20);
+    let plain = load(cache, 0);
     let half = &prompt[..prompt.len() / 2];
     step(cached.init_execution_context().unwrap().as_mut(), half, 0);
     let run = |graph: &Arc<dyn BackendGraph>| {
@@ -151,8 +214,8 @@ fn a_sequence_decodes_on_from_a_cached_prefix() {
     let (without, _) = run(&plain);
     assert_eq!(
         hit,
-        Some(prompt.len() as i64 - 1),
-        "the running row holds it all"
+        Some(cache.reused(prompt.len(), prompt.len()) as i64),
+        "the running sequence holds it all"
     );
     for (a, b) in with.iter().zip(&without) {
         assert!(max_difference(a, b) < 1e-4);

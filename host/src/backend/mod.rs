@@ -10,6 +10,9 @@
 /// Continuous batching's contexts and round loop, shared by the engines that batch.
 #[cfg(any(feature = "onnxruntime", feature = "openvino"))]
 mod batching;
+/// The paged caches' blocks and their prefix cache; only OpenVINO pages its caches.
+#[cfg(feature = "openvino")]
+mod cache_blocks;
 pub mod decoder;
 pub mod encoder;
 pub mod engines;

@@ -54,6 +54,20 @@ impl PrefixCacheStats {
     pub fn set_kv_bytes(&self, bytes: u64) {
         self.kv_bytes.store(bytes, Ordering::Relaxed);
     }
+
+    /// A prompt of `queried` tokens was looked up and `hits` of them found.
+    pub(crate) fn record_lookup(&self, queried: usize, hits: usize) {
+        self.queried.fetch_add(queried as u64, Ordering::Relaxed);
+        self.hits.fetch_add(hits as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_eviction(&self) {
+        self.evictions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_resident_tokens(&self, tokens: usize) {
+        self.resident.store(tokens as u64, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -149,11 +163,6 @@ impl CacheRows {
         } else {
             None
         };
-        if enabled {
-            self.stats
-                .queried
-                .fetch_add(ids.len() as u64, Ordering::Relaxed);
-        }
         let now = self.tick();
         let start = match best {
             Some((row, cached)) if Some(row) == own => {
@@ -198,8 +207,7 @@ impl CacheRows {
             self.rows[source].used = now;
         }
         self.stats
-            .hits
-            .fetch_add(start.cached as u64, Ordering::Relaxed);
+            .record_lookup(if enabled { ids.len() } else { 0 }, start.cached);
         start
     }
 
@@ -261,7 +269,7 @@ impl CacheRows {
                 .map(|(row, _)| row)
                 .expect("kept rows remain");
             self.rows[oldest] = Row::default();
-            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            self.stats.record_eviction();
             kept -= 1;
         }
         while self.rows.last().is_some_and(|r| r.holder == Holder::Free) {
@@ -299,9 +307,7 @@ impl CacheRows {
             .filter(|r| r.reusable && r.holder != Holder::Free)
             .map(|r| r.length)
             .sum();
-        self.stats
-            .resident
-            .store(resident as u64, Ordering::Relaxed);
+        self.stats.set_resident_tokens(resident);
     }
 
     /// The row holding the longest prefix of `ids` (at most all but its last token), preferring the

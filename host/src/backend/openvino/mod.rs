@@ -235,7 +235,10 @@ fn load_paged(xml: &Path, options: &LoadOptions) -> Result<PagedGraph, BackendEr
     if options.threads > 0 {
         properties.push((INFERENCE_NUM_THREADS, options.threads.to_string()));
     }
-    PagedGraph::start(PagedModel::load(xml, "CPU", &properties)?)
+    PagedGraph::start(
+        PagedModel::load(xml, "CPU", &properties)?,
+        options.prefix_cache_bytes,
+    )
 }
 
 struct OpenVinoGraph {

@@ -1,15 +1,19 @@
 //! Continuous batching on OpenVINO's PagedAttention ([`PagedModel`]), the way OpenVINO GenAI's
 //! continuous batching pipeline runs: every execution context of the model hands its steps to one
 //! scheduler thread, and each round is one pass holding every waiting single-token step and, beside them,
-//! prompt tokens up to a budget (several prompts in one pass, a long one in chunks). Each sequence owns a
-//! list of cache blocks, so sequences of any lengths share a pass without padding, and a sequence's
-//! blocks go back to the free list when its context is dropped. The contexts, the steps and the gathering
-//! of rounds are [`batching`]'s.
+//! prompt tokens up to a budget (several prompts in one pass, a long one in chunks). Each sequence holds a
+//! list of cache blocks, so sequences of any lengths share a pass without padding; a prompt starts from
+//! the full blocks of its prefix that earlier or running sequences computed, and a sequence's blocks go
+//! back when its context is dropped ([`CacheBlocks`]). The contexts, the steps and the gathering of
+//! rounds are [`batching`]'s.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::sync::Arc;
 
 use super::paged::{PagedModel, Pass};
 use crate::backend::batching::{self, Contexts, Reply, Request, Rounds, Step, guarded, outputs};
+use crate::backend::cache_blocks::CacheBlocks;
+use crate::backend::prefix_cache::PrefixCacheStats;
 use crate::backend::{
     BackendError, BackendExecutionContext, BackendGraph, ElementType, Tensor, f32_bytes,
 };
@@ -27,20 +31,26 @@ const FIRST_BLOCKS: usize = 16;
 /// A model served by a paged scheduler.
 pub(super) struct PagedGraph {
     contexts: Contexts,
+    stats: Arc<PrefixCacheStats>,
 }
 
 impl PagedGraph {
-    pub(super) fn start(model: PagedModel) -> Result<Self, BackendError> {
+    /// Serves `model`; blocks no sequence holds may keep `prefix_cache_bytes` for later prompts.
+    pub(super) fn start(model: PagedModel, prefix_cache_bytes: u64) -> Result<Self, BackendError> {
         tracing::info!(
             block_positions = model.block_size,
             block_bytes = model.block_bytes,
             "OpenVINO batches the model's contexts over PagedAttention"
         );
+        let cache = CacheBlocks::new(
+            model.block_size,
+            model.block_bytes as u64,
+            prefix_cache_bytes,
+        );
+        let stats = cache.stats().clone();
         let scheduler = Scheduler {
             model,
-            sequences: HashMap::new(),
-            free: Vec::new(),
-            blocks: 0,
+            cache,
             decodes: Vec::new(),
             prefills: VecDeque::new(),
             pass: Pass::default(),
@@ -48,6 +58,7 @@ impl PagedGraph {
         };
         Ok(Self {
             contexts: batching::start("nnspin-paged", scheduler)?,
+            stats,
         })
     }
 }
@@ -56,15 +67,10 @@ impl BackendGraph for PagedGraph {
     fn init_execution_context(&self) -> Result<Box<dyn BackendExecutionContext>, BackendError> {
         Ok(Box::new(self.contexts.context()))
     }
-}
 
-/// What the caches hold of one sequence.
-#[derive(Default)]
-struct Sequence {
-    /// Its blocks, in position order.
-    blocks: Vec<i32>,
-    /// Positions cached.
-    length: usize,
+    fn prefix_cache(&self) -> Option<Arc<PrefixCacheStats>> {
+        Some(self.stats.clone())
+    }
 }
 
 /// A step waiting for its tokens to run.
@@ -72,8 +78,10 @@ struct Pending {
     sequence: u64,
     step: Step,
     reply: Reply,
-    /// Tokens of the step already run (a prompt runs in chunks).
+    /// Tokens of the step already cached: found in the prefix cache, or run (a prompt runs in chunks).
     done: usize,
+    /// For a step at position 0, how many of its tokens were found cached.
+    cached: Option<usize>,
 }
 
 /// Which tokens of a pending step a pass runs.
@@ -86,11 +94,7 @@ struct Item {
 
 struct Scheduler {
     model: PagedModel,
-    sequences: HashMap<u64, Sequence>,
-    /// Blocks no sequence holds.
-    free: Vec<i32>,
-    /// Blocks the caches hold.
-    blocks: usize,
+    cache: CacheBlocks,
     decodes: Vec<Pending>,
     /// Prompts (steps of more than one token), first come first served.
     prefills: VecDeque<Pending>,
@@ -108,22 +112,23 @@ impl Rounds for Scheduler {
                 reply,
             } => {
                 let past = step.past();
-                if past == 0 {
+                let cached = if past == 0 {
                     // A sequence's first step, or a restart.
-                    self.close(sequence);
-                    self.sequences.insert(sequence, Sequence::default());
+                    Some(self.cache.start(sequence, &step.ids, &step.positions))
                 } else {
-                    let held = self.sequences.get(&sequence).map_or(0, |s| s.length);
+                    let held = self.cache.length(sequence).unwrap_or(0);
                     if held != past {
                         let _ = reply.send(Err(batching::does_not_continue(past, held)));
                         return;
                     }
-                }
+                    None
+                };
                 let pending = Pending {
                     sequence,
                     step,
                     reply,
-                    done: 0,
+                    done: cached.unwrap_or(0),
+                    cached,
                 };
                 if pending.step.ids.len() == 1 {
                     self.decodes.push(pending);
@@ -132,11 +137,14 @@ impl Rounds for Scheduler {
                 }
             }
             Request::Close { sequence } => {
-                self.close(sequence);
-                if self.sequences.is_empty() && self.blocks > FIRST_BLOCKS {
-                    // Nothing is running: give the caches' memory back until the next request.
+                self.cache.close(sequence);
+                if self.cache.unused() && self.cache.capacity() > FIRST_BLOCKS {
+                    // Nothing runs or is kept: give the caches' memory back until the next request.
                     match self.model.release(FIRST_BLOCKS) {
-                        Ok(()) => self.reset_blocks(FIRST_BLOCKS),
+                        Ok(()) => {
+                            self.cache.reset(FIRST_BLOCKS);
+                            self.publish_bytes();
+                        }
                         Err(e) => tracing::warn!("cannot shrink the paged caches: {e}"),
                     }
                 }
@@ -154,7 +162,7 @@ impl Rounds for Scheduler {
 
     fn awaits_any(&self, last_round: &[u64]) -> bool {
         last_round.iter().any(|sequence| {
-            self.sequences.contains_key(sequence)
+            self.cache.length(*sequence).is_some()
                 && !self.decodes.iter().any(|p| p.sequence == *sequence)
                 && !self.prefills.iter().any(|p| p.sequence == *sequence)
         })
@@ -173,17 +181,11 @@ impl Rounds for Scheduler {
 }
 
 impl Scheduler {
-    /// Frees the blocks of `sequence`.
-    fn close(&mut self, sequence: u64) {
-        if let Some(closed) = self.sequences.remove(&sequence) {
-            self.free.extend(closed.blocks);
-        }
-    }
-
-    /// Every block free, `blocks` of them.
-    fn reset_blocks(&mut self, blocks: usize) {
-        self.blocks = blocks;
-        self.free = (0..blocks as i32).rev().collect();
+    /// Tells the metrics what the caches take.
+    fn publish_bytes(&self) {
+        self.cache
+            .stats()
+            .set_kv_bytes((self.cache.capacity() * self.model.block_bytes) as u64);
     }
 
     /// Chooses the next pass's tokens: every decode, then prompts in order, within the budget.
@@ -223,42 +225,37 @@ impl Scheduler {
         }
     }
 
+    /// The sequence of the planned `item` and the positions it holds once the pass has run.
+    fn extent(&self, item: &Item) -> (u64, usize) {
+        let p = self.pending(item);
+        let held = self.cache.length(p.sequence).expect("accepted steps run");
+        (p.sequence, held + item.end - p.done)
+    }
+
     /// Gives every sequence of the planned pass the blocks its new tokens need, growing the caches when
-    /// the free blocks do not suffice.
+    /// the free and kept blocks do not suffice.
     fn allocate(&mut self) -> Result<(), BackendError> {
-        let block_size = self.model.block_size;
-        let mut needed = 0;
-        for item in &self.items {
-            let p = self.pending(item);
-            let sequence = &self.sequences[&p.sequence];
-            let length = sequence.length + item.end - p.done;
-            needed += length
-                .div_ceil(block_size)
-                .saturating_sub(sequence.blocks.len());
-        }
-        if needed > self.free.len() {
-            let blocks = (self.blocks * 2)
-                .max(self.blocks + needed - self.free.len())
+        let needed: usize = self
+            .items
+            .iter()
+            .map(|item| {
+                let (sequence, length) = self.extent(item);
+                self.cache.missing(sequence, length)
+            })
+            .sum();
+        let available = self.cache.available();
+        if needed > available {
+            let capacity = self.cache.capacity();
+            let blocks = (capacity * 2)
+                .max(capacity + needed - available)
                 .max(FIRST_BLOCKS);
             self.model.reserve(blocks)?;
-            self.free.extend((self.blocks as i32..blocks as i32).rev());
-            self.blocks = blocks;
+            self.cache.grow(blocks);
+            self.publish_bytes();
         }
         for i in 0..self.items.len() {
-            let (sequence, length) = {
-                let p = self.pending(&self.items[i]);
-                let s = &self.sequences[&p.sequence];
-                (p.sequence, s.length + self.items[i].end - p.done)
-            };
-            let sequence = self
-                .sequences
-                .get_mut(&sequence)
-                .expect("accepted steps have sequences");
-            while sequence.blocks.len() * block_size < length {
-                sequence
-                    .blocks
-                    .push(self.free.pop().expect("reserved above"));
-            }
+            let (sequence, length) = self.extent(&self.items[i]);
+            self.cache.extend(sequence, length);
         }
         Ok(())
     }
@@ -270,12 +267,11 @@ impl Scheduler {
         pass.clear();
         for item in &self.items {
             let p = self.pending(item);
-            let sequence = &self.sequences[&p.sequence];
             pass.push(
                 &p.step.ids[p.done..item.end],
                 &p.step.positions[p.done..item.end],
-                sequence.length,
-                &sequence.blocks,
+                self.cache.length(p.sequence).expect("accepted steps run"),
+                self.cache.blocks(p.sequence),
             );
             if item.end == p.step.ids.len() {
                 pass.want_last();
@@ -333,12 +329,19 @@ impl Scheduler {
             };
             let complete = item.end == total;
             if let Some(logits) = logits.as_mut() {
-                if let Some(s) = self.sequences.get_mut(&sequence) {
-                    s.length += item.end - done;
-                }
+                // The queues and the cache are apart, so a step is read while the cache advances.
+                let p = match item.prefill {
+                    true => &self.prefills[item.index],
+                    false => &self.decodes[item.index],
+                };
+                self.cache.advanced(
+                    sequence,
+                    &p.step.ids[done..item.end],
+                    &p.step.positions[done..item.end],
+                );
                 if complete {
                     let row = logits.next().expect("a row per completed step");
-                    let _ = self.pending(&item).reply.send(Ok(outputs(row, None)));
+                    let _ = p.reply.send(Ok(outputs(row, p.cached)));
                 }
             }
             if item.prefill {
@@ -349,6 +352,7 @@ impl Scheduler {
                 }
             }
         }
+        self.cache.publish();
         self.decodes.clear();
         // Items are in queue order, so the finished prompts leave from the back first.
         for i in finished_prefills.into_iter().rev() {
