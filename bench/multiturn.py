@@ -4,6 +4,7 @@ its prefix cache and without it, and for the peers with theirs, on the same mode
 
     .venv/bin/pip install -r bench/requirements.txt   # the peers (llama-cpp-python compiles llama.cpp: ~20 min)
     .venv/bin/python bench/multiturn.py               # every engine installed; --engines, --answer-tokens
+    .venv/bin/python bench/multiturn.py --engines nnspin,nnspin-uncached --host-args "--backend openvino"
 
 Engines, one after another, each in a process of its own:
 
@@ -22,6 +23,7 @@ The table gives each turn's prompt tokens and time to first token in ms, then tu
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -141,12 +143,12 @@ def converse(engine, tokens: int) -> dict:
     return {"turns": turns, "memory": engine.memory(), "cached": getattr(engine, "cached", [])[1:]}
 
 
-def run_engine(name: str, tokens: int) -> dict:
+def run_engine(name: str, tokens: int, host_args: list[str]) -> dict:
     process = None
     try:
         if name.startswith("nnspin"):
             extra = ["--prefix-cache-mib", "0"] if name == "nnspin-uncached" else []
-            process, url = start_host("--threads", str(THREADS), *extra)
+            process, url = start_host("--threads", str(THREADS), *host_args, *extra)
             engine = NnspinChat(url, process.pid)
         elif name == "llama.cpp":
             process, url = start_llama_cpp("--cache", "True")
@@ -171,10 +173,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engines", default=",".join(ENGINES), help="comma-separated, from: " + ", ".join(ENGINES))
     parser.add_argument("--answer-tokens", type=int, default=32, help="tokens of every answer")
+    parser.add_argument("--host-args", default="",
+                        help="more arguments for nnspin's host, e.g. \"--backend openvino\"")
     parser.add_argument("--engine", help=argparse.SUPPRESS)  # internal: measure one engine, print JSON
     args = parser.parse_args()
     if args.engine:
-        print(json.dumps(run_engine(args.engine, args.answer_tokens)))
+        print(json.dumps(run_engine(args.engine, args.answer_tokens, shlex.split(args.host_args))))
         return
 
     results = {}
@@ -184,7 +188,8 @@ def main():
             continue
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
         child = subprocess.run([sys.executable, __file__, "--engine", name, "--answer-tokens",
-                                str(args.answer_tokens)], capture_output=True, text=True)
+                                str(args.answer_tokens), "--host-args", args.host_args],
+                               capture_output=True, text=True)
         if child.returncode != 0:
             print(f"{name} failed:\n{child.stderr[-3000:]}", file=sys.stderr)
             continue

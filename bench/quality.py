@@ -3,6 +3,8 @@
 
     .venv/bin/python bench/quality.py                 # the default model, every mode, both backends
     .venv/bin/python bench/quality.py --chunks 20     # a quicker, rougher run
+    .venv/bin/python bench/quality.py --only "openvino paged fast" \
+        --openvino "bf16, f32 KV=KV_CACHE_PRECISION:f32"   # some configurations, and OpenVINO property sets
 
 A fixed public-domain English text is teacher-forced through each configuration in chunks of --ctx tokens
 (each chunk from an empty cache); the second half of every chunk is scored. Each configuration's
@@ -62,6 +64,9 @@ MIN_TOP1 = 0.97
 MAX_PPL_RATIO = 1.01
 # Tokens per pass of a chunk's scored half on the paged configurations.
 PAGED_STEP = 16
+# The OpenVINO properties of the host's exact mode; fast mode leaves the plugin its defaults.
+OPENVINO_EXACT = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0",
+                  "KV_CACHE_PRECISION": "f32"}
 
 
 def text() -> str:
@@ -163,10 +168,11 @@ class PagedConfig:
     PagedAttention by the host's own library (host/native/openvino_paged.cpp, as `cargo build -p nnspin`
     compiled it), with the properties of each mode. The first half of a chunk runs as one prompt pass; the
     scored half in passes of PAGED_STEP tokens, so its attention reads the earlier positions from the cache
-    as decoding does (fast mode keeps that cache in u8)."""
+    as decoding does (fast mode keeps that cache in u8). `properties` are set over the plugin's defaults."""
 
-    def __init__(self, name: str, xml: Path, fast: bool):
-        self.name, self.xml, self.fast = name, xml, fast
+    def __init__(self, name: str, xml: Path, properties: dict):
+        self.name, self.xml, self.properties = name, xml, properties
+        self.fast = properties != OPENVINO_EXACT
 
     def load(self, cache_dims):
         import ctypes
@@ -186,10 +192,8 @@ class PagedConfig:
             [ctypes.c_void_p] * 3 + [ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int32,
                                      ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_char_p,
                                      ctypes.c_size_t]
-        pairs = [("PERFORMANCE_HINT", "LATENCY"), ("INFERENCE_NUM_THREADS", str(THREADS))]
-        if not self.fast:
-            pairs += [("INFERENCE_PRECISION_HINT", "f32"), ("DYNAMIC_QUANTIZATION_GROUP_SIZE", "0"),
-                      ("KV_CACHE_PRECISION", "f32")]
+        pairs = [("PERFORMANCE_HINT", "LATENCY"), ("INFERENCE_NUM_THREADS", str(THREADS)),
+                 *self.properties.items()]
         flat = (ctypes.c_char_p * (2 * len(pairs)))(*[v.encode() for pair in pairs for v in pair])
         self.error = ctypes.create_string_buffer(2048)
         self.handle = lib.nnspin_paged_load(str(self.xml).encode(), b"CPU", flat, len(pairs), self.error, 2048)
@@ -259,6 +263,9 @@ def main():
     parser.add_argument("--ctx", type=int, default=512, help="tokens per chunk; the second half is scored")
     parser.add_argument("--chunks", type=int, default=79, help="chunks (79 of 512 score 20,145 positions)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--only", help="comma-separated configurations to run beside the two references")
+    parser.add_argument("--openvino", action="append", default=[], metavar="NAME=KEY:VALUE,...",
+                        help="also run the paged model with these OpenVINO properties over the plugin's defaults")
     args = parser.parse_args()
 
     if not (args.fp32 / "model.onnx").exists():
@@ -282,8 +289,15 @@ def main():
     ]
     ir = args.model / "openvino_model.xml"
     if ir.exists():
-        configs += [PagedConfig("openvino paged exact", ir, fast=False),
-                    PagedConfig("openvino paged fast", ir, fast=True)]
+        configs += [PagedConfig("openvino paged exact", ir, OPENVINO_EXACT),
+                    PagedConfig("openvino paged fast", ir, {})]
+        for spec in args.openvino:
+            name, _, pairs = spec.partition("=")
+            configs.append(PagedConfig(f"openvino paged {name}", ir,
+                                       dict(pair.split(":", 1) for pair in pairs.split(",") if pair)))
+    if args.only:
+        wanted = set(args.only.split(",")) | {f"openvino paged {spec.partition('=')[0]}" for spec in args.openvino}
+        configs = configs[:2] + [c for c in configs[2:] if c.name in wanted]
     graph = onnx.load(str(exact), load_external_data=False).graph
     cache_dims = {}
     for value in graph.input:

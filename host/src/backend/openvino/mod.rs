@@ -170,7 +170,11 @@ impl Backend for OpenVino {
         }
         let described = model_path.display().to_string();
         if format == WeightFormat::OpenvinoIr && device == DeviceType::CPU {
-            match load_paged(&model_path, options) {
+            let defaults = {
+                let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+                self.plugin_defaults(&mut core, &device, &described)?
+            };
+            match load_paged(&model_path, options, &defaults) {
                 Ok(graph) => return Ok(Arc::new(graph)),
                 Err(e) => tracing::info!(
                     model = %described,
@@ -221,16 +225,32 @@ impl Backend for OpenVino {
 }
 
 /// The model as PagedAttention, its contexts batched ([`paged_batcher`]): the properties of its precision
-/// mode go to its compilation alone (the library compiles on a core of its own).
-fn load_paged(xml: &Path, options: &LoadOptions) -> Result<PagedGraph, BackendError> {
+/// mode go to its compilation alone (the library compiles on a core of its own). `plugin_defaults` are the
+/// CPU plugin's own precision properties.
+fn load_paged(
+    xml: &Path,
+    options: &LoadOptions,
+    plugin_defaults: &Properties,
+) -> Result<PagedGraph, BackendError> {
     let mut properties = vec![(PERFORMANCE_HINT, "LATENCY".to_string())];
-    if options.precision == Precision::Exact {
-        properties.extend([
+    match options.precision {
+        Precision::Exact => properties.extend([
             (INFERENCE_PRECISION, "f32".to_string()),
             (DYNAMIC_QUANTIZATION, "0".to_string()),
             // A stateful model's caches would be u8 by default; exact mode keeps them as computed.
             (KV_CACHE_PRECISION, "f32".to_string()),
-        ]);
+        ]),
+        // The caches in the precision the plugin computes in (bf16 on AMX/AVX512-BF16 CPUs, f32
+        // elsewhere), not its default u8: over bench/quality.py's text, u8 keys and values agree with
+        // exact on 97.32% of the top tokens against 97.59% in bf16 (mean KLD 0.00140 against 0.00132).
+        Precision::Fast => {
+            if let Some((_, computed)) = plugin_defaults
+                .iter()
+                .find(|(key, _)| key.as_ref() == INFERENCE_PRECISION)
+            {
+                properties.push((KV_CACHE_PRECISION, computed.clone()));
+            }
+        }
     }
     if options.threads > 0 {
         properties.push((INFERENCE_NUM_THREADS, options.threads.to_string()));
