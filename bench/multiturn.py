@@ -30,7 +30,11 @@ import time
 import urllib.request
 
 from host import start_host
-from peers import MODEL, MODEL_DIR, THREADS, gguf, rss_mib, start_llama_cpp, stream_chat
+import peers
+from peers import MODEL, MODEL_DIR, THREADS, rss_mib, start_llama_cpp, stream_chat
+
+# The default model, its GGUF and end-of-turn tokens, as peers.py measures them.
+peers.configure(MODEL, None)
 
 ENGINES = ["nnspin", "nnspin-uncached", "llama.cpp", "ov-genai"]
 TURNS = 10
@@ -105,7 +109,7 @@ class OvGenaiChat:
         scheduler = ov.SchedulerConfig()
         scheduler.enable_prefix_caching = True
         scheduler.cache_size = 1  # GB, as nnspin's default budget
-        self.pipe = ov.LLMPipeline(str(gguf()), "CPU", scheduler_config=scheduler,
+        self.pipe = ov.LLMPipeline(str(peers.GGUF), "CPU", scheduler_config=scheduler,
                                    INFERENCE_NUM_THREADS=THREADS)
         self.tokenizer = self.pipe.get_tokenizer()
 
