@@ -32,7 +32,7 @@ def test_spin_toml_places_models_per_model(tmp_path):
     with manifest.open("a") as toml:
         toml.write(f'\n[model.{TINY_MODEL}]\nbackend = "openvino"\ndevice = "cpu"\nthreads = 1\nformat = "onnx"\n'
                    'precision = "fast"\n')
-    with running_host(manifest) as host:  # the command line's default backend is onnxruntime
+    with running_host(manifest) as host:  # spin.toml places it, whatever the command line says
         (model,) = httpx.get(host.openai_url + "/models").json()["data"]
         assert (model["backend"], model["device"], model["precision"]) == ("openvino", "cpu", "fast")
     with manifest.open("a") as toml:

@@ -1,8 +1,9 @@
-"""Prefix caching on ONNX Runtime's batched path, seen from the OpenAI API: a host with the cache (the
-default) and one without (`--prefix-cache-mib 0`) give the same answers and log-probabilities, whether a
-prompt's prefix came from a finished request, a running one, or nowhere; the cache reports what it saved
-in `usage.prompt_tokens_details.cached_tokens` and in the metrics, keeps serving under a budget too small
-for what it is asked to keep, and is not left half-written by a client that leaves during a prefill."""
+"""Prefix caching on both batched paths (ONNX Runtime's rows, OpenVINO's PagedAttention blocks), seen from
+the OpenAI API: a host with the cache (the default) and one without (`--prefix-cache-mib 0`) give the same
+answers and log-probabilities, whether a prompt's prefix came from a finished request, a running one, or
+nowhere; the cache reports what it saved in `usage.prompt_tokens_details.cached_tokens` and in the metrics,
+keeps serving under a budget too small for what it is asked to keep, and is not left half-written by a
+client that leaves during a prefill. Rows reuse any prefix length, blocks whole blocks of 32 positions."""
 
 import math
 import socket
@@ -19,21 +20,37 @@ SYSTEM = ("You are a patient teacher. You answer every question in plain English
           "sentences, and you never use lists.")
 
 
+# Positions the cache reuses come in multiples of this, per backend.
+GRANULARITY = {"onnxruntime": 1, "openvino": 32}
+
+
+@pytest.fixture(scope="module", params=["onnxruntime", "openvino"])
+def backend(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     return openai_app(tmp_path_factory.mktemp("prefix-cache"), [DEFAULT_MODEL, TINY_MODEL])
 
 
 @pytest.fixture(scope="module")
-def cached(app):
-    with running_host(app) as host:
+def cached(app, backend):
+    with running_host(app, "--backend", backend) as host:
+        host.backend = backend
         yield host
 
 
 @pytest.fixture(scope="module")
-def uncached(app):
-    with running_host(app, "--prefix-cache-mib", "0") as host:
+def uncached(app, backend):
+    with running_host(app, "--backend", backend, "--prefix-cache-mib", "0") as host:
+        host.backend = backend
         yield host
+
+
+def reusable(host, tokens: int) -> int:
+    """What the cache can hold of the first `tokens` tokens of a prompt: whole blocks on OpenVINO."""
+    return tokens // GRANULARITY[host.backend] * GRANULARITY[host.backend]
 
 
 def chat(host, messages, model=DEFAULT_MODEL, max_tokens=24) -> dict:
@@ -69,7 +86,7 @@ def test_the_fixed_prompts_answer_alike_with_and_without_the_cache(cached, uncac
         # The system prompt is shared by every question after the first; the same request again finds
         # all of its prompt but the last token, which must be computed for its logits.
         assert cached_tokens(first) > 0 or question == QUESTIONS[0]
-        assert cached_tokens(again) == again["usage"]["prompt_tokens"] - 1
+        assert cached_tokens(again) == reusable(cached, again["usage"]["prompt_tokens"] - 1)
 
 
 def test_a_ten_turn_conversation_through_the_sdk_is_the_same_with_and_without_the_cache(cached, uncached):
@@ -93,14 +110,14 @@ def test_a_ten_turn_conversation_through_the_sdk_is_the_same_with_and_without_th
     assert all(hit == 0 for _, hit in uncached_usage)
     # From the second turn on, the conversation so far is found: the previous turn's prompt at least.
     for (previous, _), (_, hit) in zip(cached_usage, cached_usage[1:]):
-        assert hit >= previous, cached_usage
+        assert hit >= reusable(cached, previous), cached_usage
 
 
 def test_a_cache_entry_belongs_to_its_model(cached):
     messages = [{"role": "user", "content": "A prompt seen by the tiny model only, " * 8}]
     chat(cached, messages, model=TINY_MODEL, max_tokens=2)
     tiny = chat(cached, messages, model=TINY_MODEL, max_tokens=2)
-    assert cached_tokens(tiny) == tiny["usage"]["prompt_tokens"] - 1
+    assert cached_tokens(tiny) == reusable(cached, tiny["usage"]["prompt_tokens"] - 1)
     # The default model finds at most the chat template's opening, which its own earlier prompts share.
     assert cached_tokens(chat(cached, messages, max_tokens=2)) < cached_tokens(tiny) / 4
 
@@ -120,9 +137,11 @@ def test_the_metrics_count_what_the_cache_saved(cached):
     assert host_metric(cached, "nnspin_kv_cache_bytes", **labels) > 0
 
 
-def test_a_budget_too_small_for_every_conversation_evicts_and_keeps_serving(app, uncached):
-    # 12 MiB holds one finished row of 256 positions (45 KiB each): every new conversation evicts the last.
-    with running_host(app, "--prefix-cache-mib", "12") as small:
+def test_a_budget_too_small_for_every_conversation_evicts_and_keeps_serving(app, backend, uncached):
+    # 12 MiB holds one finished row of 256 positions (45 KiB each), 2 MiB one block of 32: every new
+    # conversation evicts the last.
+    budget = {"onnxruntime": "12", "openvino": "2"}[backend]
+    with running_host(app, "--backend", backend, "--prefix-cache-mib", budget) as small:
         for question in QUESTIONS[:4] + QUESTIONS[:2]:
             messages = [{"role": "user", "content": question}]
             assert_same_generation(chat(small, messages), chat(uncached, messages))

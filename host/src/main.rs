@@ -55,9 +55,11 @@ struct UpArgs {
     /// Directory holding one model directory per name listed in the components' `ai_models`.
     #[arg(long, default_value = "models", env = "NNSPIN_MODELS_DIR")]
     models_dir: PathBuf,
-    /// Inference backend for models spin.toml does not place (`[model.NAME] backend = ...`).
-    #[arg(long, value_enum, default_value_t = BackendKind::Onnxruntime, env = "NNSPIN_BACKEND")]
-    backend: BackendKind,
+    /// Inference backend for models spin.toml does not place (`[model.NAME] backend = ...`). By default
+    /// each model's own: OpenVINO on the CPU where its directory holds the stateful IR (batched on
+    /// PagedAttention), ONNX Runtime otherwise.
+    #[arg(long, value_enum, env = "NNSPIN_BACKEND")]
+    backend: Option<BackendKind>,
     /// Device for those models: cpu, gpu (ONNX Runtime CUDA or OpenVINO GPU) or tensorrt.
     #[arg(long, default_value = "cpu", env = "NNSPIN_DEVICE")]
     device: Device,

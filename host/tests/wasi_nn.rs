@@ -50,7 +50,7 @@ fn grants_of(model: &str, backend: BackendKind, precision: Precision) -> Arc<Llm
     };
     let placement = Placement {
         defaults: ModelSettings {
-            backend,
+            backend: Some(backend),
             device: Device::Cpu,
             precision,
             threads: 1,

@@ -6,6 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use super::{BackendKind, Engine};
 
+/// Whether this host carries OpenVINO's PagedAttention library (built against the `openvino` wheel), with
+/// which OpenVINO batches a stateful IR's contexts.
+pub const PAGED_ATTENTION: bool = cfg!(all(feature = "openvino", openvino_paged));
+
 #[derive(Default)]
 pub struct Engines {
     started: Mutex<BTreeMap<BackendKind, Arc<Engine>>>,

@@ -13,8 +13,10 @@ impl LlmView<'_> {
         let (backend, device, precision) = match model {
             Some(m) => (m.backend, m.device, m.precision),
             None => {
-                let settings = self.grants.registry().settings(id);
-                (settings.backend, settings.device, settings.precision)
+                let registry = self.grants.registry();
+                let settings = registry.settings(id);
+                let backend = registry.backend(id, &settings);
+                (backend, settings.device, settings.precision)
             }
         };
         ModelStatus {

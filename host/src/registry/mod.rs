@@ -24,7 +24,8 @@ pub const DEFAULT_PREFIX_CACHE_MIB: u64 = 1024;
 /// Where and how one model runs: the command line's defaults, overridden per model in spin.toml.
 #[derive(Debug, Clone)]
 pub struct ModelSettings {
-    pub backend: BackendKind,
+    /// `None`: the backend that serves the model's files best ([`ModelRegistry::backend`]).
+    pub backend: Option<BackendKind>,
     pub device: Device,
     pub precision: Precision,
     /// Intra-op threads; 0 lets the backend choose.
@@ -40,7 +41,7 @@ impl ModelSettings {
             return self.clone();
         };
         Self {
-            backend: o.backend.unwrap_or(self.backend),
+            backend: o.backend.or(self.backend),
             device: o.device.unwrap_or(self.device),
             precision: o.precision.unwrap_or(self.precision),
             threads: o.threads.unwrap_or(self.threads),
@@ -124,6 +125,29 @@ impl ModelRegistry {
             .with(self.placement.overrides.get(name))
     }
 
+    /// The backend `name` runs on: the one its settings name, else OpenVINO on the CPU where the model's
+    /// directory holds the stateful IR that OpenVINO batches on PagedAttention (the export writes it where
+    /// its attention rewrite covers the model; exact mode computes what ONNX Runtime's does, faster: see
+    /// README's Backends), else ONNX Runtime, whose batched path serves every export.
+    pub fn backend(&self, name: &str, settings: &ModelSettings) -> BackendKind {
+        if let Some(chosen) = settings.backend {
+            return chosen;
+        }
+        let ir = self
+            .models_dir
+            .join(name)
+            .join(WeightFormat::OpenvinoIr.file_name());
+        let pages = settings.device == Device::Cpu
+            && settings.format != Some(WeightFormat::Onnx)
+            && crate::backend::engines::PAGED_ATTENTION
+            && ir.is_file();
+        if pages {
+            BackendKind::Openvino
+        } else {
+            BackendKind::Onnxruntime
+        }
+    }
+
     /// Makes a model resident, loading it unless it already is (blocking: call off the async workers).
     pub fn load(&self, name: &str) -> wasmtime::Result<Arc<Model>> {
         if let Some(model) = self.get(name) {
@@ -139,7 +163,7 @@ impl ModelRegistry {
         let started = std::time::Instant::now();
         let dir = self.models_dir.join(name);
         let settings = self.settings(name);
-        let engine = self.engines.get(settings.backend)?;
+        let engine = self.engines.get(self.backend(name, &settings))?;
         let mut options = LoadOptions {
             threads: settings.threads,
             device: settings.device,
@@ -197,4 +221,82 @@ impl ModelRegistry {
 /// Model names become directory names: no separators, no `..`.
 fn is_plain_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(models_dir: &Path, backend: Option<BackendKind>) -> ModelRegistry {
+        let defaults = ModelSettings {
+            backend,
+            device: Device::Cpu,
+            precision: Precision::Exact,
+            threads: 0,
+            format: None,
+            prefix_cache_mib: 0,
+        };
+        let placement = Placement {
+            defaults,
+            overrides: BTreeMap::new(),
+            cpu_fallback: false,
+        };
+        let limits = ContextLimits {
+            max_active: 1,
+            max_queued: 0,
+        };
+        ModelRegistry::new(models_dir, placement, limits, Arc::default())
+    }
+
+    #[test]
+    fn a_model_runs_on_openvino_by_default_only_where_it_pages() {
+        let dir = std::env::temp_dir().join(format!("nnspin-backend-{}", std::process::id()));
+        for (name, files) in [
+            ("paged", &["model.onnx", "openvino_model.xml"][..]),
+            ("onnx", &["model.onnx"][..]),
+        ] {
+            std::fs::create_dir_all(dir.join(name)).unwrap();
+            for file in files {
+                std::fs::write(dir.join(name).join(file), "").unwrap();
+            }
+        }
+        let auto = registry(&dir, None);
+        let on_ir = if crate::backend::engines::PAGED_ATTENTION {
+            BackendKind::Openvino
+        } else {
+            BackendKind::Onnxruntime
+        };
+        let defaults = auto.settings("paged");
+        assert_eq!(auto.backend("paged", &defaults), on_ir);
+        assert_eq!(auto.backend("onnx", &defaults), BackendKind::Onnxruntime);
+        for (changed, why) in [
+            (
+                ModelSettings {
+                    device: Device::Gpu,
+                    ..defaults.clone()
+                },
+                "a GPU",
+            ),
+            (
+                ModelSettings {
+                    format: Some(WeightFormat::Onnx),
+                    ..defaults.clone()
+                },
+                "model.onnx asked for",
+            ),
+        ] {
+            assert_eq!(
+                auto.backend("paged", &changed),
+                BackendKind::Onnxruntime,
+                "{why}"
+            );
+        }
+        let chosen = registry(&dir, Some(BackendKind::Onnxruntime));
+        assert_eq!(
+            chosen.backend("paged", &chosen.settings("paged")),
+            BackendKind::Onnxruntime,
+            "the command line's choice"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
