@@ -84,13 +84,13 @@ def test_a_body_that_stops_arriving_is_408(host):
 
 def test_an_inference_error_mid_generation_is_500_json_and_frees_the_context(tmp_path):
     """The faults component's step (an attention mask longer than its tokens) reaches the engine only
-    where the host does not build the batch itself: a model without shared cache buffers (no
-    `genai_config.json`, as an Optimum export comes), whose contexts run their own steps."""
+    where the host does not build the batch itself: on ONNX Runtime, a model without shared cache buffers
+    (no `genai_config.json`, as an Optimum export comes), whose contexts run their own steps."""
     models = tmp_path / "models"
     shutil.copytree(ROOT / "models" / TINY_MODEL, models / TINY_MODEL)
     (models / TINY_MODEL / "genai_config.json").unlink()
     manifest = one_component_app(tmp_path, "faults", "nnspin_test_faults.wasm", [TINY_MODEL], route="/faults/...")
-    with running_host(manifest, models_dir=models) as host:
+    with running_host(manifest, "--backend", "onnxruntime", models_dir=models) as host:
         response = httpx.post(host.url + "/faults/compute-error")
         error = assert_json_error(response, 500)
         assert "inference failed" in error["error"]["message"]
@@ -98,10 +98,9 @@ def test_an_inference_error_mid_generation_is_500_json_and_frees_the_context(tmp
 
 
 def test_a_step_that_does_not_continue_its_cache_is_400_and_frees_the_context(host):
-    """With shared cache buffers the host builds each batched pass itself and checks every step against
-    its context's cache first: the same faulty step is the component's mistake, not an engine failure."""
-    if host.backend != "onnxruntime":
-        pytest.skip("OpenVINO runs each context's steps itself")
+    """Where the host builds each batched pass itself (ONNX Runtime's shared rows, OpenVINO's PagedAttention
+    blocks) it checks every step against its context's cache first: the same faulty step is the
+    component's mistake, not an engine failure."""
     response = httpx.post(host.url + "/faults/compute-error")
     error = assert_json_error(response, 400)
     assert "3 positions are cached, but this context holds 0" in error["error"]["message"]
