@@ -168,7 +168,7 @@ class PagedConfig:
     PagedAttention by the host's own library (host/native/openvino_paged.cpp, as `cargo build -p nnspin`
     compiled it), with the properties of each mode. The first half of a chunk runs as one prompt pass; the
     scored half in passes of PAGED_STEP tokens, so its attention reads the earlier positions from the cache
-    as decoding does (fast mode keeps that cache in u8). `properties` are set over the plugin's defaults."""
+    as decoding does. `properties` are set over the plugin's defaults."""
 
     def __init__(self, name: str, xml: Path, properties: dict):
         self.name, self.xml, self.properties = name, xml, properties
@@ -289,8 +289,11 @@ def main():
     ]
     ir = args.model / "openvino_model.xml"
     if ir.exists():
+        import openvino as ov
+        # As the host's fast mode: the plugin's defaults, the KV cache in the precision it computes in.
+        computed = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
         configs += [PagedConfig("openvino paged exact", ir, OPENVINO_EXACT),
-                    PagedConfig("openvino paged fast", ir, {})]
+                    PagedConfig("openvino paged fast", ir, {"KV_CACHE_PRECISION": computed})]
         for spec in args.openvino:
             name, _, pairs = spec.partition("=")
             configs.append(PagedConfig(f"openvino paged {name}", ir,

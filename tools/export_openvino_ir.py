@@ -108,6 +108,61 @@ def rewrite(model: ov.Model) -> int:
     return rewritten
 
 
+def fold_block_offsets(model: ov.Model) -> int:
+    """Folds each quantized projection's block offsets into its zero points; returns how many it folded.
+
+    The export writes a block-quantized projection as ONNX Runtime's fast kernels take it: 4-bit blocks at
+    the kernel's default zero point, ``s * (q - 8)``, plus the exact remainder of each block's offset
+    (Q4_1's minimum, a K-quant's sub-block offset) as a second, small matmul of per-block input sums
+    ``sum(x) * s * (8 - z)``. OpenVINO's compressed matmul takes any zero point, so here both become one:
+    ``s * (q - z)`` with ``z = 8 - offset / s``, which leaves each projection one compressed matmul instead of
+    that plus an f32 matmul, a reduction and an add (about 11% of a decode step in f32 and 16% in bf16 on the
+    default model, by OpenVINO's per-node counters). A block whose scale is 0 but whose offset is not cannot
+    be written so: its projection keeps the second matmul."""
+    folded = 0
+    for add in model.get_ordered_ops():
+        if add.get_type_name() != "Add":
+            continue
+        main, correction = (add.input_value(i).get_node() for i in range(2))
+        if main.get_type_name() != "MatMul" or correction.get_type_name() != "MatMul":
+            continue
+        sums, offsets = (correction.input_value(i).get_node() for i in range(2))
+        if sums.get_type_name() != "ReduceSum" or offsets.get_type_name() != "Constant":
+            continue
+        weight = main.input_value(1).get_node()  # Reshape([N, blocks, block] -> [N, K])
+        scaled = weight.input_value(0).get_node() if weight.get_type_name() == "Reshape" else None
+        if scaled is None or scaled.get_type_name() != "Multiply":
+            continue
+        centred, scales = (scaled.input_value(i).get_node() for i in range(2))
+        if centred.get_type_name() != "Subtract":
+            continue
+        zero = centred.input_value(1).get_node()
+        if zero.get_type_name() == "Convert":
+            zero = zero.input_value(0).get_node()
+        scale_values = constant_values(scales)
+        if zero.get_type_name() != "Constant" or scale_values is None:
+            continue
+        n, blocks = scaled.get_output_partial_shape(0)[0].get_length(), scaled.get_output_partial_shape(0)[1].get_length()
+        s = scale_values.astype(np.float64).reshape(n, blocks)
+        offset = offsets.get_data().astype(np.float64).T.reshape(n, blocks)
+        if np.any((s == 0) & (offset != 0)):
+            continue
+        z = np.broadcast_to(zero.get_data().astype(np.float64).reshape(-1)[0], (n, blocks))
+        z = z - np.divide(offset, s, out=np.zeros_like(offset), where=s != 0)
+        centred.input(1).replace_source_output(ops.constant(z.reshape(n, blocks, 1).astype(np.float32)).output(0))
+        add.output(0).replace(main.output(0))
+        folded += 1
+    model.validate_nodes_and_infer_types()
+    return folded
+
+
+def constant_values(node: ov.Node) -> np.ndarray | None:
+    """The values a constant, perhaps converted and reshaped, holds; None if it is not one."""
+    while node.get_type_name() in ("Convert", "Reshape"):
+        node = node.input_value(0).get_node()
+    return node.get_data() if node.get_type_name() == "Constant" else None
+
+
 def initialise_state(model: ov.Model) -> None:
     """Starts each cache as an empty `[batch, kv_heads, 0, head_dim]` tensor, its batch that of `input_ids`
     (a `ReadValue` without an initial value would start with batch 0)."""
@@ -145,6 +200,7 @@ def stateful(onnx_model: Path, beam_idx: bool = False) -> tuple[ov.Model, int, i
     """The exported decoder with standard attention and its caches as state; with the number of attention
     layers rewritten and of caches made state."""
     model = ov.Core().read_model(onnx_model)
+    fold_block_offsets(model)
     rewritten = rewrite(model)
     names = {name for param in model.inputs for name in param.get_names()}
     caches = {name: PRESENT + name[len(PAST):] for name in names if name.startswith(PAST)}

