@@ -142,7 +142,15 @@ def test_a_response_sent_before_the_body_was_read_closes_the_connection(host):
         # A body read to its end keeps the connection open for the next request.
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s"
                   % (len(body), body))
-        head = s.recv(65536).split(b"\r\n\r\n")[0].lower()
+        # The answer is chunked and may come in several segments: read it to its last chunk.
+        s.settimeout(30)
+        answer = s.recv(65536)
+        while not answer.endswith(b"0\r\n\r\n"):
+            more = s.recv(65536)
+            assert more, f"the connection closed before the answer ended: {answer!r}"
+            answer += more
+        head = answer.split(b"\r\n\r\n")[0].lower()
         assert head.startswith(b"http/1.1 400") and b"connection: close" not in head, head
+        assert b"transfer-encoding: chunked" in head, head
         s.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
         assert s.recv(65536).startswith(b"HTTP/1.1 200"), "the connection was kept for the next request"
