@@ -43,6 +43,10 @@ def test_messages_count_as_a_chat_request_counts_them(host, client):
     ("/detokenize", {"tokens": [-1]}),
     ("/detokenize", {}),
     ("/tokenize", {"prompt": "a", "model": "no-such-model"}),
+    # Tools are checked whatever the input (schemathesis found one with a numeric description accepted).
+    ("/tokenize", {"prompt": "a", "tools": [{"type": "function", "function": {"name": "f", "description": -1}}]}),
+    ("/tokenize", {"messages": [{"role": "user", "content": "b"}],
+                   "tools": [{"type": "function", "function": {"name": "f", "description": -1}}]}),
 ])
 def test_bad_requests_are_json_errors(host, path, body):
     status = 404 if body.get("model") == "no-such-model" else 400

@@ -46,16 +46,15 @@ enum Input {
 impl TokenizeRequest {
     fn parse(body: &[u8]) -> Result<(Self, Input), ApiError> {
         let mut request: Self = parse_body(body)?;
+        // Checked whatever the input, as the API describes them: they count only with `messages`.
+        let tools = Tools::from_request(request.tools.as_ref(), None, true)?;
         let input = match (
             request.prompt.take(),
             request.content.take(),
             &request.messages,
         ) {
             (Some(text), None, None) | (None, Some(text), None) => Input::Text(text),
-            (None, None, Some(messages)) => Input::Chat(
-                Conversation::parse(messages)?,
-                Tools::from_request(request.tools.as_ref(), None, true)?,
-            ),
+            (None, None, Some(messages)) => Input::Chat(Conversation::parse(messages)?, tools),
             _ => {
                 return Err(ApiError::wrong_shape(
                     "give exactly one of `prompt`, `content` or `messages`",

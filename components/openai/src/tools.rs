@@ -347,12 +347,19 @@ fn function(index: usize, tool: &Value) -> Result<Function, ApiError> {
     };
     Schema::compile(&parameters)
         .map_err(|e| invalid(&param, format!("`{param}.function.parameters`: {e}")))?;
+    let description = match f.get("description") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(text.clone()),
+        Some(_) => {
+            return Err(invalid(
+                &param,
+                format!("`{param}.function.description` must be a string"),
+            ));
+        }
+    };
     Ok(Function {
         name: name.to_string(),
-        description: f
-            .get("description")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        description,
         parameters,
     })
 }
@@ -453,6 +460,10 @@ mod tests {
                 json!("auto"),
             ),
             (json!({"not": "a list"}), json!("auto")),
+            (
+                json!([{"type": "function", "function": {"name": "f", "description": -1}}]),
+                json!("auto"),
+            ),
         ] {
             let e = Tools::from_request(Some(&tools), Some(&choice), true).unwrap_err();
             assert_eq!(status(e.kind), 400, "{tools} {choice}");
