@@ -142,7 +142,8 @@ def fold_block_offsets(model: ov.Model) -> int:
         scale_values = constant_values(scales)
         if zero.get_type_name() != "Constant" or scale_values is None:
             continue
-        n, blocks = scaled.get_output_partial_shape(0)[0].get_length(), scaled.get_output_partial_shape(0)[1].get_length()
+        shape = scaled.get_output_partial_shape(0)
+        n, blocks = shape[0].get_length(), shape[1].get_length()
         s = scale_values.astype(np.float64).reshape(n, blocks)
         offset = offsets.get_data().astype(np.float64).T.reshape(n, blocks)
         if np.any((s == 0) & (offset != 0)):
