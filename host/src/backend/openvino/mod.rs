@@ -18,7 +18,8 @@
 //!
 //! In exact mode CPU inference runs with fp32 activations and no dynamic quantization, so answers match
 //! ONNX Runtime's and the fp32 model's; fast mode leaves the CPU plugin its defaults (bf16 inference
-//! where the CPU has it, dynamic int8 quantization of weight-compressed matmuls).
+//! where the CPU has it, dynamic int8 quantization of weight-compressed matmuls), except that the paged
+//! path keeps its KV cache in the precision it computes in rather than u8 (see `load_paged`).
 //!
 //! OpenVINO's model cache (`CACHE_DIR`) is not used: with OpenVINO 2026.4 a model imported from its
 //! cached blob returns NaN logits for these ONNX exports, so each start compiles (about 2.4 s for the

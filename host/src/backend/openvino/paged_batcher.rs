@@ -92,6 +92,17 @@ struct Item {
     end: usize,
 }
 
+impl Item {
+    /// The step this item runs tokens of.
+    fn pending<'a>(&self, prefills: &'a VecDeque<Pending>, decodes: &'a [Pending]) -> &'a Pending {
+        if self.prefill {
+            &prefills[self.index]
+        } else {
+            &decodes[self.index]
+        }
+    }
+}
+
 struct Scheduler {
     model: PagedModel,
     cache: CacheBlocks,
@@ -218,11 +229,7 @@ impl Scheduler {
     }
 
     fn pending(&self, item: &Item) -> &Pending {
-        if item.prefill {
-            &self.prefills[item.index]
-        } else {
-            &self.decodes[item.index]
-        }
+        item.pending(&self.prefills, &self.decodes)
     }
 
     /// The sequence of the planned `item` and the positions it holds once the pass has run.
@@ -329,11 +336,8 @@ impl Scheduler {
             };
             let complete = item.end == total;
             if let Some(logits) = logits.as_mut() {
-                // The queues and the cache are apart, so a step is read while the cache advances.
-                let p = match item.prefill {
-                    true => &self.prefills[item.index],
-                    false => &self.decodes[item.index],
-                };
+                // Read from the queues alone, so the cache can advance meanwhile.
+                let p = item.pending(&self.prefills, &self.decodes);
                 self.cache.advanced(
                     sequence,
                     &p.step.ids[done..item.end],
