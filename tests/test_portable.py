@@ -61,3 +61,20 @@ def test_the_ir_computes_what_the_onnx_decoder_computes(ir):
         tokens.append(int(logits.argmax()))
         logits = stateful.infer(step_inputs(tokens[-1:], len(tokens) - 1))["logits"][0, -1]
     assert worst < 1e-3, f"max |Δlogit| {worst} over {len(tokens) - prompt} steps"
+
+
+def test_the_ir_has_the_shapes_openvino_fuses(ir):
+    """The default model's Q8_0 head, which model.onnx splits into two 4-bit halves for ONNX Runtime, is
+    one 8-bit compressed matmul again, and each rotary embedding compiles into one fused RoPE node (the
+    rewrites that make a decode pass ~15% faster: a pattern that stops matching fails here, not silently)."""
+    model = ov.Core().read_model(ir / "model.xml")
+    weights = [op for op in model.get_ordered_ops()
+               if op.get_type_name() == "Constant" and op.get_element_type() in (ov.Type.u4, ov.Type.u8)]
+    head = [op for op in weights if op.get_shape()[0] == 49152 and len(op.get_shape()) == 3
+            and op.get_shape()[2] == 32]
+    # The embedding table and the head: both 8-bit codes of 18 blocks of 32 (576 columns), none doubled.
+    assert [(op.get_element_type(), list(op.get_shape())) for op in head] == [(ov.Type.u8, [49152, 18, 32])] * 2
+    compiled = ov.Core().compile_model(model, "CPU", EXACT)
+    layers = [op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ops()]
+    attention = sum(op.get_type_name() == "ScaledDotProductAttention" for op in model.get_ordered_ops())
+    assert layers.count("RoPE") == 2 * attention
