@@ -2,13 +2,14 @@
 disconnects, and overload answered with 503 + Retry-After without losing any accepted request."""
 
 import concurrent.futures
+import contextlib
 import json
 import time
 
 import httpx
 import pytest
 
-from support import TINY_MODEL, host_metric, metric, openai_app, running_host, wait_for_metric
+from support import DEFAULT_MODEL, TINY_MODEL, host_metric, metric, openai_app, running_host, wait_for_metric
 
 
 def test_metrics_and_request_ids(host):
@@ -94,3 +95,27 @@ def test_overload_is_refused_with_retry_after_and_nothing_is_lost(tmp_path, stre
         assert metric(text, "nnspin_requests_total", route="/...", status="200") == len(served)
         assert metric(text, "nnspin_queue_depth", model=TINY_MODEL) == 0
         assert metric(text, "nnspin_execution_contexts", model=TINY_MODEL) == 0
+
+
+@pytest.mark.parametrize("placement, admitted", [
+    ((), 32),  # OpenVINO on PagedAttention: every context's steps in shared passes
+    (("--backend", "openvino", "--format", "onnx"), 8),  # an infer request per context, each computing alone
+])
+def test_a_model_that_batches_its_contexts_admits_more_sequences_by_default(tmp_path, placement, admitted):
+    manifest = openai_app(tmp_path, [DEFAULT_MODEL])
+    body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "Tell a long story."}],
+            "max_tokens": 400, "temperature": 0, "stream": True}
+    with running_host(manifest, *placement, "--max-queue-per-model", "0") as host, \
+            contextlib.ExitStack() as streams:
+        statuses, running = [], []
+        for _ in range(admitted + 1):
+            response = streams.enter_context(
+                httpx.stream("POST", host.openai_url + "/chat/completions", json=body, timeout=120))
+            statuses.append(response.status_code)
+            if response.status_code == 200:
+                # Kept: dropping the iterator would close the connection (and free the context).
+                running.append(response.iter_lines())
+                next(running[-1])  # the stream has begun: its context is open
+        # Held open, the first `admitted` streams all run; the next is refused, with no queue to wait in.
+        assert statuses == [200] * admitted + [503], statuses
+        assert host_metric(host, "nnspin_execution_contexts", model=DEFAULT_MODEL) == admitted

@@ -87,11 +87,11 @@ struct UpArgs {
     /// Linear memory one component instance may use, in MiB.
     #[arg(long, default_value_t = 256)]
     max_instance_memory_mib: usize,
-    /// Sequences each model decodes at once; more wait in its queue. A batched pass costs little more
-    /// per extra sequence (on the default model, OpenVINO exact: 13 ms for one, 25 for 8, 32 for 16, 50
-    /// for 32), so a model admits many.
-    #[arg(long, default_value_t = 32)]
-    max_sequences_per_model: usize,
+    /// Sequences each model decodes at once; more wait in its queue. Default: 32 for a model whose
+    /// contexts' steps share batched passes (little more costly than one), 8 for one whose contexts
+    /// compute alone.
+    #[arg(long)]
+    max_sequences_per_model: Option<usize>,
     /// Requests that may wait for a model; past that they get 503 with Retry-After.
     #[arg(long, default_value_t = 64)]
     max_queue_per_model: usize,
@@ -178,7 +178,7 @@ fn up(args: UpArgs) -> wasmtime::Result<()> {
         max_instance_memory: args.max_instance_memory_mib << 20,
         max_instance_cpu: Duration::from_millis(args.max_instance_cpu_ms),
         context_limits: ContextLimits {
-            max_active: args.max_sequences_per_model.max(1),
+            max_active: args.max_sequences_per_model,
             max_queued: args.max_queue_per_model,
         },
     };

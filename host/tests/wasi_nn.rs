@@ -45,7 +45,7 @@ fn grants_on(backend: BackendKind, precision: Precision) -> Arc<LlmGrants> {
 /// The same, for one model.
 fn grants_of(model: &str, backend: BackendKind, precision: Precision) -> Arc<LlmGrants> {
     let limits = ContextLimits {
-        max_active: 8,
+        max_active: Some(8),
         max_queued: 0,
     };
     let placement = Placement {

@@ -276,6 +276,12 @@ pub trait BackendGraph: Send + Sync {
     fn prefix_cache(&self) -> Option<Arc<prefix_cache::PrefixCacheStats>> {
         None
     }
+
+    /// Whether the contexts' steps run together in shared passes (a batch scheduler), so that many
+    /// sequences at once cost little more than one; else each context computes alone.
+    fn batches_contexts(&self) -> bool {
+        false
+    }
 }
 
 /// One sequence's inference state.

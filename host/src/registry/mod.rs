@@ -242,7 +242,7 @@ mod tests {
             cpu_fallback: false,
         };
         let limits = ContextLimits {
-            max_active: 1,
+            max_active: Some(1),
             max_queued: 0,
         };
         ModelRegistry::new(models_dir, placement, limits, Arc::default())

@@ -117,6 +117,7 @@ impl Model {
             created,
             owned_by: "nnspin".to_string(),
         };
+        let admission = Admission::new(limits, graph.batches_contexts());
         Ok(Self {
             facts,
             backend: engine.kind,
@@ -124,7 +125,7 @@ impl Model {
             precision: options.precision,
             graph,
             text: Arc::new(text),
-            admission: Admission::new(limits),
+            admission,
         })
     }
 }

@@ -313,4 +313,8 @@ impl BackendGraph for OnnxGraph {
             Self::Serial { .. } | Self::Encoder(_) => None,
         }
     }
+
+    fn batches_contexts(&self) -> bool {
+        !matches!(self, Self::Serial { .. })
+    }
 }

@@ -71,6 +71,10 @@ impl BackendGraph for PagedGraph {
     fn prefix_cache(&self) -> Option<Arc<PrefixCacheStats>> {
         Some(self.stats.clone())
     }
+
+    fn batches_contexts(&self) -> bool {
+        true
+    }
 }
 
 /// A step waiting for its tokens to run.
