@@ -184,7 +184,9 @@ def join_nibbles(model: ov.Model) -> int:
             continue
         weight = matmul.input_value(1).get_node()
         scaled = weight.input_value(0).get_node() if weight.get_type_name() == "Reshape" else None
-        if scaled is None or scaled.get_type_name() != "Multiply" or not matmul.get_attributes()["transpose_b"]:
+        transposed = matmul.get_attributes()
+        if (scaled is None or scaled.get_type_name() != "Multiply"
+                or transposed["transpose_a"] or not transposed["transpose_b"]):
             continue
         centred, scales = (scaled.input_value(i).get_node() for i in range(2))
         if centred.get_type_name() != "Subtract":
