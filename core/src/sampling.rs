@@ -247,10 +247,12 @@ pub fn logprobs(logits: &[f32], token: u32, top_n: usize) -> TokenLogprob {
 
 /// Index of the largest logit; the lowest index wins a tie, so greedy decoding is deterministic.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
+    // The best value kept beside its index rather than read back from the slice (a bounds-checked load
+    // in the loop's dependency chain) at each of the vocabulary's values, once per token.
+    let (mut best, mut best_value) = (0, f32::NEG_INFINITY);
     for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
+        if l > best_value {
+            (best, best_value) = (i, l);
         }
     }
     best as u32
