@@ -112,6 +112,22 @@ def rewrite(model: ov.Model) -> int:
     return rewritten
 
 
+def compressed_weight(matmul: ov.Node) -> tuple[ov.Node, ov.Node, tuple[int, int, int]] | None:
+    """A matmul's weight as OpenVINO reads a ``MatMulNBits`` (and writes a compressed matmul):
+    ``Reshape(Multiply(Subtract(codes, zero points), scales))`` from ``[N, blocks, block]`` to ``[N, K]``.
+    Returns the ``Subtract`` (codes, zero points), the scales' node and ``(N, blocks, block)``; None for any
+    other weight."""
+    weight = matmul.input_value(1).get_node()
+    scaled = weight.input_value(0).get_node() if weight.get_type_name() == "Reshape" else None
+    if scaled is None or scaled.get_type_name() != "Multiply":
+        return None
+    centred, scales = (scaled.input_value(i).get_node() for i in range(2))
+    if centred.get_type_name() != "Subtract":
+        return None
+    n, blocks, block = (d.get_length() for d in scaled.get_output_partial_shape(0))
+    return centred, scales, (n, blocks, block)
+
+
 def fold_block_offsets(model: ov.Model) -> int:
     """Folds each quantized projection's block offsets into its zero points; returns how many it folded.
 
@@ -133,26 +149,18 @@ def fold_block_offsets(model: ov.Model) -> int:
         sums, offsets = (correction.input_value(i).get_node() for i in range(2))
         if sums.get_type_name() != "ReduceSum" or offsets.get_type_name() != "Constant":
             continue
-        weight = main.input_value(1).get_node()  # Reshape([N, blocks, block] -> [N, K])
-        scaled = weight.input_value(0).get_node() if weight.get_type_name() == "Reshape" else None
-        if scaled is None or scaled.get_type_name() != "Multiply":
+        weight = compressed_weight(main)
+        if weight is None:
             continue
-        centred, scales = (scaled.input_value(i).get_node() for i in range(2))
-        if centred.get_type_name() != "Subtract":
+        centred, scales, (n, blocks, _) = weight
+        zero, scale_values = constant_values(centred.input_value(1).get_node()), constant_values(scales)
+        if zero is None or scale_values is None:
             continue
-        zero = centred.input_value(1).get_node()
-        if zero.get_type_name() == "Convert":
-            zero = zero.input_value(0).get_node()
-        scale_values = constant_values(scales)
-        if zero.get_type_name() != "Constant" or scale_values is None:
-            continue
-        shape = scaled.get_output_partial_shape(0)
-        n, blocks = shape[0].get_length(), shape[1].get_length()
         s = scale_values.astype(np.float64).reshape(n, blocks)
         offset = offsets.get_data().astype(np.float64).T.reshape(n, blocks)
         if np.any((s == 0) & (offset != 0)):
             continue
-        z = np.broadcast_to(zero.get_data().astype(np.float64).reshape(-1)[0], (n, blocks))
+        z = np.broadcast_to(zero.astype(np.float64).reshape(-1)[0], (n, blocks))
         z = z - np.divide(offset, s, out=np.zeros_like(offset), where=s != 0)
         centred.input(1).replace_source_output(ops.constant(z.reshape(n, blocks, 1).astype(np.float32)).output(0))
         add.output(0).replace(main.output(0))
@@ -182,22 +190,17 @@ def join_nibbles(model: ov.Model) -> int:
         first = doubled.input_value(0)
         if first != doubled.input_value(1):
             continue
-        weight = matmul.input_value(1).get_node()
-        scaled = weight.input_value(0).get_node() if weight.get_type_name() == "Reshape" else None
+        weight = compressed_weight(matmul)
         transposed = matmul.get_attributes()
-        if (scaled is None or scaled.get_type_name() != "Multiply"
-                or transposed["transpose_a"] or not transposed["transpose_b"]):
+        if weight is None or transposed["transpose_a"] or not transposed["transpose_b"]:
             continue
-        centred, scales = (scaled.input_value(i).get_node() for i in range(2))
-        if centred.get_type_name() != "Subtract":
-            continue
+        centred, scales, (n, double_blocks, block) = weight
         codes = centred.input_value(0).get_node()
         codes = codes.input_value(0).get_node() if codes.get_type_name() == "Convert" else codes
         zeros, scale_values = constant_values(centred.input_value(1).get_node()), constant_values(scales)
         if (codes.get_type_name() != "Constant" or codes.get_element_type() != ov.Type.u4
                 or zeros is None or scale_values is None):
             continue
-        n, double_blocks, block = (d.get_length() for d in scaled.get_output_partial_shape(0))
         blocks = double_blocks // 2
         packed = codes.get_data().reshape(n, double_blocks, block // 2)
         nibbles = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, double_blocks, block)
