@@ -16,22 +16,46 @@ fn i64_bytes(values: impl Iterator<Item = i64>) -> Vec<u8> {
 
 /// A decoder step of one sequence: `tokens` after `past` positions already in its cache.
 pub fn decoder_step(tokens: &[u32], past: usize) -> [Input; 3] {
-    let n = tokens.len();
+    let [ids, mask, positions] = step_of_rows(&[tokens], past);
+    [ids, mask, positions]
+}
+
+/// A decoder step of several sequences of one execution context, each row's `tokens` after `past`
+/// cached positions (all rows alike in length); `beam`, when given, names the context's row each
+/// continues (`beam_idx`): a row named twice forks, a row left out ends.
+pub fn decoder_rows(rows: &[&[u32]], past: usize, beam: Option<&[usize]>) -> Vec<Input> {
+    let mut inputs = step_of_rows(rows, past).to_vec();
+    if let Some(beam) = beam {
+        inputs.push(Input {
+            name: "beam_idx",
+            dims: vec![beam.len() as u32],
+            data: i64_bytes(beam.iter().map(|&row| row as i64)),
+        });
+    }
+    inputs
+}
+
+fn step_of_rows(rows: &[&[u32]], past: usize) -> [Input; 3] {
+    let n = rows.first().map_or(0, |row| row.len());
+    let r = rows.len() as u32;
     [
         Input {
             name: "input_ids",
-            dims: vec![1, n as u32],
-            data: i64_bytes(tokens.iter().map(|&t| i64::from(t))),
+            dims: vec![r, n as u32],
+            data: i64_bytes(
+                rows.iter()
+                    .flat_map(|row| row.iter().map(|&t| i64::from(t))),
+            ),
         },
         Input {
             name: "attention_mask",
-            dims: vec![1, (past + n) as u32],
-            data: i64_bytes(std::iter::repeat_n(1, past + n)),
+            dims: vec![r, (past + n) as u32],
+            data: i64_bytes(std::iter::repeat_n(1, rows.len() * (past + n))),
         },
         Input {
             name: "position_ids",
-            dims: vec![1, n as u32],
-            data: i64_bytes((past..past + n).map(|p| p as i64)),
+            dims: vec![r, n as u32],
+            data: i64_bytes(rows.iter().flat_map(|_| (past..past + n).map(|p| p as i64))),
         },
     ]
 }
@@ -84,6 +108,19 @@ mod tests {
         assert_eq!((ids.dims.clone(), values(&ids)), (vec![1, 2], vec![7, 8]));
         assert_eq!((mask.dims.clone(), values(&mask)), (vec![1, 5], vec![1; 5]));
         assert_eq!(values(&positions), vec![3, 4]);
+    }
+
+    #[test]
+    fn rows_of_a_step_share_their_positions_and_name_their_sources() {
+        let inputs = decoder_rows(&[&[7], &[9]], 4, Some(&[0, 0]));
+        let [ids, mask, positions, beam] = inputs.as_slice() else {
+            panic!("four inputs")
+        };
+        assert_eq!((ids.dims.clone(), values(ids)), (vec![2, 1], vec![7, 9]));
+        assert_eq!(mask.dims, vec![2, 5]);
+        assert_eq!(values(positions), vec![4, 4]);
+        assert_eq!((beam.name, values(beam)), ("beam_idx", vec![0, 0]));
+        assert_eq!(decoder_rows(&[&[7]], 4, None).len(), 3);
     }
 
     #[test]

@@ -145,18 +145,31 @@ async fn step(
     tokens: &[i64],
     past: usize,
 ) -> Result<(Vec<String>, Vec<f32>), (ErrorCode, String)> {
-    let n = tokens.len() as u32;
-    let inputs = vec![
+    let (names, mut rows) = step_rows(nn, ctx, &[tokens], past, None).await?;
+    Ok((names, rows.remove(0)))
+}
+
+/// Runs a step of several rows of one context, each row's tokens after `past` cached positions, `beam`
+/// naming the context's row each continues; returns the names of the outputs and each row's logits.
+async fn step_rows(
+    nn: &mut LlmView<'_>,
+    ctx: &Resource<ExecutionContext>,
+    rows: &[&[i64]],
+    past: usize,
+    beam: Option<&[i64]>,
+) -> Result<(Vec<String>, Vec<Vec<f32>>), (ErrorCode, String)> {
+    let (r, n) = (rows.len() as u32, rows[0].len() as u32);
+    let mut inputs = vec![
         (
             "input_ids".to_string(),
-            tensor(nn, vec![1, n], i64_bytes(tokens.iter().copied())).await,
+            tensor(nn, vec![r, n], i64_bytes(rows.concat())).await,
         ),
         (
             "attention_mask".to_string(),
             tensor(
                 nn,
-                vec![1, past as u32 + n],
-                i64_bytes(vec![1; past + n as usize]),
+                vec![r, past as u32 + n],
+                i64_bytes(vec![1; rows.len() * (past + n as usize)]),
             )
             .await,
         ),
@@ -164,12 +177,19 @@ async fn step(
             "position_ids".to_string(),
             tensor(
                 nn,
-                vec![1, n],
-                i64_bytes((past as i64)..(past as i64 + n as i64)),
+                vec![r, n],
+                i64_bytes(
+                    rows.iter()
+                        .flat_map(|_| (past as i64)..(past as i64 + n as i64)),
+                ),
             )
             .await,
         ),
     ];
+    if let Some(beam) = beam {
+        let beam = tensor(nn, vec![beam.len() as u32], i64_bytes(beam.to_vec())).await;
+        inputs.push(("beam_idx".to_string(), beam));
+    }
     let ctx = Resource::new_borrow(ctx.rep());
     match HostGraphExecutionContext::compute(nn, ctx, inputs)
         .await
@@ -185,17 +205,15 @@ async fn step(
             assert_eq!(logits.ty, ElementType::F32);
             assert_eq!(
                 logits.dims,
-                vec![1, 1, 49152],
-                "logits for the last position only"
+                vec![r, 1, 49152],
+                "logits for each row's last position only"
             );
-            Ok((
-                names,
-                logits
-                    .data
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect(),
-            ))
+            let values: Vec<f32> = logits
+                .data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            Ok((names, values.chunks(49152).map(<[f32]>::to_vec).collect()))
         }
         Err(error) => {
             let code = HostError::code(nn, Resource::new_borrow(error.rep()))
@@ -378,8 +396,7 @@ async fn concurrent_contexts_compute_what_each_computes_alone() {
 }
 
 /// The tiny model's directory holds the stateful IR `tools/export_model.py` writes, so OpenVINO serves it
-/// as PagedAttention with all its contexts batched into shared passes (a context refuses a step of two
-/// rows, which one infer request per context would run): eight sequences of different lengths,
+/// as PagedAttention with all its contexts batched into shared passes: eight sequences of different lengths,
 /// prefilling and decoding at once, get step by step the logits each gets alone.
 #[tokio::test(flavor = "multi_thread")]
 async fn openvino_batches_eight_concurrent_contexts_as_each_computes_alone() {
@@ -395,20 +412,6 @@ async fn openvino_batches_eight_concurrent_contexts_as_each_computes_alone() {
     {
         let mut fixture = base.beside();
         let mut nn = fixture.view();
-        let batched = context(&mut nn).await;
-        let rows = tensor(&mut nn, vec![2, 1], i64_bytes([1, 2])).await;
-        let refused = HostGraphExecutionContext::compute(
-            &mut nn,
-            batched,
-            vec![("input_ids".to_string(), rows)],
-        )
-        .await
-        .unwrap()
-        .unwrap_err();
-        assert_eq!(
-            code(&mut nn, refused).await,
-            ErrorCode::UnsupportedOperation
-        );
         let ctx = context(&mut nn).await;
         for prompt in &prompts {
             alone.push(greedy(&mut nn, &ctx, prompt, 8).await);
@@ -435,6 +438,64 @@ async fn openvino_batches_eight_concurrent_contexts_as_each_computes_alone() {
                 );
             }
         }
+    }
+}
+
+/// A context of a batching model carries several sequences as the rows of its steps (a request's
+/// choices): after a prompt of 40 tokens (a full block of 32 and a partial one on PagedAttention), three
+/// rows fork from it and then one of them ends; each row gets, step by step, the logits its tokens get
+/// alone in a context of their own. A `beam_idx` naming a row the context does not hold is refused and
+/// leaves the context as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_context_forks_rows_that_decode_as_sequences_of_their_own() {
+    for backend in BACKENDS {
+        forks_rows_on(backend).await;
+    }
+}
+
+async fn forks_rows_on(backend: BackendKind) {
+    let mut fixture = Fixture::on(backend);
+    let mut nn = fixture.view();
+    let prompt: Vec<i64> = (0..40).map(|t| 1 + (t * 53) % 3000).collect();
+    let alone = |tokens: &[i64]| [&prompt[..], tokens].concat();
+    let ctx = context(&mut nn).await;
+    step(&mut nn, &ctx, &prompt, 0).await.unwrap();
+    let past = prompt.len();
+    let forked = step_rows(&mut nn, &ctx, &[&[7], &[8], &[9]], past, Some(&[0, 0, 0]))
+        .await
+        .unwrap()
+        .1;
+    let (code, message) = step_rows(&mut nn, &ctx, &[&[1]], past + 1, Some(&[3]))
+        .await
+        .unwrap_err();
+    assert_eq!(code, ErrorCode::InvalidArgument, "{message}");
+    // Row 1 ends; rows 0 and 2 go on, now as rows 0 and 1.
+    let continued = step_rows(&mut nn, &ctx, &[&[10], &[11]], past + 1, Some(&[0, 2]))
+        .await
+        .unwrap()
+        .1;
+    let last = step_rows(&mut nn, &ctx, &[&[12], &[13]], past + 2, None)
+        .await
+        .unwrap()
+        .1;
+    let expected = [
+        (alone(&[7]), &forked[0]),
+        (alone(&[8]), &forked[1]),
+        (alone(&[9]), &forked[2]),
+        (alone(&[7, 10]), &continued[0]),
+        (alone(&[9, 11]), &continued[1]),
+        (alone(&[7, 10, 12]), &last[0]),
+        (alone(&[9, 11, 13]), &last[1]),
+    ];
+    for (tokens, row) in expected {
+        let own = context(&mut nn).await;
+        let logits = step(&mut nn, &own, &tokens, 0).await.unwrap().1;
+        let difference = max_difference(&logits, row);
+        assert!(
+            difference < 1e-3,
+            "{backend:?}, {} tokens: {difference}",
+            tokens.len()
+        );
     }
 }
 

@@ -1,13 +1,16 @@
-//! The choice loop chat and legacy completions share: every choice generated in turn, whole or streamed,
-//! with usage counted once. An endpoint says only how its choices look ([`Endpoint`]).
+//! The choice loop chat and legacy completions share: the choices of one prompt generated as rows of one
+//! batch (as many as the model's execution contexts carry, the rest in further batches), whole or
+//! streamed with their chunks interleaved, with usage counted once. An endpoint says only how its
+//! choices look ([`Endpoint`]).
 //!
-//! A stream opens the first choice's execution context before the response starts, so a model at
-//! capacity is a 503 status rather than an error event inside a 200 stream; the other choices open
-//! theirs in turn.
+//! A stream opens the first batch's execution context before the response starts, so a model at
+//! capacity is a 503 status rather than an error event inside a 200 stream; later batches open theirs
+//! in turn.
 
 use serde_json::Value;
 use wasip2::http::types::ResponseOutparam;
 
+use nnspin_guest::ApiError;
 use nnspin_guest::generate::{Completed, Generation, GenerationRequest, Outcome, Piece};
 use nnspin_guest::http::{self, EventStream, Framing};
 use nnspin_guest::model::Model;
@@ -84,6 +87,36 @@ pub fn respond<E: Endpoint>(
     }
 }
 
+/// The sequences in batches: consecutive choices of one prompt, as many as its model decodes as rows of
+/// one batch.
+fn batches<'s, 'a, 'm>(sequences: &'s [Sequence<'a, 'm>]) -> Vec<&'s [Sequence<'a, 'm>]> {
+    let mut batches = Vec::new();
+    let mut rest = sequences;
+    while let Some(first) = rest.first() {
+        let most = first.generation.choices_per_batch() as usize;
+        let len = rest
+            .iter()
+            .take(most)
+            .zip(first.choice..)
+            .take_while(|(s, choice)| {
+                std::ptr::eq(s.generation, first.generation) && s.choice == *choice
+            })
+            .count();
+        let (batch, after) = rest.split_at(len);
+        batches.push(batch);
+        rest = after;
+    }
+    batches
+}
+
+/// Opens the generation of a batch's choices.
+fn open<'a, 'm>(batch: &[Sequence<'a, 'm>]) -> Result<Generation<'a, 'm>, ApiError> {
+    let first = &batch[0];
+    first
+        .generation
+        .open_choices(first.choice, batch.len() as u32)
+}
+
 fn whole_choices<E: Endpoint>(
     out: ResponseOutparam,
     endpoint: &E,
@@ -92,20 +125,27 @@ fn whole_choices<E: Endpoint>(
     mut usage: Usage,
 ) {
     let mut choices = Vec::with_capacity(sequences.len());
-    for sequence in sequences {
-        let completed = sequence
+    for batch in batches(sequences) {
+        let first = &batch[0];
+        let completed = match first
             .generation
-            .complete(sequence.choice)
-            .and_then(|completed| match endpoint.instead(&completed) {
+            .complete_choices(first.choice, batch.len() as u32)
+        {
+            Ok(completed) => completed,
+            Err(error) => return errors::send(out, &error),
+        };
+        for (sequence, completed) in batch.iter().zip(completed) {
+            let completed = match endpoint.instead(&completed) {
                 Some(answer) => answer.complete(sequence.choice),
                 None => Ok(completed),
-            });
-        match completed {
-            Ok(completed) => {
-                usage.add(&completed.outcome, sequence.choice == 0);
-                choices.push(endpoint.choice(sequence.index, completed));
+            };
+            match completed {
+                Ok(completed) => {
+                    usage.add(&completed.outcome, sequence.choice == 0);
+                    choices.push(endpoint.choice(sequence.index, completed));
+                }
+                Err(error) => return errors::send(out, &error),
             }
-            Err(error) => return errors::send(out, &error),
         }
     }
     let whole = Response::whole(completion, E::OBJECT, choices, &usage);
@@ -120,10 +160,11 @@ fn stream_choices<E: Endpoint>(
     mut usage: Usage,
     include_usage: bool,
 ) {
-    let Some(first) = sequences.first() else {
+    let batches = batches(sequences);
+    let Some(first) = batches.first() else {
         return;
     };
-    let mut opened = match first.generation.open(first.choice) {
+    let mut opened = match open(first) {
         Ok(generation) => Some(generation),
         Err(error) => return errors::send(out, &error),
     };
@@ -136,36 +177,43 @@ fn stream_choices<E: Endpoint>(
             include_usage,
         ))
     };
-    for sequence in sequences {
-        let mut streamed = endpoint.streamed(sequence.index);
-        for choice in streamed.opening() {
+    for batch in batches {
+        let mut streamed: Vec<_> = batch.iter().map(|s| endpoint.streamed(s.index)).collect();
+        for choice in streamed.iter_mut().flat_map(|s| s.opening()) {
             send(&mut events, choice);
         }
         let generation = match opened.take() {
             Some(generation) => Ok(generation),
-            None => sequence.generation.open(sequence.choice),
+            None => open(batch),
         };
-        let mut run = |generation: Generation<'_, '_>, streamed: &mut dyn StreamedChoice<'_>| {
-            generation.run(|piece| match streamed.piece(piece) {
+        let outcomes = generation.and_then(|generation| {
+            generation.run_choices(|row, piece| match streamed[row].piece(piece) {
                 Some(choice) => send(&mut events, choice),
                 None => true,
             })
-        };
-        let result = generation
-            .and_then(|generation| run(generation, streamed.as_mut()))
-            .and_then(|outcome| match streamed.instead(&outcome) {
-                Some(answer) => answer
-                    .open(sequence.choice)
-                    .and_then(|generation| run(generation, streamed.as_mut())),
-                None => Ok(outcome),
-            });
-        let outcome = match result {
-            Ok(outcome) => outcome,
+        });
+        let outcomes = match outcomes {
+            Ok(outcomes) => outcomes,
             Err(error) => return response::fail_stream(events, &error),
         };
-        usage.add(&outcome, sequence.choice == 0);
-        for choice in streamed.closing(&outcome) {
-            send(&mut events, choice);
+        for ((sequence, streamed), outcome) in batch.iter().zip(&mut streamed).zip(outcomes) {
+            let result = match streamed.instead(&outcome) {
+                Some(answer) => answer.open(sequence.choice).and_then(|generation| {
+                    generation.run(|piece| match streamed.piece(piece) {
+                        Some(choice) => send(&mut events, choice),
+                        None => true,
+                    })
+                }),
+                None => Ok(outcome),
+            };
+            let outcome = match result {
+                Ok(outcome) => outcome,
+                Err(error) => return response::fail_stream(events, &error),
+            };
+            usage.add(&outcome, sequence.choice == 0);
+            for choice in streamed.closing(&outcome) {
+                send(&mut events, choice);
+            }
         }
     }
     response::end_stream(

@@ -79,16 +79,29 @@ pub fn cache_inputs<'a>(
     Ok(caches)
 }
 
-/// Refuses the inputs a context keeps itself; a refusal leaves the context as it was.
-pub fn check_guest_inputs(inputs: &NamedTensors) -> Result<(), BackendError> {
+/// Refuses the caches a context keeps itself; a refusal leaves the context as it was.
+pub fn check_cache_inputs(inputs: &NamedTensors) -> Result<(), BackendError> {
     match inputs
         .iter()
-        .find(|(name, _)| name.starts_with(PAST_PREFIX) || name == BEAM_IDX)
+        .find(|(name, _)| name.starts_with(PAST_PREFIX))
     {
         Some((name, _)) => Err(BackendError::InvalidArgument(format!(
             "{name} is kept by the execution context; send only the new tokens"
         ))),
         None => Ok(()),
+    }
+}
+
+/// Refuses the inputs of a context that holds one sequence and computes alone: the caches it keeps,
+/// and `beam_idx` (only batching contexts carry several sequences).
+pub fn check_guest_inputs(inputs: &NamedTensors) -> Result<(), BackendError> {
+    check_cache_inputs(inputs)?;
+    match inputs.iter().any(|(name, _)| name == BEAM_IDX) {
+        true => Err(BackendError::InvalidArgument(format!(
+            "{BEAM_IDX} is kept by the execution context: this model's contexts hold one sequence \
+             each"
+        ))),
+        false => Ok(()),
     }
 }
 

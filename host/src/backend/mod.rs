@@ -282,6 +282,12 @@ pub trait BackendGraph: Send + Sync {
     fn batches_contexts(&self) -> bool {
         false
     }
+
+    /// How many sequences one execution context may carry as the rows of its steps, forking and
+    /// ending them with `beam_idx` ([`decoder`]); 1 where a context holds one sequence.
+    fn sequences_per_context(&self) -> u32 {
+        1
+    }
 }
 
 /// One sequence's inference state.

@@ -58,6 +58,8 @@ pub struct ModelInfo {
     pub backend: String,
     pub device: String,
     pub precision: String,
+    /// A wasi-nn host in general holds one sequence per execution context.
+    pub sequences_per_context: u32,
 }
 
 /// Why a text operation failed.
@@ -105,6 +107,7 @@ fn build() -> Result<Compiled, String> {
         backend: "wasi-nn".to_string(),
         device: "unknown".to_string(),
         precision: "unknown".to_string(),
+        sequences_per_context: 1,
     };
     Ok(Compiled {
         text: Arc::new(text),

@@ -317,4 +317,11 @@ impl BackendGraph for OnnxGraph {
     fn batches_contexts(&self) -> bool {
         !matches!(self, Self::Serial { .. })
     }
+
+    fn sequences_per_context(&self) -> u32 {
+        match self {
+            Self::Batched(_) => super::batching::SEQUENCES_PER_CONTEXT as u32,
+            Self::Serial { .. } | Self::Encoder(_) => 1,
+        }
+    }
 }

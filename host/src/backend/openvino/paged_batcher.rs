@@ -75,6 +75,10 @@ impl BackendGraph for PagedGraph {
     fn batches_contexts(&self) -> bool {
         true
     }
+
+    fn sequences_per_context(&self) -> u32 {
+        batching::SEQUENCES_PER_CONTEXT as u32
+    }
 }
 
 /// A step waiting for its tokens to run.
