@@ -161,8 +161,9 @@ impl BatchedContext {
         beam: Option<Vec<usize>>,
     ) -> Result<Vec<Option<usize>>, BackendError> {
         let held = self.rows.len();
-        if restart {
-            // Every row starts anew, in the sequences the context already has.
+        if restart || held == 0 {
+            // Every row starts anew, in the sequences the context already has (a first step that does
+            // not start at position 0 is the scheduler's to refuse: its sequence holds nothing).
             return Ok((0..rows).map(|j| (j < held).then_some(j)).collect());
         }
         match beam {
