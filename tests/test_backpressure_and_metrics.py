@@ -119,3 +119,29 @@ def test_a_model_that_batches_its_contexts_admits_more_sequences_by_default(tmp_
         # Held open, the first `admitted` streams all run; the next is refused, with no queue to wait in.
         assert statuses == [200] * admitted + [503], statuses
         assert host_metric(host, "nnspin_execution_contexts", model=DEFAULT_MODEL) == admitted
+
+
+def test_choices_decoding_as_rows_take_a_turn_each(tmp_path):
+    """A request's choices decode as rows of one context, and each row is a sequence the model admits: with
+    4 sequences at once and no queue, a request streaming 4 choices leaves no room for another."""
+    manifest = openai_app(tmp_path, [TINY_MODEL])
+    # No end of turn (the tiny model's end tokens 0 and 2), so the choices run their whole length.
+    body = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "Tell a long story."}],
+            "max_tokens": 800, "temperature": 1.0, "seed": 3, "n": 4, "stream": True,
+            "logit_bias": {"0": -100, "2": -100}}
+    single = {**body, "n": 1, "stream": False, "max_tokens": 2}
+    with running_host(manifest, "--max-sequences-per-model", "4", "--max-queue-per-model", "0") as host:
+        url = host.openai_url + "/chat/completions"
+        with httpx.stream("POST", url, json=body, timeout=120) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            # Every choice has streamed a few tokens: the context's steps carry four rows.
+            contents = 0
+            while contents < 12:
+                line = next(lines)
+                if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                    contents += 1
+            refused = httpx.post(url, json=single, timeout=60)
+            assert refused.status_code == 503, refused.text
+        wait_for_metric(host, "nnspin_execution_contexts", 0, model=TINY_MODEL)
+        assert httpx.post(url, json=single, timeout=60).status_code == 200

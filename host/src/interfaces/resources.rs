@@ -15,8 +15,8 @@ pub struct Graph(pub Arc<Model>);
 /// An opened tokenizer (`nnspin:llm/text.tokenizer`).
 pub struct TokenizerHandle(pub Arc<Model>);
 
-/// One sequence's inference state (`wasi:nn/inference.graph-execution-context`), holding one of its
-/// model's slots until dropped.
+/// The inference state of a sequence, or of several as the rows of its steps
+/// (`wasi:nn/inference.graph-execution-context`), holding a turn of its model's per sequence until dropped.
 pub struct ExecutionContext {
     /// Taken out while a `compute` runs off-thread; `None` after a failure.
     pub backend: Option<Box<dyn BackendExecutionContext>>,
@@ -24,7 +24,7 @@ pub struct ExecutionContext {
     pub metrics: Arc<Metrics>,
     pub opened: Instant,
     pub computes: u64,
-    pub _slot: Slot,
+    pub slot: Slot,
 }
 
 impl Drop for ExecutionContext {

@@ -25,7 +25,7 @@ pub(crate) fn model_info(model: &Model) -> ModelInfo {
         backend: model.backend.as_str().to_string(),
         device: model.device.as_str().to_string(),
         precision: model.precision.as_str().to_string(),
-        sequences_per_context: model.graph.sequences_per_context(),
+        sequences_per_context: model.sequences_per_context(),
     }
 }
 

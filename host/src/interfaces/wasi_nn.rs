@@ -134,7 +134,7 @@ pub(crate) async fn open_context(
         metrics,
         opened: Instant::now(),
         computes: 0,
-        _slot: slot,
+        slot,
     })
 }
 
@@ -210,7 +210,18 @@ impl inference::HostGraphExecutionContext for LlmView<'_> {
         if let Err(e) = check_indices(&named, facts.vocab_size, facts.context_length) {
             return self.fail(e);
         }
-        let Some(mut backend) = self.table.get_mut(&context)?.backend.take() else {
+        let state = self.table.get_mut(&context)?;
+        if state.model.facts.task == Task::Generation {
+            // A decoder's rows are sequences, each taking one of the model's turns.
+            let rows = named
+                .iter()
+                .find(|(name, _)| name == "input_ids")
+                .and_then(|(_, t)| t.dims.first())
+                .map_or(1, |&rows| rows as usize);
+            let model = state.model.clone();
+            model.admission.resize(&mut state.slot, rows).await;
+        }
+        let Some(mut backend) = state.backend.take() else {
             return self.fail(NnError::ContextFailed);
         };
         let started = Instant::now();

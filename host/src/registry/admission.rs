@@ -1,5 +1,7 @@
 //! Admission in front of a model: a bounded number of sequences at once and a bounded queue behind
 //! them, so overload is refused at once (the APIs answer 503 with `Retry-After`) instead of piling up.
+//! A context holds a turn per sequence it carries: one when it opens, as many as the rows of its steps
+//! once it forks (a request's choices decoding as rows of one batch).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,6 +68,32 @@ impl Admission {
         }
     }
 
+    /// Most sequences at once.
+    pub fn max_active(&self) -> usize {
+        self.max_active
+    }
+
+    /// Makes `slot` hold a turn for each of `sequences` (at most [`max_active`](Self::max_active)): turns
+    /// no longer needed go back at once; for more, the context gives back its own and waits in line for
+    /// all it needs, so that no two contexts each keep turns the other waits for (the semaphore hands
+    /// turns to the first in line).
+    pub async fn resize(&self, slot: &mut Slot, sequences: usize) {
+        let wanted = sequences.clamp(1, self.max_active);
+        let held = slot.num_permits();
+        if wanted < held {
+            drop(slot.split(held - wanted));
+        } else if wanted > held {
+            drop(slot.split(held));
+            let grown = self
+                .active
+                .clone()
+                .acquire_many_owned(wanted as u32)
+                .await
+                .expect("the semaphore is never closed");
+            slot.merge(grown);
+        }
+    }
+
     /// Waits for a turn, or refuses at once when the queue is full; `on_queue` hears +1 when the request
     /// starts waiting and -1 when it stops (however the wait ends, the waiter being dropped included).
     pub async fn admit(&self, on_queue: impl Fn(i64)) -> Result<Slot, AtCapacity> {
@@ -121,6 +149,42 @@ mod tests {
                 (admitted, admitted)
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_context_holds_a_turn_per_sequence_it_carries() {
+        let admission = Arc::new(Admission::new(
+            ContextLimits {
+                max_active: Some(4),
+                max_queued: 1,
+            },
+            true,
+        ));
+        let mut forked = admission.admit(|_| {}).await.unwrap();
+        admission.resize(&mut forked, 3).await;
+        assert_eq!(forked.num_permits(), 3);
+        let other = admission.admit(|_| {}).await.unwrap();
+        // Growing past what is free waits (its own turns handed to the queue, first in line first).
+        let grow = tokio::spawn({
+            let admission = admission.clone();
+            async move {
+                admission.resize(&mut forked, 8).await;
+                forked
+            }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!grow.is_finished());
+        drop(other);
+        let mut forked = grow.await.unwrap();
+        assert_eq!(
+            forked.num_permits(),
+            4,
+            "no more than the model's sequences at once"
+        );
+        admission.resize(&mut forked, 1).await;
+        assert_eq!(admission.active.available_permits(), 3);
     }
 
     #[tokio::test]

@@ -50,6 +50,13 @@ pub struct Model {
 }
 
 impl Model {
+    /// How many sequences one execution context may carry as the rows of its steps: what the engine's
+    /// contexts carry, within the sequences the model admits at once.
+    pub fn sequences_per_context(&self) -> u32 {
+        let admitted = u32::try_from(self.admission.max_active()).unwrap_or(u32::MAX);
+        self.graph.sequences_per_context().min(admitted)
+    }
+
     /// Loads a model directory in the Hugging Face Optimum layout.
     pub fn load(
         id: &str,
