@@ -88,7 +88,9 @@ def start_host(manifest: Path, *args: str, wait: str = "ready", env: dict | None
                 return Host(process, url, log, started)
         if "nnspin ready" in line and url:
             return Host(process, url, log, started)
-        if line == "" and process.poll() is not None:
+        if line == "":
+            # Its output ended: it is exiting (it may not have been reaped yet, so wait for it).
+            process.wait(timeout=30)
             raise RuntimeError("the host exited:\n" + "".join(log))
 
 
