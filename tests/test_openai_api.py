@@ -228,6 +228,11 @@ def test_n_choices_decode_as_rows_of_one_batch(client, host):
     order = [c.index for c in chunks if c.delta.content]
     assert order != sorted(order), order
     streamed = ["".join(c.delta.content or "" for c in chunks if c.index == i) for i in range(4)]
+    # Each choice closes once, after its last piece (as soon as it ends, not when the batch does).
+    for i in range(4):
+        own = [c for c in chunks if c.index == i]
+        assert [c.finish_reason is not None for c in own].count(True) == 1
+        assert own[-1].finish_reason == together.choices[i].finish_reason
     if host.precision == "exact":
         assert streamed == texts
         # Each choice is what a request of its own with the choice's seed (seed + index) answers: a

@@ -194,10 +194,12 @@ impl<'m> GenerationRequest<'m> {
     /// Generates choices `first..first + count` whole, as rows of one batch.
     pub fn complete_choices(&self, first: u32, count: u32) -> Result<Vec<Completed>, ApiError> {
         let mut texts = vec![(String::new(), Vec::new()); count as usize];
-        let outcomes = self.open_choices(first, count)?.run_choices(|row, piece| {
-            let (text, logprobs) = &mut texts[row];
-            text.push_str(piece.text);
-            logprobs.extend_from_slice(piece.logprobs);
+        let outcomes = self.open_choices(first, count)?.run_choices(|row, event| {
+            if let Event::Piece(piece) = event {
+                let (text, logprobs) = &mut texts[row];
+                text.push_str(piece.text);
+                logprobs.extend_from_slice(piece.logprobs);
+            }
             true
         })?;
         Ok(texts
@@ -224,18 +226,30 @@ impl Generation<'_, '_> {
     /// is complete; `on_piece` returns false to stop (the client disconnected).
     pub fn run(self, mut on_piece: impl FnMut(Piece<'_>) -> bool) -> Result<Outcome, ApiError> {
         debug_assert_eq!(self.choices.len(), 1, "run generates one choice");
-        let mut outcomes = self.run_choices(|_, piece| on_piece(piece))?;
+        let mut outcomes = self.run_choices(|_, event| match event {
+            Event::Piece(piece) => on_piece(piece),
+            Event::Ended(_) => true,
+        })?;
         Ok(outcomes.swap_remove(0))
     }
 
-    /// Generates every choice, the pieces of each handed to `on_piece` with the choice's place among
-    /// them; the outcomes in that order. Once `on_piece` returns false every choice stops.
+    /// Generates every choice, handing what happens to each (its pieces, then its end) to `on_event`
+    /// with the choice's place among them; the outcomes in that order. Once `on_event` returns false for
+    /// a piece, every choice stops (the client disconnected).
     pub fn run_choices(
         self,
-        on_piece: impl FnMut(usize, Piece<'_>) -> bool,
+        on_event: impl FnMut(usize, Event<'_>) -> bool,
     ) -> Result<Vec<Outcome>, ApiError> {
-        decode(self.request, self.choices, &self.execution, on_piece)
+        decode(self.request, self.choices, &self.execution, on_event)
     }
+}
+
+/// What happens to one of a generation's choices.
+pub enum Event<'a> {
+    /// Text ready to send.
+    Piece(Piece<'a>),
+    /// The choice has ended (its last piece came before); the others may still run.
+    Ended(&'a Outcome),
 }
 
 /// What one choice carries from step to step: its sampler, penalties, constraint, stop filter and
@@ -387,7 +401,7 @@ fn decode(
     request: &GenerationRequest,
     choices: std::ops::Range<u32>,
     execution: &GraphExecutionContext,
-    mut on_piece: impl FnMut(usize, Piece<'_>) -> bool,
+    mut on_event: impl FnMut(usize, Event<'_>) -> bool,
 ) -> Result<Vec<Outcome>, ApiError> {
     let vocab = request.model.info.vocab_size as usize;
     let seed = request.params.sampling.seed;
@@ -422,10 +436,13 @@ fn decode(
                 forked_row.extend_from_slice(logits_row);
                 logits_row = &mut forked_row[..];
             }
-            let mut to_client = |piece: Piece<'_>| on_piece(place, piece);
+            let mut to_client = |piece: Piece<'_>| on_event(place, Event::Piece(piece));
             match choice.next(logits_row, late, &mut to_client)? {
                 Next::Continue(token) => next.push(Some(token)),
-                Next::Ended => next.push(None),
+                Next::Ended => {
+                    on_event(place, Event::Ended(&choice.outcome));
+                    next.push(None)
+                }
                 Next::Cancelled => {
                     // The client has gone: what still runs ends here.
                     for (i, (choice, place)) in running.into_iter().zip(places).enumerate() {

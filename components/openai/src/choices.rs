@@ -11,7 +11,7 @@ use serde_json::Value;
 use wasip2::http::types::ResponseOutparam;
 
 use nnspin_guest::ApiError;
-use nnspin_guest::generate::{Completed, Generation, GenerationRequest, Outcome, Piece};
+use nnspin_guest::generate::{Completed, Event, Generation, GenerationRequest, Outcome, Piece};
 use nnspin_guest::http::{self, EventStream, Framing};
 use nnspin_guest::model::Model;
 
@@ -186,33 +186,45 @@ fn stream_choices<E: Endpoint>(
             Some(generation) => Ok(generation),
             None => open(batch),
         };
-        let outcomes = generation.and_then(|generation| {
-            generation.run_choices(|row, piece| match streamed[row].piece(piece) {
-                Some(choice) => send(&mut events, choice),
-                None => true,
+        // A choice closes as soon as it ends, unless what it held back is to be answered instead: that
+        // generation runs once the batch is done.
+        let mut answers = Vec::new();
+        let ran = generation.and_then(|generation| {
+            generation.run_choices(|row, event| match event {
+                Event::Piece(piece) => match streamed[row].piece(piece) {
+                    Some(choice) => send(&mut events, choice),
+                    None => true,
+                },
+                Event::Ended(outcome) => {
+                    match streamed[row].instead(outcome) {
+                        Some(answer) => answers.push((row, answer)),
+                        None => {
+                            let choice = batch[row].choice;
+                            let streamed = streamed[row].as_mut();
+                            close(&mut events, &send, &mut usage, choice, streamed, outcome);
+                        }
+                    }
+                    true
+                }
             })
         });
-        let outcomes = match outcomes {
-            Ok(outcomes) => outcomes,
-            Err(error) => return response::fail_stream(events, &error),
-        };
-        for ((sequence, streamed), outcome) in batch.iter().zip(&mut streamed).zip(outcomes) {
-            let result = match streamed.instead(&outcome) {
-                Some(answer) => answer.open(sequence.choice).and_then(|generation| {
-                    generation.run(|piece| match streamed.piece(piece) {
-                        Some(choice) => send(&mut events, choice),
-                        None => true,
-                    })
-                }),
-                None => Ok(outcome),
-            };
-            let outcome = match result {
-                Ok(outcome) => outcome,
+        if let Err(error) = ran {
+            return response::fail_stream(events, &error);
+        }
+        for (row, answer) in answers {
+            let outcome = answer.open(batch[row].choice).and_then(|generation| {
+                generation.run(|piece| match streamed[row].piece(piece) {
+                    Some(choice) => send(&mut events, choice),
+                    None => true,
+                })
+            });
+            match outcome {
+                Ok(outcome) => {
+                    let choice = batch[row].choice;
+                    let streamed = streamed[row].as_mut();
+                    close(&mut events, &send, &mut usage, choice, streamed, &outcome);
+                }
                 Err(error) => return response::fail_stream(events, &error),
-            };
-            usage.add(&outcome, sequence.choice == 0);
-            for choice in streamed.closing(&outcome) {
-                send(&mut events, choice);
             }
         }
     }
@@ -222,4 +234,20 @@ fn stream_choices<E: Endpoint>(
         E::CHUNK_OBJECT,
         include_usage.then_some(&usage),
     );
+}
+
+/// Sends a streamed choice's closing chunks (what it held back, its finish reason) and counts its usage
+/// (the prompt once, with choice 0).
+fn close(
+    events: &mut EventStream,
+    send: &impl Fn(&mut EventStream, Value) -> bool,
+    usage: &mut Usage,
+    choice: u32,
+    streamed: &mut dyn StreamedChoice<'_>,
+    outcome: &Outcome,
+) {
+    usage.add(outcome, choice == 0);
+    for chunk in streamed.closing(outcome) {
+        send(events, chunk);
+    }
 }
