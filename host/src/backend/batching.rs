@@ -224,10 +224,17 @@ impl BackendExecutionContext for BatchedContext {
         let sources = self.sources(steps.len(), restart, beam)?;
         let stopped = || BackendError::Runtime("the model's batch scheduler stopped".into());
         let mut answers = Vec::with_capacity(steps.len());
-        for (row, step) in self.continue_rows(steps, sources) {
+        for (mut row, step) in self.continue_rows(steps, sources) {
             let (reply, answer) = mpsc::sync_channel(1);
-            // What the row's cache holds once the step has run (a fork's replay starts at 0).
-            let tokens = (step.past() == 0, step.ids.clone(), step.positions.clone());
+            // The row's tokens once the step has run (a fork's replay starts at 0); a failed step
+            // takes its own back off.
+            if step.past() == 0 {
+                row.ids.clear();
+                row.positions.clear();
+            }
+            let before = row.ids.len();
+            row.ids.extend_from_slice(&step.ids);
+            row.positions.extend_from_slice(&step.positions);
             let sent = self.requests.send(Request::Step {
                 sequence: row.sequence,
                 step,
@@ -235,24 +242,20 @@ impl BackendExecutionContext for BatchedContext {
             });
             self.rows.push(row);
             sent.map_err(|_| stopped())?;
-            answers.push((answer, tokens));
+            answers.push((answer, before));
         }
         // Every row's answer is awaited, so none is still running when a failure is reported; a failed
         // row keeps what it held, and the guest's next step says where it continues.
         let mut outputs: Vec<NamedTensors> = Vec::with_capacity(answers.len());
         let mut failure = None;
-        for (row, (answer, (start, ids, positions))) in self.rows.iter_mut().zip(answers) {
+        for (row, (answer, before)) in self.rows.iter_mut().zip(answers) {
             match answer.recv().map_err(|_| stopped()).and_then(|r| r) {
-                Ok(output) => {
-                    if start {
-                        row.ids.clear();
-                        row.positions.clear();
-                    }
-                    row.ids.extend(ids);
-                    row.positions.extend(positions);
-                    outputs.push(output);
+                Ok(output) => outputs.push(output),
+                Err(e) => {
+                    row.ids.truncate(before);
+                    row.positions.truncate(before);
+                    failure = failure.or(Some(e));
                 }
-                Err(e) => failure = failure.or(Some(e)),
             }
         }
         match failure {

@@ -18,7 +18,7 @@ use super::bindings::tensor::TensorType;
 use super::bindings::{errors, graph, inference, tensor};
 use super::resources::{ExecutionContext, Graph, NnError};
 use super::view::LlmView;
-use crate::backend::{BackendError, ElementType, Tensor};
+use crate::backend::{BackendError, ElementType, Tensor, decoder};
 use crate::metrics::Metrics;
 use crate::registry::model::{Model, Task};
 
@@ -213,13 +213,8 @@ impl inference::HostGraphExecutionContext for LlmView<'_> {
         let state = self.table.get_mut(&context)?;
         if state.model.facts.task == Task::Generation {
             // A decoder's rows are sequences, each taking one of the model's turns.
-            let rows = named
-                .iter()
-                .find(|(name, _)| name == "input_ids")
-                .and_then(|(_, t)| t.dims.first())
-                .map_or(1, |&rows| rows as usize);
-            let model = state.model.clone();
-            model.admission.resize(&mut state.slot, rows).await;
+            let rows = usize::try_from(decoder::rows(&named)).unwrap_or(1);
+            state.model.admission.resize(&mut state.slot, rows).await;
         }
         let Some(mut backend) = state.backend.take() else {
             return self.fail(NnError::ContextFailed);
